@@ -1,0 +1,79 @@
+//! Entry points for the fuzz targets in `fuzz/`, also replayed over the corpus by the tests.
+//!
+//! Each takes arbitrary bytes and must return without panicking, whatever they hold.
+
+use alloy_primitives::{address, B256};
+
+use crate::guard::{review, History};
+use crate::policy::Policy;
+use crate::request::SafeTxRequest;
+use crate::signature::OwnerSignature;
+use crate::tokens::TokenList;
+use crate::vault::VaultRecord;
+use crate::version::SafeVersion;
+
+/// Parse a Safe transaction request, then decode, hash, guard and describe it.
+pub fn safe_request(data: &[u8]) {
+    let Ok(request) = SafeTxRequest::from_json(data) else {
+        return;
+    };
+    let version = SafeVersion::parse("v", "1.3.0").unwrap_or(SafeVersion::V1_3_0);
+    let mut vault = VaultRecord::new(1, request.safe, version);
+    vault.next_nonce = Some(alloy_primitives::U256::from(3));
+    let tokens = TokenList::shipped().unwrap_or_default();
+    let history = History { signed_for_nonce: Some(B256::ZERO), open_incidents: 0 };
+    let review = review(request, &vault, &Policy::default(), &tokens, &history);
+    let _ = crate::describe::describe(&review.call, 1, &tokens);
+    for refusal in &review.refusals {
+        let _ = refusal.to_string();
+    }
+    for warning in &review.warnings {
+        let _ = warning.to_string();
+    }
+}
+
+/// Decode arbitrary calldata as if a Safe sent it by delegatecall (MultiSend batches included).
+pub fn calldata(data: &[u8]) {
+    let safe = address!("1111111111111111111111111111111111111111");
+    let tx = crate::request::SafeTx {
+        to: address!("40A2aCCbd92BCA938b02010E17A5b8929b49130D"),
+        value: Default::default(),
+        data: data.to_vec().into(),
+        operation: crate::request::Operation::DELEGATECALL,
+        safe_tx_gas: Default::default(),
+        base_gas: Default::default(),
+        gas_price: Default::default(),
+        gas_token: Default::default(),
+        refund_receiver: Default::default(),
+        nonce: Default::default(),
+    };
+    let call = crate::decode::decode_call(safe, &tx);
+    let _ = call.walk().len();
+}
+
+/// Parse a policy file.
+pub fn policy(data: &[u8]) {
+    if let Ok(policy) = Policy::from_json(data) {
+        let _ = Policy::from_json(policy.to_json().as_bytes());
+    }
+}
+
+/// Parse typed data and hash it.
+pub fn typed_data(data: &[u8]) {
+    let _ = crate::typed_data::inspect(data);
+}
+
+/// Parse an owner signature in hex and recover it.
+pub fn signature(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(signature) = OwnerSignature::parse_hex("signature", text) {
+        let _ = signature.recover(&B256::ZERO);
+    }
+}
+
+/// Parse a token list.
+pub fn token_list(data: &[u8]) {
+    let _ = TokenList::from_json(data);
+}

@@ -1,0 +1,49 @@
+//! The vault record: what the approver pinned about a Safe when setting it up.
+
+use alloy_primitives::{Address, U256};
+
+use crate::address::checksummed;
+use crate::hash::SafeDomain;
+use crate::version::SafeVersion;
+
+/// The facts the guards rely on. The queue's word alone never changes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultRecord {
+    pub chain_id: u64,
+    pub address: Address,
+    pub version: SafeVersion,
+    /// The Safe's owners, when known.
+    pub owners: Vec<Address>,
+    /// The Safe's threshold, when known.
+    pub threshold: Option<u32>,
+    /// The nonce the next executed transaction will use, when known.
+    pub next_nonce: Option<U256>,
+    pub label: Option<String>,
+}
+
+impl VaultRecord {
+    /// A record with only what hashing needs.
+    pub fn new(chain_id: u64, address: Address, version: SafeVersion) -> Self {
+        Self {
+            chain_id,
+            address,
+            version,
+            owners: Vec::new(),
+            threshold: None,
+            next_nonce: None,
+            label: None,
+        }
+    }
+
+    pub fn domain(&self) -> SafeDomain {
+        SafeDomain::new(self.chain_id, self.address, self.version)
+    }
+
+    /// `label (0xSafe…)` or the checksummed address.
+    pub fn display_name(&self) -> String {
+        match &self.label {
+            Some(label) => format!("{label} ({})", checksummed(&self.address)),
+            None => checksummed(&self.address),
+        }
+    }
+}
