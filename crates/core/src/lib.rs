@@ -30,6 +30,7 @@ pub mod guard;
 pub mod hash;
 pub mod policy;
 pub mod request;
+pub mod secret;
 pub mod signature;
 pub mod signer;
 pub mod tokens;
