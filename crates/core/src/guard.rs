@@ -21,8 +21,8 @@ use crate::vault::VaultRecord;
 /// What this approver did before on the request's vault, supplied by the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct History {
-    /// The safeTxHash this approver already signed for the request's nonce, if any.
-    pub signed_for_nonce: Option<B256>,
+    /// The safeTxHashes this approver already signed for the request's vault and nonce.
+    pub signed_for_nonce: Vec<B256>,
     /// Open incidents on the vault; any blocks signing.
     pub open_incidents: usize,
 }
@@ -227,12 +227,13 @@ impl Review {
         if history.open_incidents > 0 {
             self.refusals.push(Refusal::OpenIncidents { count: history.open_incidents });
         }
-        let Some(signed) = history.signed_for_nonce else {
+        let this = self.hashes.safe_tx;
+        let other = history.signed_for_nonce.iter().find(|signed| **signed != this);
+        let Some(&signed) = other else {
             return;
         };
-        if signed != self.hashes.safe_tx && !self.is_rejection() {
+        if !self.is_rejection() {
             let nonce = self.request.tx.nonce;
-            let this = self.hashes.safe_tx;
             self.refusals.push(Refusal::Tripwire { nonce, signed, this });
         }
     }

@@ -183,7 +183,7 @@ fn context(case: &Case, request: &SafeTxRequest) -> (VaultRecord, Policy, TokenL
     }
     let h = &case.meta["history"];
     let history = History {
-        signed_for_nonce: h.get("signedForNonce").map(|_| hash(h, "signedForNonce")),
+        signed_for_nonce: h.get("signedForNonce").map(|_| hash(h, "signedForNonce")).into_iter().collect(),
         open_incidents: h["openIncidents"].as_u64().unwrap_or(0) as usize,
     };
     (vault, policy, tokens, history)

@@ -1,1 +1,407 @@
+//! Countersign's local store: one SQLite file, every sensitive value sealed.
+//!
+//! - [`seal`]: AES-256-GCM with associated data naming table, column and row.
+//! - [`keywrap`]: the data key, wrapped by the OS keyring or by a passphrase (Argon2id).
+//! - [`audit`]: the hash-chained log of what the approver saw and did.
+//!
+//! Every change is one SQLite transaction (WAL, `synchronous = FULL`), begun `IMMEDIATE` so a
+//! second process waits instead of failing half way; a process killed mid-write leaves the last
+//! committed state. The audit entry describing a change is written in the change's own
+//! transaction, so the log and the data cannot disagree.
 
+pub mod audit;
+pub mod keywrap;
+mod records;
+pub mod seal;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use countersign_core::secret::SecretString;
+use countersign_core::InputError;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+
+pub use records::{Incident, KeyInfo};
+
+use crate::audit::{entry_hash, verify_chain, AuditEntry, ChainBreak, ChainReport};
+use crate::keywrap::{KdfParams, Protection};
+use crate::seal::{Place, Sealer};
+
+/// The database file inside the data folder.
+pub const DB_FILE: &str = "countersign.db";
+
+const FORMAT: &str = "countersign-store-1";
+
+/// Why the store could not do what was asked. Never carries secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no Countersign store in {path}; create one with `countersign init`")]
+    NotInitialized { path: PathBuf },
+    #[error("a Countersign store already exists in {path}")]
+    AlreadyInitialized { path: PathBuf },
+    #[error("wrong passphrase (or the wrapped data key was altered)")]
+    WrongPassphrase,
+    #[error("this store is protected by a passphrase; give one with --passphrase-file")]
+    PassphraseRequired,
+    #[error("keyring: {detail}")]
+    Keyring { detail: String },
+    #[error("the sealed value in {table}.{column} for row {row} was altered or moved; it was not used")]
+    Tampered { table: &'static str, column: &'static str, row: String },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{what} already exists")]
+    Duplicate { what: String },
+    #[error("the store is damaged: {detail}")]
+    Corrupt { detail: String },
+    #[error("{0}")]
+    Input(#[from] InputError),
+    #[error("database: {0}")]
+    Database(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        Self::Database(error.to_string())
+    }
+}
+
+/// How the store's data key is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtectionKind {
+    Keyring,
+    Passphrase,
+}
+
+impl ProtectionKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Keyring => "keyring",
+            Self::Passphrase => "passphrase",
+        }
+    }
+}
+
+/// An open, unlocked store.
+pub struct Store {
+    pool: SqlitePool,
+    sealer: Sealer,
+    store_id: String,
+    protection: ProtectionKind,
+    path: PathBuf,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("protection", &self.protection)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Whether `dir` holds a store.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(DB_FILE).is_file()
+    }
+
+    /// Creates a store in `dir` with a fresh data key.
+    pub async fn create(dir: &Path, protection: Protection) -> Result<Self, StoreError> {
+        if Self::exists(dir) {
+            return Err(StoreError::AlreadyInitialized { path: dir.to_owned() });
+        }
+        create_private_dir(dir)?;
+        let store_id = hex::encode(keywrap::new_data_key().expose().get(..16).unwrap_or_default());
+        let data_key = keywrap::new_data_key();
+
+        let (kind, kek, kdf) = match &protection {
+            Protection::Keyring => (ProtectionKind::Keyring, keywrap::keyring_create(&store_id).await?, None),
+            Protection::Passphrase(passphrase) => {
+                let params = KdfParams::fresh();
+                (ProtectionKind::Passphrase, keywrap::derive(passphrase, &params)?, Some(params))
+            }
+        };
+        let wrapped = keywrap::wrap(&kek, &store_id, &data_key)?;
+
+        let pool = connect(dir, true).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        let store = Self {
+            pool,
+            sealer: Sealer::new(&data_key)?,
+            store_id: store_id.clone(),
+            protection: kind,
+            path: dir.to_owned(),
+        };
+        restrict_file(&dir.join(DB_FILE))?;
+
+        let mut tx = store.begin().await?;
+        insert_meta(&mut tx, "format", FORMAT.as_bytes()).await?;
+        insert_meta(&mut tx, "store_id", store_id.as_bytes()).await?;
+        insert_meta(&mut tx, "protection", kind.name().as_bytes()).await?;
+        if let Some(params) = kdf {
+            let text = serde_json::to_vec(&params).map_err(|e| StoreError::Corrupt { detail: e.to_string() })?;
+            insert_meta(&mut tx, "kdf", &text).await?;
+        }
+        insert_meta(&mut tx, "wrapped_data_key", &wrapped).await?;
+        let body = serde_json::json!({ "protection": kind.name(), "storeId": store_id });
+        store.audit_in(&mut tx, "store_created", &body).await?;
+        tx.commit().await?;
+        tracing::info!(protection = kind.name(), "store created");
+        Ok(store)
+    }
+
+    /// How the store in `dir` is protected, read without unlocking it.
+    pub async fn protection_of(dir: &Path) -> Result<ProtectionKind, StoreError> {
+        if !Self::exists(dir) {
+            return Err(StoreError::NotInitialized { path: dir.to_owned() });
+        }
+        let pool = connect(dir, false).await?;
+        let kind = read_protection(&pool).await;
+        pool.close().await;
+        kind
+    }
+
+    /// Opens and unlocks the store in `dir`; `passphrase` is asked only for a passphrase store.
+    pub async fn open(
+        dir: &Path,
+        passphrase: impl FnOnce() -> Result<SecretString, StoreError>,
+    ) -> Result<Self, StoreError> {
+        if !Self::exists(dir) {
+            return Err(StoreError::NotInitialized { path: dir.to_owned() });
+        }
+        let pool = connect(dir, false).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        let format = read_meta(&pool, "format").await?;
+        if format != FORMAT.as_bytes() {
+            return Err(StoreError::Corrupt { detail: "unknown store format".into() });
+        }
+        let store_id = String::from_utf8(read_meta(&pool, "store_id").await?)
+            .map_err(|_| StoreError::Corrupt { detail: "store id".into() })?;
+        let protection = read_protection(&pool).await?;
+        let wrapped = read_meta(&pool, "wrapped_data_key").await?;
+
+        let kek = match protection {
+            ProtectionKind::Keyring => keywrap::keyring_fetch(&store_id).await?,
+            ProtectionKind::Passphrase => {
+                let params: KdfParams = serde_json::from_slice(&read_meta(&pool, "kdf").await?)
+                    .map_err(|_| StoreError::Corrupt { detail: "Argon2id parameters".into() })?;
+                keywrap::derive(&passphrase()?, &params)?
+            }
+        };
+        let data_key = keywrap::unwrap(&kek, &store_id, &wrapped).ok_or(match protection {
+            ProtectionKind::Passphrase => StoreError::WrongPassphrase,
+            ProtectionKind::Keyring => StoreError::Keyring {
+                detail: "the keyring's key does not open this store's data key".into(),
+            },
+        })?;
+        let sealer = Sealer::new(&data_key)?;
+        Ok(Self { pool, sealer, store_id, protection, path: dir.to_owned() })
+    }
+
+    pub fn protection(&self) -> ProtectionKind {
+        self.protection
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes the pool, checkpointing the WAL.
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+
+    /// Deletes the store's keyring entry, if any, and the store's files: local data erased.
+    pub async fn erase(self) -> Result<(), StoreError> {
+        let dir = self.path.clone();
+        if self.protection == ProtectionKind::Keyring {
+            keywrap::keyring_delete(&self.store_id).await?;
+        }
+        self.pool.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let file = dir.join(format!("{DB_FILE}{suffix}"));
+            if file.exists() {
+                std::fs::remove_file(&file).map_err(|e| StoreError::Database(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Appends an audit entry in its own transaction.
+    pub async fn audit(&self, kind: &str, body: &serde_json::Value) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let seq = self.audit_in(&mut tx, kind, body).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// Appends an audit entry inside `tx` and moves the sealed head forward.
+    async fn audit_in(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        kind: &str,
+        body: &serde_json::Value,
+    ) -> Result<u64, StoreError> {
+        let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+        let (prev_seq, prev_hash) = match last {
+            Some(row) => {
+                let hash: String = row.get("hash");
+                let prev = audit::decode(&hash)
+                    .ok_or_else(|| StoreError::Corrupt { detail: "audit hash".into() })?;
+                (row.get::<i64, _>("seq") as u64, prev)
+            }
+            None => (0, [0u8; 32]),
+        };
+        let seq = prev_seq + 1;
+        let at = now();
+        let body = canonical_json(body);
+        let hash = entry_hash(&prev_hash, seq, at, kind, &body);
+        sqlx::query("INSERT INTO audit (seq, at, kind, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(seq as i64)
+            .bind(at)
+            .bind(kind)
+            .bind(&body)
+            .bind(hex::encode(prev_hash))
+            .bind(hex::encode(hash))
+            .execute(&mut **tx)
+            .await?;
+        let head = format!("{seq}:{}", hex::encode(hash));
+        let sealed = self.sealer.seal(HEAD, head.as_bytes())?;
+        upsert_meta(tx, "audit_head", &sealed).await?;
+        Ok(seq)
+    }
+
+    /// Every audit entry, oldest first.
+    pub async fn audit_entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query("SELECT seq, at, kind, body, prev_hash, hash FROM audit ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| AuditEntry {
+                seq: row.get::<i64, _>("seq") as u64,
+                at: row.get("at"),
+                kind: row.get("kind"),
+                body: row.get("body"),
+                prev_hash: row.get("prev_hash"),
+                hash: row.get("hash"),
+            })
+            .collect())
+    }
+
+    /// Verifies the chain and that it ends at the sealed head.
+    pub async fn verify_audit(&self) -> Result<Result<ChainReport, ChainBreak>, StoreError> {
+        let entries = self.audit_entries().await?;
+        let report = match verify_chain(&entries) {
+            Ok(report) => report,
+            Err(chain_break) => return Ok(Err(chain_break)),
+        };
+        let sealed = read_meta(&self.pool, "audit_head").await?;
+        let head = self.sealer.open(HEAD, &sealed)?;
+        let head = String::from_utf8_lossy(head.expose()).into_owned();
+        let (seq, hash) = head.split_once(':').unwrap_or(("0", ""));
+        let seq: u64 = seq.parse().unwrap_or(0);
+        if seq != report.entries || hash != report.head {
+            let problem = format!(
+                "the log ends at entry {} but the sealed head names entry {seq}: entries were \
+                 removed from the end or the head was replaced",
+                report.entries
+            );
+            return Ok(Err(ChainBreak { seq: report.entries.min(seq) + 1, problem }));
+        }
+        Ok(Ok(report))
+    }
+}
+
+const HEAD: Place<'static> = Place { table: "meta", column: "value", row: "audit_head" };
+
+/// Compact JSON with object keys sorted (serde_json's default map is ordered by key).
+fn canonical_json(value: &serde_json::Value) -> String {
+    let sorted: serde_json::Value =
+        serde_json::from_str(&value.to_string()).unwrap_or(serde_json::Value::Null);
+    sorted.to_string()
+}
+
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+async fn connect(dir: &Path, create: bool) -> Result<SqlitePool, StoreError> {
+    let path = dir.join(DB_FILE);
+    let options = SqliteConnectOptions::from_str("sqlite://")?
+        .filename(&path)
+        .create_if_missing(create)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+    Ok(pool)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(0o700);
+        std::fs::set_permissions(dir, private).map_err(|e| StoreError::Database(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn restrict_file(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(path, private).map_err(|e| StoreError::Database(e.to_string()))?;
+    }
+    Ok(())
+}
+
+async fn read_protection(pool: &SqlitePool) -> Result<ProtectionKind, StoreError> {
+    match read_meta(pool, "protection").await?.as_slice() {
+        b"keyring" => Ok(ProtectionKind::Keyring),
+        b"passphrase" => Ok(ProtectionKind::Passphrase),
+        _ => Err(StoreError::Corrupt { detail: "unknown protection".into() }),
+    }
+}
+
+async fn read_meta(pool: &SqlitePool, name: &str) -> Result<Vec<u8>, StoreError> {
+    let row = sqlx::query("SELECT value FROM meta WHERE name = ?").bind(name).fetch_optional(pool).await?;
+    row.map(|r| r.get::<Vec<u8>, _>("value"))
+        .ok_or_else(|| StoreError::Corrupt { detail: format!("meta entry {name} is missing") })
+}
+
+async fn insert_meta(tx: &mut Transaction<'static, Sqlite>, name: &str, value: &[u8]) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO meta (name, value) VALUES (?, ?)").bind(name).bind(value).execute(&mut **tx).await?;
+    Ok(())
+}
+
+async fn upsert_meta(tx: &mut Transaction<'static, Sqlite>, name: &str, value: &[u8]) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+        .bind(name)
+        .bind(value)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

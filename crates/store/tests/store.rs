@@ -1,0 +1,235 @@
+//! The store against real SQLite files in temporary folders.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use alloy_primitives::{address, Address, B256, U256};
+use countersign_core::policy::Policy;
+use countersign_core::secret::{SecretBytes, SecretString};
+use countersign_core::signature::OwnerSignature;
+use countersign_core::vault::VaultRecord;
+use countersign_core::version::SafeVersion;
+use countersign_store::keywrap::Protection;
+use countersign_store::{Store, StoreError, DB_FILE};
+use sqlx::{Connection, SqliteConnection};
+
+const SAFE: Address = address!("111CEEee040739fD91D29C34C33E6B3E112F2177");
+
+fn passphrase(text: &str) -> Protection {
+    Protection::Passphrase(SecretString::new(text.to_owned()))
+}
+
+fn answer(text: &'static str) -> impl FnOnce() -> Result<SecretString, StoreError> {
+    move || Ok(SecretString::new(text.to_owned()))
+}
+
+fn vault() -> VaultRecord {
+    let mut record = VaultRecord::new(1, SAFE, SafeVersion::parse("v", "1.3.0").unwrap());
+    record.owners = vec![address!("255C3912f91eF11bFDadd405F13144a823Da8cc5")];
+    record.threshold = Some(1);
+    record.next_nonce = Some(U256::from(5));
+    record.label = Some("Treasury".into());
+    record
+}
+
+async fn raw(dir: &Path) -> SqliteConnection {
+    let url = format!("sqlite://{}", dir.join(DB_FILE).display());
+    SqliteConnection::connect(&url).await.unwrap()
+}
+
+#[tokio::test]
+async fn passphrase_store_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path(), passphrase("correct horse")).await.unwrap();
+    let key = SecretBytes::new(vec![7u8; 32]);
+    let owner = address!("5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed");
+    store.add_key(owner, "software", Some("desk"), &key).await.unwrap();
+    store.add_vault(&vault()).await.unwrap();
+    let mut policy = Policy::default();
+    policy.allow_gas_refunds = true;
+    store.set_policy(&policy).await.unwrap();
+    store.close().await;
+
+    let store = Store::open(dir.path(), answer("correct horse")).await.unwrap();
+    assert_eq!(store.key_secret(&owner).await.unwrap().expose(), key.expose());
+    assert_eq!(store.vault(1, &SAFE).await.unwrap(), vault());
+    assert_eq!(store.policy().await.unwrap(), policy);
+    assert_eq!(store.keys().await.unwrap()[0].label.as_deref(), Some("desk"));
+    assert!(matches!(store.add_vault(&vault()).await, Err(StoreError::Duplicate { .. })));
+    assert!(store.verify_audit().await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn fail_wrong_passphrase() {
+    let dir = tempfile::tempdir().unwrap();
+    Store::create(dir.path(), passphrase("right")).await.unwrap().close().await;
+    let opened = Store::open(dir.path(), answer("wrong")).await;
+    assert!(matches!(opened, Err(StoreError::WrongPassphrase)));
+}
+
+#[tokio::test]
+async fn fail_tampered_sealed_value_is_reported_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
+    store.add_vault(&vault()).await.unwrap();
+
+    let mut db = raw(dir.path()).await;
+    sqlx::query("UPDATE vaults SET sealed_record = CAST(substr(sealed_record, 1, 20) || CASE WHEN substr(sealed_record, 21, 1) = x'00' THEN x'01' ELSE x'00' END || substr(sealed_record, 22) AS BLOB)")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let error = store.vault(1, &SAFE).await.unwrap_err();
+    assert!(matches!(error, StoreError::Tampered { table: "vaults", .. }), "{error}");
+    assert!(error.to_string().contains("altered or moved"));
+}
+
+#[tokio::test]
+async fn fail_sealed_value_moved_to_another_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
+    let a = address!("5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed");
+    let b = address!("fB6916095ca1df60bB79Ce92cE3Ea74c37c5d359");
+    store.add_key(a, "software", None, &SecretBytes::new(vec![1; 32])).await.unwrap();
+    store.add_key(b, "software", None, &SecretBytes::new(vec![2; 32])).await.unwrap();
+
+    let mut db = raw(dir.path()).await;
+    let a_id = hex::encode(a.as_slice());
+    let b_id = hex::encode(b.as_slice());
+    sqlx::query("UPDATE keys SET sealed_secret = (SELECT sealed_secret FROM keys WHERE id = ?) WHERE id = ?")
+        .bind(&a_id)
+        .bind(&b_id)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert!(matches!(store.key_secret(&b).await, Err(StoreError::Tampered { .. })));
+    assert_eq!(store.key_secret(&a).await.unwrap().expose(), &[1; 32]);
+}
+
+#[tokio::test]
+async fn fail_broken_audit_chain_names_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
+    for n in 0..5 {
+        store.audit("note", &serde_json::json!({ "n": n })).await.unwrap();
+    }
+    assert_eq!(store.verify_audit().await.unwrap().map(|r| r.entries), Ok(6));
+
+    let mut db = raw(dir.path()).await;
+    sqlx::query("UPDATE audit SET body = '{\"n\":42}' WHERE seq = 4").execute(&mut db).await.unwrap();
+    let broken = store.verify_audit().await.unwrap().unwrap_err();
+    assert_eq!(broken.seq, 4, "{}", broken.problem);
+}
+
+#[tokio::test]
+async fn fail_audit_tail_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
+    for n in 0..3 {
+        store.audit("note", &serde_json::json!({ "n": n })).await.unwrap();
+    }
+    let mut db = raw(dir.path()).await;
+    sqlx::query("DELETE FROM audit WHERE seq = 4").execute(&mut db).await.unwrap();
+    let broken = store.verify_audit().await.unwrap().unwrap_err();
+    assert_eq!(broken.seq, 4, "{}", broken.problem);
+}
+
+#[tokio::test]
+async fn signatures_feed_the_tripwire_and_incidents_block_until_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
+    store.add_vault(&vault()).await.unwrap();
+    let signer = address!("5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed");
+    let mut bytes = [1u8; 65];
+    bytes[64] = 27;
+    let signature = OwnerSignature::from_bytes(&bytes).unwrap();
+    let hash = B256::repeat_byte(0xab);
+
+    let nonce = U256::from(5);
+    store.record_signature(&vault(), nonce, hash, signer, &signature, &serde_json::json!({})).await.unwrap();
+    store.record_signature(&vault(), nonce, hash, signer, &signature, &serde_json::json!({})).await.unwrap();
+    let history = store.history(&vault(), nonce).await.unwrap();
+    assert_eq!(history.signed_for_nonce, vec![hash]);
+    assert!(store.history(&vault(), U256::from(6)).await.unwrap().signed_for_nonce.is_empty());
+
+    let id = store.open_incident(&vault(), "tripwire", &serde_json::json!({ "nonce": "5" })).await.unwrap();
+    assert_eq!(store.history(&vault(), nonce).await.unwrap().open_incidents, 1);
+    assert!(store.clear_incident(&id, "  ").await.is_err(), "a note is required");
+    store.clear_incident(&id, "checked with the initiator by phone").await.unwrap();
+    assert_eq!(store.history(&vault(), nonce).await.unwrap().open_incidents, 0);
+    assert!(matches!(store.clear_incident(&id, "again").await, Err(StoreError::NotFound { .. })));
+    let all = store.incidents(true).await.unwrap();
+    assert_eq!(all[0].note.as_deref(), Some("checked with the initiator by phone"));
+    assert!(store.verify_audit().await.unwrap().is_ok());
+}
+
+/// Runs only when the OS keyring is reachable; the README's test command provides one
+/// (gnome-keyring in a D-Bus session) and sets COUNTERSIGN_REQUIRE_KEYRING=1 so that a missing
+/// keyring fails the test instead of skipping it.
+#[tokio::test]
+async fn keyring_store_round_trip() {
+    let required = std::env::var("COUNTERSIGN_REQUIRE_KEYRING").as_deref() == Ok("1");
+    let dir = tempfile::tempdir().unwrap();
+    let store = match Store::create(dir.path(), Protection::Keyring).await {
+        Ok(store) => store,
+        Err(error) if !required => {
+            eprintln!("skipped: no OS keyring here ({error})");
+            return;
+        }
+        Err(error) => panic!("the keyring was required: {error}"),
+    };
+    store.add_vault(&vault()).await.unwrap();
+    store.close().await;
+    let never = || -> Result<SecretString, StoreError> { panic!("a keyring store asks no passphrase") };
+    let store = Store::open(dir.path(), never).await.unwrap();
+    assert_eq!(store.vault(1, &SAFE).await.unwrap(), vault());
+    store.erase().await.unwrap();
+    assert!(!Store::exists(dir.path()));
+}
+
+/// The writer half of the kill test: appends audit entries until it is killed.
+#[tokio::test]
+async fn child_writer() {
+    let Ok(dir) = std::env::var("COUNTERSIGN_KILL_TEST_DIR") else {
+        return;
+    };
+    let store = Store::open(Path::new(&dir), answer("p")).await.unwrap();
+    for n in 0u64.. {
+        store.audit("tick", &serde_json::json!({ "n": n })).await.unwrap();
+        store.open_incident(&vault(), "tick", &serde_json::json!({ "n": n })).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn killed_mid_write_loses_nothing_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
+    store.add_vault(&vault()).await.unwrap();
+    store.close().await;
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_writer", "--nocapture"])
+        .env("COUNTERSIGN_KILL_TEST_DIR", dir.path())
+        .spawn()
+        .unwrap();
+    let store = Store::open(dir.path(), answer("p")).await.unwrap();
+    let mut seen = 0;
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen = store.audit_entries().await.unwrap().len();
+        if seen > 40 {
+            break;
+        }
+    }
+    assert!(seen > 40, "the writer made no progress");
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    child.wait().unwrap();
+
+    let after = store.audit_entries().await.unwrap().len();
+    assert!(after >= seen, "committed entries were lost: {after} < {seen}");
+    assert!(store.verify_audit().await.unwrap().is_ok(), "the chain must still verify");
+    let incidents = store.incidents(true).await.unwrap().len();
+    let ticks = store.audit_entries().await.unwrap().iter().filter(|e| e.kind == "incident_opened").count();
+    assert_eq!(incidents, ticks, "every committed incident has its audit entry and no more");
+}
