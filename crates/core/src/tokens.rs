@@ -75,6 +75,11 @@ impl TokenList {
         self.by_key.get(&(chain_id, *address))
     }
 
+    /// Every token in the list, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Token> {
+        self.by_key.values()
+    }
+
     pub fn len(&self) -> usize {
         self.by_key.len()
     }

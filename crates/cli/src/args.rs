@@ -1,0 +1,223 @@
+//! The command line, as clap reads it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Countersign: review and co-sign Safe withdrawals. What you see is what you sign.
+#[derive(Debug, Parser)]
+#[command(name = "countersign", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The folder of the local store (default: $XDG_DATA_HOME/countersign).
+    #[arg(long, global = true, env = "COUNTERSIGN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Read the store's passphrase from this file (first line) instead of asking.
+    #[arg(long, global = true, env = "COUNTERSIGN_PASSPHRASE_FILE", value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+
+    /// Extra token list (JSON, same shape as the shipped one) for naming amounts.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_list: Option<PathBuf>,
+
+    /// Log state changes to standard error (COUNTERSIGN_LOG takes tracing filters).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the local store, its data key wrapped by the OS keyring or a passphrase.
+    Init {
+        /// Protect the data key with a passphrase (Argon2id) instead of the OS keyring.
+        #[arg(long)]
+        passphrase: bool,
+    },
+    /// Decode, hash and guard a Safe transaction (or hash EIP-712 typed data).
+    Inspect {
+        /// A Safe Transaction Service JSON file, or - for standard input.
+        file: PathBuf,
+        #[command(flatten)]
+        vault: VaultFlags,
+        /// Use this policy file instead of the store's policy (inspection only).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect, refuse on any guard, then sign with a local key and print the signature.
+    Sign {
+        file: PathBuf,
+        #[command(flatten)]
+        key: KeyChoice,
+        /// Sign without asking (for scripts); the checks still run.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recover the signer of an owner signature over a Safe transaction.
+    Verify {
+        file: PathBuf,
+        /// The 65-byte signature, 0x-prefixed hex.
+        #[arg(long)]
+        signature: String,
+        #[command(flatten)]
+        vault: VaultFlags,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Signing keys in the local store.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Vault records pinned in the local store.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+    /// The local policy the guards enforce.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Incidents opened by the tripwire.
+    #[command(subcommand)]
+    Incident(IncidentCommand),
+    /// The local hash-chained audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Delete the local store and its keyring entry.
+    Erase {
+        /// Confirm: this destroys every key in the store.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// The vault a request is for, when the store has no record of it (or to pick among several).
+#[derive(Debug, Args, Clone, Default)]
+pub struct VaultFlags {
+    #[arg(long, value_name = "N")]
+    pub chain_id: Option<u64>,
+    #[arg(long, value_name = "X.Y.Z")]
+    pub safe_version: Option<String>,
+    #[arg(long, value_name = "N")]
+    pub next_nonce: Option<String>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct KeyChoice {
+    /// The key's address or label (default: the only key in the store).
+    #[arg(long, value_name = "ADDRESS|LABEL")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Generate a new secp256k1 key and seal it in the store.
+    New {
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Import a key from a hex file or an Ethereum keystore v3 file.
+    Import {
+        /// A file holding the private key as 64 hex digits.
+        #[arg(long, value_name = "FILE", conflicts_with = "keystore", required_unless_present = "keystore")]
+        hex_file: Option<PathBuf>,
+        /// An Ethereum keystore v3 JSON file.
+        #[arg(long, value_name = "FILE")]
+        keystore: Option<PathBuf>,
+        /// The keystore's password file (asked for when absent).
+        #[arg(long, value_name = "FILE", requires = "keystore")]
+        password_file: Option<PathBuf>,
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List the keys in the store.
+    List,
+    /// Print a key's address.
+    Address {
+        #[command(flatten)]
+        key: KeyChoice,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Pin a vault record: chain, Safe address, Safe version, and what else is known.
+    Add {
+        #[arg(long, value_name = "N")]
+        chain_id: u64,
+        #[arg(long, value_name = "ADDRESS")]
+        address: String,
+        #[arg(long, value_name = "X.Y.Z")]
+        safe_version: String,
+        /// An owner address; repeat for each owner.
+        #[arg(long = "owner", value_name = "ADDRESS")]
+        owners: Vec<String>,
+        #[arg(long, value_name = "N")]
+        threshold: Option<u32>,
+        #[arg(long, value_name = "N")]
+        next_nonce: Option<String>,
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List pinned vaults.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one vault record.
+    Show {
+        address: String,
+        #[arg(long, value_name = "N")]
+        chain_id: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record the vault's next nonce after transactions executed.
+    SetNextNonce {
+        address: String,
+        #[arg(long, value_name = "N")]
+        chain_id: u64,
+        #[arg(long, value_name = "N")]
+        next_nonce: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the policy in force.
+    Show,
+    /// Replace the policy with a policy file.
+    Set { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IncidentCommand {
+    /// List open incidents (all with --all).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clear an open incident, saying why.
+    Clear {
+        id: String,
+        #[arg(long)]
+        note: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the chain; names the first bad entry.
+    Verify {
+        /// Verify an exported log file instead of the store's log (needs no store).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Write the log as JSON lines (to standard output without a file).
+    Export { file: Option<PathBuf> },
+}

@@ -1,0 +1,520 @@
+//! One function per command.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use alloy_primitives::Address;
+use async_trait::async_trait;
+use countersign_core::address::{checksummed, parse_address};
+use countersign_core::guard::{review, CheckedRequest, History, Review};
+use countersign_core::policy::{Policy, MAX_POLICY_BYTES};
+use countersign_core::request::{parse_object, SafeTxRequest, MAX_REQUEST_BYTES};
+use countersign_core::secret::SecretString;
+use countersign_core::signature::OwnerSignature;
+use countersign_core::signer::{Decision, Prompt, Signer, SignerError};
+use countersign_core::tokens::TokenList;
+use countersign_core::typed_data::{self, looks_like_typed_data};
+use countersign_core::vault::VaultRecord;
+use countersign_core::version::SafeVersion;
+use countersign_signers::software::SoftwareSigner;
+use countersign_store::audit::{verify_chain, AuditEntry};
+use countersign_store::keywrap::Protection;
+use countersign_store::Store;
+use serde_json::json;
+
+use crate::args::{AuditCommand, Cli, Command, IncidentCommand, KeyChoice, KeyCommand, PolicyCommand, VaultCommand, VaultFlags};
+use crate::context::{parse_nonce, read_limited, resolve_vault, Context};
+use crate::failure::{Failure, Outcome};
+use crate::report;
+
+pub async fn run(cli: Cli) -> Result<Outcome, Failure> {
+    let context = Context::new(&cli)?;
+    match cli.command {
+        Command::Init { passphrase } => init(&context, passphrase).await,
+        Command::Inspect { file, vault, policy, json } => {
+            inspect(&context, &file, &vault, policy.as_deref(), json).await
+        }
+        Command::Sign { file, key, yes, json } => sign(&context, &file, &key, yes, json).await,
+        Command::Verify { file, signature, vault, json } => {
+            verify(&context, &file, &signature, &vault, json).await
+        }
+        Command::Key(command) => key(&context, command).await,
+        Command::Vault(command) => vault(&context, command).await,
+        Command::Policy(command) => policy(&context, command).await,
+        Command::Incident(command) => incident(&context, command).await,
+        Command::Audit(command) => audit(&context, command).await,
+        Command::Erase { yes } => erase(&context, yes).await,
+    }
+}
+
+async fn init(context: &Context, passphrase: bool) -> Result<Outcome, Failure> {
+    let protection = if passphrase {
+        Protection::Passphrase(context.new_passphrase()?)
+    } else {
+        Protection::Keyring
+    };
+    let store = Store::create(&context.data_dir, protection).await.map_err(|e| match e {
+        countersign_store::StoreError::Keyring { detail } => Failure::other(format!(
+            "keyring: {detail}. On a machine without an OS keyring use `countersign init --passphrase`"
+        )),
+        other => other.into(),
+    })?;
+    println!("Created a store in {} (data key protected by {})", context.data_dir.display(), store.protection().name());
+    if store.protection() == countersign_store::ProtectionKind::Keyring {
+        println!("Note: a keyring-protected store opens whenever the keyring is unlocked; it cannot be locked separately.");
+    }
+    store.close().await;
+    Ok(Outcome::Done)
+}
+
+/// A store when one exists; inspection works without one.
+async fn optional_store(context: &Context) -> Result<Option<Store>, Failure> {
+    if context.store_exists() {
+        Ok(Some(context.open_store().await?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Parses a request file and reviews it against the pinned vault record and the policy.
+async fn review_file(
+    store: Option<&Store>,
+    input: &[u8],
+    flags: &VaultFlags,
+    policy: &Policy,
+    tokens: &TokenList,
+) -> Result<Review, Failure> {
+    let request = SafeTxRequest::from_json(input)?;
+    let vault = resolve_vault(store, request.safe, flags).await?;
+    let history = match store {
+        Some(store) if store.vaults(Some(&vault.address)).await?.iter().any(|v| v.chain_id == vault.chain_id) => {
+            store.history(&vault, request.tx.nonce).await?
+        }
+        _ => History::default(),
+    };
+    Ok(review(request, &vault, policy, tokens, &history))
+}
+
+async fn inspect(
+    context: &Context,
+    file: &Path,
+    flags: &VaultFlags,
+    policy_file: Option<&Path>,
+    as_json: bool,
+) -> Result<Outcome, Failure> {
+    let input = read_limited(file, MAX_REQUEST_BYTES)?;
+    let object = parse_object(&input)?;
+    if looks_like_typed_data(&object) {
+        let hashes = typed_data::inspect(&input)?;
+        if as_json {
+            println!("{}", report::typed_data_json(&hashes));
+        } else {
+            print!("{}", report::typed_data_text(&hashes));
+        }
+        return Ok(Outcome::Refused);
+    }
+
+    let store = optional_store(context).await?;
+    let tokens = context.tokens()?;
+    let policy = match (policy_file, &store) {
+        (Some(path), _) => Policy::from_json(&read_limited(path, MAX_POLICY_BYTES)?)?,
+        (None, Some(store)) => store.policy().await?,
+        (None, None) => Policy::default(),
+    };
+    let review = review_file(store.as_ref(), &input, flags, &policy, &tokens).await?;
+    if let Some(store) = &store {
+        store.audit("inspected", &report::audit_body(&review, &tokens)).await?;
+    }
+    print_review(&review, &tokens, as_json);
+    Ok(if review.refusals.is_empty() { Outcome::Done } else { Outcome::Refused })
+}
+
+fn print_review(review: &Review, tokens: &TokenList, as_json: bool) {
+    if as_json {
+        println!("{}", report::review_json(review, tokens));
+    } else {
+        print!("{}", report::review_text(review, tokens));
+    }
+}
+
+async fn sign(context: &Context, file: &Path, choice: &KeyChoice, yes: bool, as_json: bool) -> Result<Outcome, Failure> {
+    if file == Path::new("-") && !yes {
+        return Err(Failure::input("confirmation: a request read from standard input needs --yes"));
+    }
+    let input = read_limited(file, MAX_REQUEST_BYTES)?;
+    let store = context.open_store().await?;
+    let tokens = context.tokens()?;
+    let policy = store.policy().await?;
+    let request = SafeTxRequest::from_json(&input)?;
+    let vault = pinned_vault(&store, &request).await?;
+    let signer = software_signer(&store, choice).await?;
+    let history = store.history(&vault, request.tx.nonce).await?;
+    let review = review(request, &vault, &policy, &tokens, &history);
+    let shown = report::audit_body(&review, &tokens);
+    store.audit("inspected", &shown).await?;
+
+    if let Some(tripwire) = review.tripwire() {
+        let detail = json!({ "reason": tripwire.to_string(), "shown": shown });
+        let id = store.open_incident(&vault, "tripwire", &detail).await?;
+        print_review(&review, &tokens, as_json);
+        eprintln!("Incident {id} opened: signing on this vault is blocked until a person clears it.");
+        return Ok(Outcome::Refused);
+    }
+    let checked = match review.into_checked() {
+        Ok(checked) => checked,
+        Err(refused) => {
+            print_review(&refused.0, &tokens, as_json);
+            return Ok(Outcome::Refused);
+        }
+    };
+
+    if !as_json {
+        let again = review_for_display(&checked, &policy, &tokens, &history);
+        print!("{}", report::review_text(&again, &tokens));
+    }
+    let prompt = TerminalPrompt { yes };
+    let signature = match signer.sign(&checked, &prompt).await {
+        Ok(signature) => signature,
+        Err(SignerError::Declined) => {
+            store.audit("declined", &shown).await?;
+            eprintln!("Not signed: declined.");
+            return Ok(Outcome::Refused);
+        }
+        Err(error) => return Err(Failure::other(error.to_string())),
+    };
+    let hashes = checked.hashes();
+    store
+        .record_signature(checked.vault(), checked.request().tx.nonce, hashes.safe_tx, signer.address(), &signature, &shown)
+        .await?;
+    if as_json {
+        let mut out = report::review_json(&review_for_display(&checked, &policy, &tokens, &history), &tokens);
+        out["signature"] = json!(signature.to_hex());
+        out["signer"] = json!(checksummed(&signer.address()));
+        println!("{out}");
+    } else {
+        println!("\nSigner:    {}", checksummed(&signer.address()));
+        println!("Signature: {}", signature.to_hex());
+    }
+    Ok(Outcome::Done)
+}
+
+/// The checked request reviewed once more for display (the same inputs give the same review).
+fn review_for_display(checked: &CheckedRequest, policy: &Policy, tokens: &TokenList, history: &History) -> Review {
+    review(checked.request().clone(), checked.vault(), policy, tokens, history)
+}
+
+/// Signing needs a pinned vault record: flags are not enough to sign.
+async fn pinned_vault(store: &Store, request: &SafeTxRequest) -> Result<VaultRecord, Failure> {
+    let mut pinned = store.vaults(Some(&request.safe)).await?;
+    match pinned.len() {
+        1 => Ok(pinned.remove(0)),
+        0 => Err(Failure::input(format!(
+            "safe: {} has no pinned vault record; pin it first with `countersign vault add`",
+            checksummed(&request.safe)
+        ))),
+        _ => Err(Failure::input(
+            "safe: this Safe is pinned on several chains; Countersign cannot tell which one the request is for",
+        )),
+    }
+}
+
+struct TerminalPrompt {
+    yes: bool,
+}
+
+#[async_trait]
+impl Prompt for TerminalPrompt {
+    async fn confirm(&self, request: &CheckedRequest, signer: Address) -> Decision {
+        if self.yes {
+            return Decision::Approve;
+        }
+        if !std::io::stdin().is_terminal() {
+            eprintln!("No terminal to confirm on; pass --yes to sign from a script.");
+            return Decision::Decline;
+        }
+        eprint!(
+            "\nSign safeTxHash {} with {}? Type yes to sign: ",
+            request.hashes().safe_tx,
+            checksummed(&signer)
+        );
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        if std::io::stdin().read_line(&mut answer).is_err() {
+            return Decision::Decline;
+        }
+        if answer.trim() == "yes" {
+            Decision::Approve
+        } else {
+            Decision::Decline
+        }
+    }
+}
+
+async fn software_signer(store: &Store, choice: &KeyChoice) -> Result<SoftwareSigner, Failure> {
+    let address = choose_key(store, choice).await?;
+    let secret = store.key_secret(&address).await?;
+    SoftwareSigner::from_secret(&secret).map_err(|e| Failure::other(format!("key {}: {e}", checksummed(&address))))
+}
+
+async fn choose_key(store: &Store, choice: &KeyChoice) -> Result<Address, Failure> {
+    let keys = store.keys().await?;
+    let Some(wanted) = &choice.key else {
+        return match keys.as_slice() {
+            [only] => Ok(only.address),
+            [] => Err(Failure::input("key: the store has no key; create one with `countersign key new`")),
+            _ => Err(Failure::input("key: the store has several keys; choose one with --key ADDRESS|LABEL")),
+        };
+    };
+    let by_address = parse_address("key", wanted).ok().map(|p| p.address);
+    keys.iter()
+        .find(|k| Some(k.address) == by_address || k.label.as_deref() == Some(wanted.as_str()))
+        .map(|k| k.address)
+        .ok_or_else(|| Failure::input(format!("key: no key with address or label {wanted:?}")))
+}
+
+async fn verify(context: &Context, file: &Path, signature: &str, flags: &VaultFlags, as_json: bool) -> Result<Outcome, Failure> {
+    let input = read_limited(file, MAX_REQUEST_BYTES)?;
+    let signature = OwnerSignature::parse_hex("signature", signature)?;
+    let store = optional_store(context).await?;
+    let request = SafeTxRequest::from_json(&input)?;
+    let vault = resolve_vault(store.as_ref(), request.safe, flags).await?;
+    let hashes = vault.domain().hashes(&request.tx);
+    let signer = signature
+        .recover(&hashes.safe_tx)
+        .map_err(|problem| Failure::input(format!("signature: {problem}")))?;
+    let owner = (!vault.owners.is_empty()).then(|| vault.owners.contains(&signer));
+    if as_json {
+        println!("{}", json!({ "safeTxHash": hashes.safe_tx.to_string(), "signer": checksummed(&signer), "owner": owner }));
+    } else {
+        println!("safeTxHash: {}", hashes.safe_tx);
+        println!("Signer:     {}", checksummed(&signer));
+        match owner {
+            Some(true) => println!("The signer is an owner of the pinned vault."),
+            Some(false) => println!("The signer is NOT an owner of the pinned vault."),
+            None => println!("The vault's owners are not pinned, so ownership was not checked."),
+        }
+    }
+    Ok(if owner == Some(false) { Outcome::Refused } else { Outcome::Done })
+}
+
+async fn key(context: &Context, command: KeyCommand) -> Result<Outcome, Failure> {
+    let store = context.open_store().await?;
+    match command {
+        KeyCommand::New { label } => {
+            let signer = SoftwareSigner::generate();
+            store.add_key(signer.address(), "software", label.as_deref(), &signer.expose_secret()).await?;
+            println!("{}", checksummed(&signer.address()));
+        }
+        KeyCommand::Import { hex_file, keystore, password_file, label } => {
+            let signer = import_key(hex_file.as_deref(), keystore.as_deref(), password_file.as_deref())?;
+            store.add_key(signer.address(), "software", label.as_deref(), &signer.expose_secret()).await?;
+            println!("{}", checksummed(&signer.address()));
+        }
+        KeyCommand::List => {
+            for key in store.keys().await? {
+                let label = key.label.map(|l| format!("  {l}")).unwrap_or_default();
+                println!("{}  {}{label}", checksummed(&key.address), key.kind);
+            }
+        }
+        KeyCommand::Address { key } => println!("{}", checksummed(&choose_key(&store, &key).await?)),
+    }
+    Ok(Outcome::Done)
+}
+
+fn import_key(hex_file: Option<&Path>, keystore: Option<&Path>, password_file: Option<&Path>) -> Result<SoftwareSigner, Failure> {
+    if let Some(path) = hex_file {
+        let text = std::fs::read_to_string(path).map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+        let text = SecretString::new(text);
+        return SoftwareSigner::from_hex(&text).map_err(|e| Failure::input(format!("hex-file: {e}")));
+    }
+    let Some(path) = keystore else {
+        return Err(Failure::input("give --hex-file or --keystore"));
+    };
+    let password = match password_file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| Failure::input(format!("{}: {e}", file.display())))?;
+            SecretString::new(text.lines().next().unwrap_or_default().to_owned())
+        }
+        None => SecretString::new(
+            rpassword::prompt_password("Keystore password: ").map_err(|_| Failure::input("password: give --password-file"))?,
+        ),
+    };
+    SoftwareSigner::from_keystore(path, &password).map_err(|e| Failure::input(format!("keystore: {e}")))
+}
+
+async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Failure> {
+    let store = context.open_store().await?;
+    match command {
+        VaultCommand::Add { chain_id, address, safe_version, owners, threshold, next_nonce, label } => {
+            if chain_id == 0 {
+                return Err(Failure::input("chainId: must be a positive chain id"));
+            }
+            let address = parse_address("address", &address)?.address;
+            let mut record = VaultRecord::new(chain_id, address, SafeVersion::parse("safeVersion", &safe_version)?);
+            for (index, owner) in owners.iter().enumerate() {
+                record.owners.push(parse_address(&format!("owner[{index}]"), owner)?.address);
+            }
+            if let Some(threshold) = threshold {
+                let owners = record.owners.len() as u32;
+                if threshold == 0 || (owners > 0 && threshold > owners) {
+                    return Err(Failure::input(format!("threshold: must be between 1 and the {owners} owners")));
+                }
+                record.threshold = Some(threshold);
+            }
+            record.next_nonce = next_nonce.map(|n| parse_nonce("nextNonce", &n)).transpose()?;
+            record.label = label;
+            store.add_vault(&record).await?;
+            println!("Pinned {}", describe_vault(&record));
+        }
+        VaultCommand::List { json } => {
+            for record in store.vaults(None).await? {
+                if json {
+                    println!("{}", vault_json(&record));
+                } else {
+                    println!("{}", describe_vault(&record));
+                }
+            }
+        }
+        VaultCommand::Show { address, chain_id, json } => {
+            let address = parse_address("address", &address)?.address;
+            let flags = VaultFlags { chain_id, ..VaultFlags::default() };
+            let record = resolve_vault(Some(&store), address, &flags).await?;
+            if json {
+                println!("{}", vault_json(&record));
+            } else {
+                println!("{}", describe_vault(&record));
+                for owner in &record.owners {
+                    println!("  owner {}", checksummed(owner));
+                }
+            }
+        }
+        VaultCommand::SetNextNonce { address, chain_id, next_nonce } => {
+            let address = parse_address("address", &address)?.address;
+            let record = store.set_next_nonce(chain_id, &address, parse_nonce("nextNonce", &next_nonce)?).await?;
+            println!("{}", describe_vault(&record));
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+fn describe_vault(record: &VaultRecord) -> String {
+    let threshold = match record.threshold {
+        Some(t) => format!(", {t} of {} owners", record.owners.len()),
+        None if record.owners.is_empty() => String::new(),
+        None => format!(", {} owners", record.owners.len()),
+    };
+    let next = record.next_nonce.map(|n| format!(", next nonce {n}")).unwrap_or_default();
+    format!("{} on chain {}, Safe {}{threshold}{next}", record.display_name(), record.chain_id, record.version)
+}
+
+fn vault_json(record: &VaultRecord) -> serde_json::Value {
+    json!({
+        "chainId": record.chain_id,
+        "address": checksummed(&record.address),
+        "safeVersion": record.version.to_string(),
+        "owners": record.owners.iter().map(checksummed).collect::<Vec<_>>(),
+        "threshold": record.threshold,
+        "nextNonce": record.next_nonce.map(|n| n.to_string()),
+        "label": record.label,
+    })
+}
+
+async fn policy(context: &Context, command: PolicyCommand) -> Result<Outcome, Failure> {
+    let store = context.open_store().await?;
+    match command {
+        PolicyCommand::Show => println!("{}", store.policy().await?.to_json()),
+        PolicyCommand::Set { file } => {
+            let policy = Policy::from_json(&read_limited(&file, MAX_POLICY_BYTES)?)?;
+            store.set_policy(&policy).await?;
+            println!("{}", policy.to_json());
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+async fn incident(context: &Context, command: IncidentCommand) -> Result<Outcome, Failure> {
+    let store = context.open_store().await?;
+    match command {
+        IncidentCommand::List { all, json } => {
+            for incident in store.incidents(all).await? {
+                if json {
+                    println!("{}", json!({
+                        "id": incident.id, "vault": incident.vault_id, "kind": incident.kind,
+                        "openedAt": incident.opened_at, "detail": incident.detail,
+                        "clearedAt": incident.cleared_at, "note": incident.note,
+                    }));
+                    continue;
+                }
+                let state = match incident.cleared_at {
+                    Some(_) => format!("cleared: {}", incident.note.unwrap_or_default()),
+                    None => "OPEN".to_owned(),
+                };
+                let reason = incident.detail["reason"].as_str().unwrap_or_default().to_owned();
+                println!("{}  {}  {}  {state}\n    {reason}", incident.id, incident.vault_id, incident.kind);
+            }
+        }
+        IncidentCommand::Clear { id, note } => {
+            store.clear_incident(&id, &note).await?;
+            println!("Incident {id} cleared.");
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+async fn audit(context: &Context, command: AuditCommand) -> Result<Outcome, Failure> {
+    match command {
+        AuditCommand::Verify { file: Some(path) } => {
+            let text = std::fs::read_to_string(&path).map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+            let entries = text
+                .lines()
+                .enumerate()
+                .map(|(i, line)| {
+                    serde_json::from_str::<AuditEntry>(line)
+                        .map_err(|e| Failure::input(format!("line {}: not an audit entry: {e}", i + 1)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(report_chain(verify_chain(&entries)))
+        }
+        AuditCommand::Verify { file: None } => {
+            let store = context.open_store().await?;
+            Ok(report_chain(store.verify_audit().await?))
+        }
+        AuditCommand::Export { file } => {
+            let store = context.open_store().await?;
+            let mut out = String::new();
+            for entry in store.audit_entries().await? {
+                let line = serde_json::to_string(&entry).map_err(|e| Failure::other(e.to_string()))?;
+                out.push_str(&line);
+                out.push('\n');
+            }
+            match file {
+                Some(path) => std::fs::write(&path, out).map_err(|e| Failure::other(format!("{}: {e}", path.display())))?,
+                None => print!("{out}"),
+            }
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+fn report_chain(result: Result<countersign_store::audit::ChainReport, countersign_store::audit::ChainBreak>) -> Outcome {
+    match result {
+        Ok(report) => {
+            println!("The audit chain holds: {} entries, head {}", report.entries, report.head);
+            Outcome::Done
+        }
+        Err(broken) => {
+            println!("The audit chain is broken at entry {}: {}", broken.seq, broken.problem);
+            Outcome::Refused
+        }
+    }
+}
+
+async fn erase(context: &Context, yes: bool) -> Result<Outcome, Failure> {
+    if !yes {
+        return Err(Failure::input("erase: this deletes every key in the store; pass --yes to confirm"));
+    }
+    let store = context.open_store().await?;
+    store.erase().await?;
+    println!("Erased the store in {}", context.data_dir.display());
+    Ok(Outcome::Done)
+}
