@@ -1,0 +1,334 @@
+//! The `countersign` binary, run as a user runs it, against fresh data folders.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_countersign"))
+}
+
+fn repo(sub: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests").join(sub)
+}
+
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn file(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        fs::write(&path, body).unwrap();
+        path
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        bin()
+            .env("COUNTERSIGN_DATA_DIR", self.data())
+            .env("COUNTERSIGN_PASSPHRASE_FILE", self.dir.path().join("passphrase"))
+            .env_remove("COUNTERSIGN_LOG")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// A passphrase store with one key and the case files' vault pinned.
+    fn with_store(&self) -> String {
+        self.file("passphrase", "a long test passphrase\n");
+        assert_ok(&self.run(&["init", "--passphrase"]));
+        let address = stdout(&self.run(&["key", "new", "--label", "desk"])).trim().to_owned();
+        let pin = self.run(&[
+            "vault", "add", "--chain-id", "1", "--address", SAFE, "--safe-version", "1.3.0",
+            "--owner", &address, "--threshold", "1", "--next-nonce", "5", "--label", "Treasury",
+        ]);
+        assert_ok(&pin);
+        address
+    }
+}
+
+const SAFE: &str = "0x111CEEee040739fD91D29C34C33E6B3E112F2177";
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn assert_ok(output: &Output) {
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", stdout(output), stderr(output));
+}
+
+fn json_of(output: &Output) -> Value {
+    serde_json::from_str(&stdout(output)).unwrap_or_else(|e| panic!("{e}: {}", stdout(output)))
+}
+
+#[test]
+fn inspect_reproduces_every_vector() {
+    let home = Home::new();
+    for entry in fs::read_dir(repo("vectors/safe")).unwrap() {
+        let dir = entry.unwrap().path();
+        let expected: Value = serde_json::from_str(&fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        let chain = expected["chainId"].to_string();
+        let version = expected["safeVersion"].as_str().unwrap();
+        let request = dir.join("request.json");
+        let output = home.run(&["inspect", request.to_str().unwrap(), "--chain-id", &chain, "--safe-version", version, "--json"]);
+        let report = json_of(&output);
+        for field in ["domainHash", "messageHash", "safeTxHash"] {
+            assert_eq!(report[field], expected[field], "{} {field}", dir.display());
+        }
+        let refused = report["verdict"] == "refused";
+        assert_eq!(output.status.code(), Some(if refused { 1 } else { 0 }));
+        assert!(report["reasons"].is_array());
+
+        let text = home.run(&["inspect", request.to_str().unwrap(), "--chain-id", &chain, "--safe-version", version]);
+        assert!(stdout(&text).contains(expected["safeTxHash"].as_str().unwrap()), "{}", dir.display());
+    }
+    assert!(!home.data().exists(), "inspect with flags writes no store");
+}
+
+#[test]
+fn inspect_typed_data_is_shown_but_not_signable() {
+    let home = Home::new();
+    let mail = repo("vectors/eip712/mail.json");
+    let output = home.run(&["inspect", mail.to_str().unwrap(), "--json"]);
+    let report = json_of(&output);
+    assert_eq!(report["digest"], "0xbe609aee343fb3c4b28e1df9e632fca64fcfaede20f02e86244efddf30957bd2");
+    assert_eq!(report["verdict"], "refused");
+    assert_eq!(report["reasons"][0]["code"], "not_signable");
+    assert_eq!(output.status.code(), Some(1));
+}
+
+/// Every guard case that needs no signing history, through the binary.
+#[test]
+fn inspect_guard_cases() {
+    let home = Home::new();
+    let mut ran = 0;
+    for entry in fs::read_dir(repo("cases")).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let case: Value = serde_json::from_str(&fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+        if case.get("history").is_some() || case["vault"].get("address").is_some() {
+            continue;
+        }
+        let vault = &case["vault"];
+        let request = dir.join("request.json");
+        let chain = vault["chainId"].to_string();
+        let next = vault["nextNonce"].to_string();
+        let mut args = vec![
+            "inspect".to_owned(), request.to_string_lossy().into_owned(), "--json".into(),
+            "--chain-id".into(), chain, "--safe-version".into(),
+            vault["safeVersion"].as_str().unwrap().to_owned(), "--next-nonce".into(), next,
+        ];
+        if let Some(policy) = case.get("policy") {
+            args.push("--policy".into());
+            args.push(home.file("policy.json", &policy.to_string()).to_string_lossy().into_owned());
+        }
+        if let Some(tokens) = case.get("tokens") {
+            let list = serde_json::json!({ "tokens": tokens });
+            args.push("--token-list".into());
+            args.push(home.file("tokens.json", &list.to_string()).to_string_lossy().into_owned());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = home.run(&refs);
+        let report = json_of(&output);
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(report["verdict"], case["expect"]["verdict"], "{name}");
+        let code = if name.starts_with("fail_") { 1 } else { 0 };
+        assert_eq!(output.status.code(), Some(code), "{name}");
+        for reason in case["expect"]["refusals"].as_array().into_iter().flatten() {
+            let codes: Vec<&Value> = report["reasons"].as_array().unwrap().iter().map(|r| &r["code"]).collect();
+            assert!(codes.contains(&reason), "{name}: {reason} not in {codes:?}");
+        }
+        for line in case["expect"]["lines"].as_array().into_iter().flatten() {
+            let intent = report["intent"].to_string();
+            assert!(intent.contains(line.as_str().unwrap()), "{name}: {line} not in {intent}");
+        }
+        ran += 1;
+    }
+    assert!(ran >= 25, "only {ran} cases ran");
+}
+
+fn s3_with(field: &str, value: &str) -> String {
+    let text = fs::read_to_string(repo("vectors/safe/S3/request.json")).unwrap();
+    let mut object: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+    match value {
+        "<missing>" => {
+            object.remove(field);
+        }
+        _ => {
+            object.insert(field.to_owned(), serde_json::from_str(value).unwrap());
+        }
+    }
+    Value::Object(object).to_string()
+}
+
+#[test]
+fn fail_bad_input_names_the_field_with_exit_2() {
+    let home = Home::new();
+    let cases = [
+        ("not json", "{not json".to_owned(), "request"),
+        ("missing field", s3_with("nonce", "<missing>"), "nonce"),
+        ("wrong type", s3_with("value", "true"), "value"),
+        ("bad checksum", s3_with("to", "\"0x255c3912f91eF11bFDadd405F13144a823Da8cc5\""), "to"),
+        ("float", s3_with("gasPrice", "1.5"), "gasPrice"),
+        ("too big", format!("{}{}", s3_with("nonce", "4"), " ".repeat(256 * 1024)), "request"),
+    ];
+    for (what, body, field) in cases {
+        let path = home.file("bad.json", &body);
+        let output = home.run(&["inspect", path.to_str().unwrap(), "--chain-id", "11155111", "--safe-version", "1.3.0"]);
+        assert_eq!(output.status.code(), Some(2), "{what}: {}", stderr(&output));
+        let message = stderr(&output);
+        assert_eq!(message.trim().lines().count(), 1, "{what}: one line, got {message}");
+        assert!(message.contains(field), "{what}: {message} should name {field}");
+        assert!(stdout(&output).is_empty(), "{what}");
+    }
+    let output = home.run(&["inspect", repo("vectors/safe/S3/request.json").to_str().unwrap(), "--chain-id", "1", "--safe-version", "9.9.9"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("safeVersion"));
+}
+
+#[test]
+fn sign_then_verify_recovers_to_the_key() {
+    let home = Home::new();
+    let address = home.with_store();
+    let request = repo("cases/ok_usdc_transfer/request.json");
+    let signed = home.run(&["sign", request.to_str().unwrap(), "--yes", "--json"]);
+    assert_ok(&signed);
+    let report = json_of(&signed);
+    let signature = report["signature"].as_str().unwrap().to_owned();
+    assert_eq!(report["signer"], address.as_str());
+    assert_eq!(signature.len(), 132);
+
+    let verified = home.run(&["verify", request.to_str().unwrap(), "--signature", &signature, "--json"]);
+    assert_ok(&verified);
+    let verdict = json_of(&verified);
+    assert_eq!(verdict["signer"], address.as_str());
+    assert_eq!(verdict["owner"], true);
+    assert_eq!(verdict["safeTxHash"], report["safeTxHash"]);
+
+    let text = home.run(&["verify", request.to_str().unwrap(), "--signature", &signature]);
+    assert!(stdout(&text).contains(&address));
+}
+
+#[test]
+fn fail_sign_refuses_a_guarded_request_and_writes_no_signature() {
+    let home = Home::new();
+    home.with_store();
+    let request = repo("cases/fail_multisend_hidden_delegatecall/request.json");
+    let output = home.run(&["sign", request.to_str().unwrap(), "--yes"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains("untrusted_delegatecall"));
+    assert!(!stdout(&output).contains("Signature:"));
+}
+
+#[test]
+fn fail_tripwire_opens_an_incident_that_blocks_until_cleared() {
+    let home = Home::new();
+    home.with_store();
+    let first = repo("cases/ok_usdc_transfer/request.json");
+    let second = repo("cases/ok_native_transfer/request.json");
+    let rejection = home.file("rejection.json", &format!(
+        r#"{{"safe":"{SAFE}","to":"{SAFE}","value":"0","data":null,"operation":0,"safeTxGas":"0",
+        "baseGas":"0","gasPrice":"0","gasToken":"0x0000000000000000000000000000000000000000",
+        "refundReceiver":"0x0000000000000000000000000000000000000000","nonce":5}}"#
+    ));
+    assert_ok(&home.run(&["sign", first.to_str().unwrap(), "--yes"]));
+    assert_ok(&home.run(&["sign", first.to_str().unwrap(), "--yes"]));
+
+    let tripped = home.run(&["sign", second.to_str().unwrap(), "--yes", "--json"]);
+    assert_eq!(tripped.status.code(), Some(1));
+    let report = json_of(&tripped);
+    assert!(report["reasons"].to_string().contains("tripwire"));
+    assert!(stderr(&tripped).contains("Incident"));
+
+    let listed = home.run(&["incident", "list", "--json"]);
+    let incident: Value = serde_json::from_str(stdout(&listed).lines().next().unwrap()).unwrap();
+    assert_eq!(incident["kind"], "tripwire");
+    let id = incident["id"].as_str().unwrap().to_owned();
+
+    let blocked = home.run(&["sign", rejection.to_str().unwrap(), "--yes", "--json"]);
+    assert_eq!(blocked.status.code(), Some(1));
+    assert!(json_of(&blocked)["reasons"].to_string().contains("open_incident"));
+
+    assert_eq!(home.run(&["incident", "clear", &id, "--note", ""]).status.code(), Some(2));
+    assert_ok(&home.run(&["incident", "clear", &id, "--note", "initiator confirmed by phone"]));
+    assert_ok(&home.run(&["sign", rejection.to_str().unwrap(), "--yes"]));
+    let again = home.run(&["sign", second.to_str().unwrap(), "--yes"]);
+    assert_eq!(again.status.code(), Some(1), "the second payload stays refused");
+    assert_ok(&home.run(&["audit", "verify"]));
+}
+
+#[test]
+fn fail_audit_verify_names_a_tampered_entry() {
+    let home = Home::new();
+    home.with_store();
+    let request = repo("cases/ok_usdc_transfer/request.json");
+    assert_ok(&home.run(&["inspect", request.to_str().unwrap()]));
+    assert_ok(&home.run(&["audit", "verify"]));
+    let exported = home.dir.path().join("audit.jsonl");
+    assert_ok(&home.run(&["audit", "export", exported.to_str().unwrap()]));
+    assert_ok(&home.run(&["audit", "verify", "--file", exported.to_str().unwrap()]));
+
+    let text = fs::read_to_string(&exported).unwrap().replacen("vault_added", "vault_removed", 1);
+    fs::write(&exported, text).unwrap();
+    let broken = home.run(&["audit", "verify", "--file", exported.to_str().unwrap()]);
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(stdout(&broken).contains("broken at entry 3"), "{}", stdout(&broken));
+}
+
+#[test]
+fn keys_import_from_hex_and_a_wrong_passphrase_is_refused() {
+    let home = Home::new();
+    home.file("passphrase", "a long test passphrase\n");
+    assert_ok(&home.run(&["init", "--passphrase"]));
+    let hex = home.file("key.hex", "0x4646464646464646464646464646464646464646464646464646464646464646\n");
+    let imported = home.run(&["key", "import", "--hex-file", hex.to_str().unwrap(), "--label", "eip155"]);
+    assert_ok(&imported);
+    assert_eq!(stdout(&imported).trim(), "0x9d8A62f656a8d1615C1294fd71e9CFb3E4855A4F");
+    let again = home.run(&["key", "import", "--hex-file", hex.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2), "a duplicate key is refused");
+
+    let bad = home.file("bad.hex", "not a key");
+    let output = home.run(&["key", "import", "--hex-file", bad.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(!stderr(&output).contains("not a key"), "the secret is not echoed");
+    let listed = stdout(&home.run(&["key", "list"]));
+    assert!(listed.contains("eip155"));
+    let wrong = bin()
+        .env("COUNTERSIGN_DATA_DIR", home.data())
+        .env("COUNTERSIGN_PASSPHRASE_FILE", home.file("wrong", "not the passphrase\n"))
+        .args(["key", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(3));
+    assert!(stderr(&wrong).contains("wrong passphrase"));
+}
+
+/// With the README's test command a Secret Service is running and this must pass.
+#[test]
+fn keyring_store_via_the_cli() {
+    if std::env::var("COUNTERSIGN_REQUIRE_KEYRING").as_deref() != Ok("1") {
+        eprintln!("skipped: COUNTERSIGN_REQUIRE_KEYRING is not 1");
+        return;
+    }
+    let home = Home::new();
+    assert_ok(&home.run(&["init"]));
+    assert_ok(&home.run(&["key", "new"]));
+    assert_ok(&home.run(&["erase", "--yes"]));
+}
