@@ -13,7 +13,12 @@ pub struct Cli {
     pub data_dir: Option<PathBuf>,
 
     /// Read the store's passphrase from this file (first line) instead of asking.
-    #[arg(long, global = true, env = "COUNTERSIGN_PASSPHRASE_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "COUNTERSIGN_PASSPHRASE_FILE",
+        value_name = "FILE"
+    )]
     pub passphrase_file: Option<PathBuf>,
 
     /// Extra token list (JSON, same shape as the shipped one) for naming amounts.
@@ -122,7 +127,12 @@ pub enum KeyCommand {
     /// Import a key from a hex file or an Ethereum keystore v3 file.
     Import {
         /// A file holding the private key as 64 hex digits.
-        #[arg(long, value_name = "FILE", conflicts_with = "keystore", required_unless_present = "keystore")]
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "keystore",
+            required_unless_present = "keystore"
+        )]
         hex_file: Option<PathBuf>,
         /// An Ethereum keystore v3 JSON file.
         #[arg(long, value_name = "FILE")]

@@ -22,7 +22,10 @@ use countersign_store::keywrap::Protection;
 use countersign_store::Store;
 use serde_json::json;
 
-use crate::args::{AuditCommand, Cli, Command, IncidentCommand, KeyChoice, KeyCommand, PolicyCommand, VaultCommand, VaultFlags};
+use crate::args::{
+    AuditCommand, Cli, Command, IncidentCommand, KeyChoice, KeyCommand, PolicyCommand,
+    VaultCommand, VaultFlags,
+};
 use crate::context::{parse_nonce, read_limited, resolve_vault, Context};
 use crate::failure::{Failure, Outcome};
 use crate::report;
@@ -31,13 +34,24 @@ pub async fn run(cli: Cli) -> Result<Outcome, Failure> {
     let context = Context::new(&cli)?;
     match cli.command {
         Command::Init { passphrase } => init(&context, passphrase).await,
-        Command::Inspect { file, vault, policy, json } => {
-            inspect(&context, &file, &vault, policy.as_deref(), json).await
-        }
-        Command::Sign { file, key, yes, json } => sign(&context, &file, &key, yes, json).await,
-        Command::Verify { file, signature, vault, json } => {
-            verify(&context, &file, &signature, &vault, json).await
-        }
+        Command::Inspect {
+            file,
+            vault,
+            policy,
+            json,
+        } => inspect(&context, &file, &vault, policy.as_deref(), json).await,
+        Command::Sign {
+            file,
+            key,
+            yes,
+            json,
+        } => sign(&context, &file, &key, yes, json).await,
+        Command::Verify {
+            file,
+            signature,
+            vault,
+            json,
+        } => verify(&context, &file, &signature, &vault, json).await,
         Command::Key(command) => key(&context, command).await,
         Command::Vault(command) => vault(&context, command).await,
         Command::Policy(command) => policy(&context, command).await,
@@ -59,7 +73,11 @@ async fn init(context: &Context, passphrase: bool) -> Result<Outcome, Failure> {
         )),
         other => other.into(),
     })?;
-    println!("Created a store in {} (data key protected by {})", context.data_dir.display(), store.protection().name());
+    println!(
+        "Created a store in {} (data key protected by {})",
+        context.data_dir.display(),
+        store.protection().name()
+    );
     if store.protection() == countersign_store::ProtectionKind::Keyring {
         println!("Note: a keyring-protected store opens whenever the keyring is unlocked; it cannot be locked separately.");
     }
@@ -87,7 +105,13 @@ async fn review_file(
     let request = SafeTxRequest::from_json(input)?;
     let vault = resolve_vault(store, request.safe, flags).await?;
     let history = match store {
-        Some(store) if store.vaults(Some(&vault.address)).await?.iter().any(|v| v.chain_id == vault.chain_id) => {
+        Some(store)
+            if store
+                .vaults(Some(&vault.address))
+                .await?
+                .iter()
+                .any(|v| v.chain_id == vault.chain_id) =>
+        {
             store.history(&vault, request.tx.nonce).await?
         }
         _ => History::default(),
@@ -123,10 +147,16 @@ async fn inspect(
     };
     let review = review_file(store.as_ref(), &input, flags, &policy, &tokens).await?;
     if let Some(store) = &store {
-        store.audit("inspected", &report::audit_body(&review, &tokens)).await?;
+        store
+            .audit("inspected", &report::audit_body(&review, &tokens))
+            .await?;
     }
     print_review(&review, &tokens, as_json);
-    Ok(if review.refusals.is_empty() { Outcome::Done } else { Outcome::Refused })
+    Ok(if review.refusals.is_empty() {
+        Outcome::Done
+    } else {
+        Outcome::Refused
+    })
 }
 
 fn print_review(review: &Review, tokens: &TokenList, as_json: bool) {
@@ -137,9 +167,17 @@ fn print_review(review: &Review, tokens: &TokenList, as_json: bool) {
     }
 }
 
-async fn sign(context: &Context, file: &Path, choice: &KeyChoice, yes: bool, as_json: bool) -> Result<Outcome, Failure> {
+async fn sign(
+    context: &Context,
+    file: &Path,
+    choice: &KeyChoice,
+    yes: bool,
+    as_json: bool,
+) -> Result<Outcome, Failure> {
     if file == Path::new("-") && !yes {
-        return Err(Failure::input("confirmation: a request read from standard input needs --yes"));
+        return Err(Failure::input(
+            "confirmation: a request read from standard input needs --yes",
+        ));
     }
     let input = read_limited(file, MAX_REQUEST_BYTES)?;
     let store = context.open_store().await?;
@@ -157,7 +195,9 @@ async fn sign(context: &Context, file: &Path, choice: &KeyChoice, yes: bool, as_
         let detail = json!({ "reason": tripwire.to_string(), "shown": shown });
         let id = store.open_incident(&vault, "tripwire", &detail).await?;
         print_review(&review, &tokens, as_json);
-        eprintln!("Incident {id} opened: signing on this vault is blocked until a person clears it.");
+        eprintln!(
+            "Incident {id} opened: signing on this vault is blocked until a person clears it."
+        );
         return Ok(Outcome::Refused);
     }
     let checked = match review.into_checked() {
@@ -184,10 +224,20 @@ async fn sign(context: &Context, file: &Path, choice: &KeyChoice, yes: bool, as_
     };
     let hashes = checked.hashes();
     store
-        .record_signature(checked.vault(), checked.request().tx.nonce, hashes.safe_tx, signer.address(), &signature, &shown)
+        .record_signature(
+            checked.vault(),
+            checked.request().tx.nonce,
+            hashes.safe_tx,
+            signer.address(),
+            &signature,
+            &shown,
+        )
         .await?;
     if as_json {
-        let mut out = report::review_json(&review_for_display(&checked, &policy, &tokens, &history), &tokens);
+        let mut out = report::review_json(
+            &review_for_display(&checked, &policy, &tokens, &history),
+            &tokens,
+        );
         out["signature"] = json!(signature.to_hex());
         out["signer"] = json!(checksummed(&signer.address()));
         println!("{out}");
@@ -199,8 +249,19 @@ async fn sign(context: &Context, file: &Path, choice: &KeyChoice, yes: bool, as_
 }
 
 /// The checked request reviewed once more for display (the same inputs give the same review).
-fn review_for_display(checked: &CheckedRequest, policy: &Policy, tokens: &TokenList, history: &History) -> Review {
-    review(checked.request().clone(), checked.vault(), policy, tokens, history)
+fn review_for_display(
+    checked: &CheckedRequest,
+    policy: &Policy,
+    tokens: &TokenList,
+    history: &History,
+) -> Review {
+    review(
+        checked.request().clone(),
+        checked.vault(),
+        policy,
+        tokens,
+        history,
+    )
 }
 
 /// Signing needs a pinned vault record: flags are not enough to sign.
@@ -253,7 +314,8 @@ impl Prompt for TerminalPrompt {
 async fn software_signer(store: &Store, choice: &KeyChoice) -> Result<SoftwareSigner, Failure> {
     let address = choose_key(store, choice).await?;
     let secret = store.key_secret(&address).await?;
-    SoftwareSigner::from_secret(&secret).map_err(|e| Failure::other(format!("key {}: {e}", checksummed(&address))))
+    SoftwareSigner::from_secret(&secret)
+        .map_err(|e| Failure::other(format!("key {}: {e}", checksummed(&address))))
 }
 
 async fn choose_key(store: &Store, choice: &KeyChoice) -> Result<Address, Failure> {
@@ -261,8 +323,12 @@ async fn choose_key(store: &Store, choice: &KeyChoice) -> Result<Address, Failur
     let Some(wanted) = &choice.key else {
         return match keys.as_slice() {
             [only] => Ok(only.address),
-            [] => Err(Failure::input("key: the store has no key; create one with `countersign key new`")),
-            _ => Err(Failure::input("key: the store has several keys; choose one with --key ADDRESS|LABEL")),
+            [] => Err(Failure::input(
+                "key: the store has no key; create one with `countersign key new`",
+            )),
+            _ => Err(Failure::input(
+                "key: the store has several keys; choose one with --key ADDRESS|LABEL",
+            )),
         };
     };
     let by_address = parse_address("key", wanted).ok().map(|p| p.address);
@@ -272,7 +338,13 @@ async fn choose_key(store: &Store, choice: &KeyChoice) -> Result<Address, Failur
         .ok_or_else(|| Failure::input(format!("key: no key with address or label {wanted:?}")))
 }
 
-async fn verify(context: &Context, file: &Path, signature: &str, flags: &VaultFlags, as_json: bool) -> Result<Outcome, Failure> {
+async fn verify(
+    context: &Context,
+    file: &Path,
+    signature: &str,
+    flags: &VaultFlags,
+    as_json: bool,
+) -> Result<Outcome, Failure> {
     let input = read_limited(file, MAX_REQUEST_BYTES)?;
     let signature = OwnerSignature::parse_hex("signature", signature)?;
     let store = optional_store(context).await?;
@@ -284,7 +356,10 @@ async fn verify(context: &Context, file: &Path, signature: &str, flags: &VaultFl
         .map_err(|problem| Failure::input(format!("signature: {problem}")))?;
     let owner = (!vault.owners.is_empty()).then(|| vault.owners.contains(&signer));
     if as_json {
-        println!("{}", json!({ "safeTxHash": hashes.safe_tx.to_string(), "signer": checksummed(&signer), "owner": owner }));
+        println!(
+            "{}",
+            json!({ "safeTxHash": hashes.safe_tx.to_string(), "signer": checksummed(&signer), "owner": owner })
+        );
     } else {
         println!("safeTxHash: {}", hashes.safe_tx);
         println!("Signer:     {}", checksummed(&signer));
@@ -294,7 +369,11 @@ async fn verify(context: &Context, file: &Path, signature: &str, flags: &VaultFl
             None => println!("The vault's owners are not pinned, so ownership was not checked."),
         }
     }
-    Ok(if owner == Some(false) { Outcome::Refused } else { Outcome::Done })
+    Ok(if owner == Some(false) {
+        Outcome::Refused
+    } else {
+        Outcome::Done
+    })
 }
 
 async fn key(context: &Context, command: KeyCommand) -> Result<Outcome, Failure> {
@@ -302,13 +381,20 @@ async fn key(context: &Context, command: KeyCommand) -> Result<Outcome, Failure>
     match command {
         KeyCommand::New { label } => {
             let signer = SoftwareSigner::generate();
-            store.add_key(signer.address(), "software", label.as_deref(), &signer.expose_secret()).await?;
-            println!("{}", checksummed(&signer.address()));
+            save_key(&store, &signer, label.as_deref()).await?;
         }
-        KeyCommand::Import { hex_file, keystore, password_file, label } => {
-            let signer = import_key(hex_file.as_deref(), keystore.as_deref(), password_file.as_deref())?;
-            store.add_key(signer.address(), "software", label.as_deref(), &signer.expose_secret()).await?;
-            println!("{}", checksummed(&signer.address()));
+        KeyCommand::Import {
+            hex_file,
+            keystore,
+            password_file,
+            label,
+        } => {
+            let signer = import_key(
+                hex_file.as_deref(),
+                keystore.as_deref(),
+                password_file.as_deref(),
+            )?;
+            save_key(&store, &signer, label.as_deref()).await?;
         }
         KeyCommand::List => {
             for key in store.keys().await? {
@@ -316,52 +402,94 @@ async fn key(context: &Context, command: KeyCommand) -> Result<Outcome, Failure>
                 println!("{}  {}{label}", checksummed(&key.address), key.kind);
             }
         }
-        KeyCommand::Address { key } => println!("{}", checksummed(&choose_key(&store, &key).await?)),
+        KeyCommand::Address { key } => {
+            println!("{}", checksummed(&choose_key(&store, &key).await?))
+        }
     }
     Ok(Outcome::Done)
 }
 
-fn import_key(hex_file: Option<&Path>, keystore: Option<&Path>, password_file: Option<&Path>) -> Result<SoftwareSigner, Failure> {
+async fn save_key(
+    store: &Store,
+    signer: &SoftwareSigner,
+    label: Option<&str>,
+) -> Result<(), Failure> {
+    let secret = signer.expose_secret();
+    store
+        .add_key(signer.address(), "software", label, &secret)
+        .await?;
+    println!("{}", checksummed(&signer.address()));
+    Ok(())
+}
+
+fn import_key(
+    hex_file: Option<&Path>,
+    keystore: Option<&Path>,
+    password_file: Option<&Path>,
+) -> Result<SoftwareSigner, Failure> {
     if let Some(path) = hex_file {
-        let text = std::fs::read_to_string(path).map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
         let text = SecretString::new(text);
-        return SoftwareSigner::from_hex(&text).map_err(|e| Failure::input(format!("hex-file: {e}")));
+        return SoftwareSigner::from_hex(&text)
+            .map_err(|e| Failure::input(format!("hex-file: {e}")));
     }
     let Some(path) = keystore else {
         return Err(Failure::input("give --hex-file or --keystore"));
     };
     let password = match password_file {
         Some(file) => {
-            let text = std::fs::read_to_string(file).map_err(|e| Failure::input(format!("{}: {e}", file.display())))?;
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| Failure::input(format!("{}: {e}", file.display())))?;
             SecretString::new(text.lines().next().unwrap_or_default().to_owned())
         }
         None => SecretString::new(
-            rpassword::prompt_password("Keystore password: ").map_err(|_| Failure::input("password: give --password-file"))?,
+            rpassword::prompt_password("Keystore password: ")
+                .map_err(|_| Failure::input("password: give --password-file"))?,
         ),
     };
-    SoftwareSigner::from_keystore(path, &password).map_err(|e| Failure::input(format!("keystore: {e}")))
+    SoftwareSigner::from_keystore(path, &password)
+        .map_err(|e| Failure::input(format!("keystore: {e}")))
 }
 
 async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Failure> {
     let store = context.open_store().await?;
     match command {
-        VaultCommand::Add { chain_id, address, safe_version, owners, threshold, next_nonce, label } => {
+        VaultCommand::Add {
+            chain_id,
+            address,
+            safe_version,
+            owners,
+            threshold,
+            next_nonce,
+            label,
+        } => {
             if chain_id == 0 {
                 return Err(Failure::input("chainId: must be a positive chain id"));
             }
             let address = parse_address("address", &address)?.address;
-            let mut record = VaultRecord::new(chain_id, address, SafeVersion::parse("safeVersion", &safe_version)?);
+            let mut record = VaultRecord::new(
+                chain_id,
+                address,
+                SafeVersion::parse("safeVersion", &safe_version)?,
+            );
             for (index, owner) in owners.iter().enumerate() {
-                record.owners.push(parse_address(&format!("owner[{index}]"), owner)?.address);
+                record
+                    .owners
+                    .push(parse_address(&format!("owner[{index}]"), owner)?.address);
             }
             if let Some(threshold) = threshold {
                 let owners = record.owners.len() as u32;
                 if threshold == 0 || (owners > 0 && threshold > owners) {
-                    return Err(Failure::input(format!("threshold: must be between 1 and the {owners} owners")));
+                    return Err(Failure::input(format!(
+                        "threshold: must be between 1 and the {owners} owners"
+                    )));
                 }
                 record.threshold = Some(threshold);
             }
-            record.next_nonce = next_nonce.map(|n| parse_nonce("nextNonce", &n)).transpose()?;
+            record.next_nonce = next_nonce
+                .map(|n| parse_nonce("nextNonce", &n))
+                .transpose()?;
             record.label = label;
             store.add_vault(&record).await?;
             println!("Pinned {}", describe_vault(&record));
@@ -375,9 +503,16 @@ async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Fail
                 }
             }
         }
-        VaultCommand::Show { address, chain_id, json } => {
+        VaultCommand::Show {
+            address,
+            chain_id,
+            json,
+        } => {
             let address = parse_address("address", &address)?.address;
-            let flags = VaultFlags { chain_id, ..VaultFlags::default() };
+            let flags = VaultFlags {
+                chain_id,
+                ..VaultFlags::default()
+            };
             let record = resolve_vault(Some(&store), address, &flags).await?;
             if json {
                 println!("{}", vault_json(&record));
@@ -388,9 +523,15 @@ async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Fail
                 }
             }
         }
-        VaultCommand::SetNextNonce { address, chain_id, next_nonce } => {
+        VaultCommand::SetNextNonce {
+            address,
+            chain_id,
+            next_nonce,
+        } => {
             let address = parse_address("address", &address)?.address;
-            let record = store.set_next_nonce(chain_id, &address, parse_nonce("nextNonce", &next_nonce)?).await?;
+            let record = store
+                .set_next_nonce(chain_id, &address, parse_nonce("nextNonce", &next_nonce)?)
+                .await?;
             println!("{}", describe_vault(&record));
         }
     }
@@ -403,8 +544,16 @@ fn describe_vault(record: &VaultRecord) -> String {
         None if record.owners.is_empty() => String::new(),
         None => format!(", {} owners", record.owners.len()),
     };
-    let next = record.next_nonce.map(|n| format!(", next nonce {n}")).unwrap_or_default();
-    format!("{} on chain {}, Safe {}{threshold}{next}", record.display_name(), record.chain_id, record.version)
+    let next = record
+        .next_nonce
+        .map(|n| format!(", next nonce {n}"))
+        .unwrap_or_default();
+    format!(
+        "{} on chain {}, Safe {}{threshold}{next}",
+        record.display_name(),
+        record.chain_id,
+        record.version
+    )
 }
 
 fn vault_json(record: &VaultRecord) -> serde_json::Value {
@@ -438,19 +587,28 @@ async fn incident(context: &Context, command: IncidentCommand) -> Result<Outcome
         IncidentCommand::List { all, json } => {
             for incident in store.incidents(all).await? {
                 if json {
-                    println!("{}", json!({
-                        "id": incident.id, "vault": incident.vault_id, "kind": incident.kind,
-                        "openedAt": incident.opened_at, "detail": incident.detail,
-                        "clearedAt": incident.cleared_at, "note": incident.note,
-                    }));
+                    println!(
+                        "{}",
+                        json!({
+                            "id": incident.id, "vault": incident.vault_id, "kind": incident.kind,
+                            "openedAt": incident.opened_at, "detail": incident.detail,
+                            "clearedAt": incident.cleared_at, "note": incident.note,
+                        })
+                    );
                     continue;
                 }
                 let state = match incident.cleared_at {
                     Some(_) => format!("cleared: {}", incident.note.unwrap_or_default()),
                     None => "OPEN".to_owned(),
                 };
-                let reason = incident.detail["reason"].as_str().unwrap_or_default().to_owned();
-                println!("{}  {}  {}  {state}\n    {reason}", incident.id, incident.vault_id, incident.kind);
+                let reason = incident.detail["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                println!(
+                    "{}  {}  {}  {state}\n    {reason}",
+                    incident.id, incident.vault_id, incident.kind
+                );
             }
         }
         IncidentCommand::Clear { id, note } => {
@@ -464,13 +622,15 @@ async fn incident(context: &Context, command: IncidentCommand) -> Result<Outcome
 async fn audit(context: &Context, command: AuditCommand) -> Result<Outcome, Failure> {
     match command {
         AuditCommand::Verify { file: Some(path) } => {
-            let text = std::fs::read_to_string(&path).map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
             let entries = text
                 .lines()
                 .enumerate()
                 .map(|(i, line)| {
-                    serde_json::from_str::<AuditEntry>(line)
-                        .map_err(|e| Failure::input(format!("line {}: not an audit entry: {e}", i + 1)))
+                    serde_json::from_str::<AuditEntry>(line).map_err(|e| {
+                        Failure::input(format!("line {}: not an audit entry: {e}", i + 1))
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(report_chain(verify_chain(&entries)))
@@ -483,12 +643,14 @@ async fn audit(context: &Context, command: AuditCommand) -> Result<Outcome, Fail
             let store = context.open_store().await?;
             let mut out = String::new();
             for entry in store.audit_entries().await? {
-                let line = serde_json::to_string(&entry).map_err(|e| Failure::other(e.to_string()))?;
+                let line =
+                    serde_json::to_string(&entry).map_err(|e| Failure::other(e.to_string()))?;
                 out.push_str(&line);
                 out.push('\n');
             }
             match file {
-                Some(path) => std::fs::write(&path, out).map_err(|e| Failure::other(format!("{}: {e}", path.display())))?,
+                Some(path) => std::fs::write(&path, out)
+                    .map_err(|e| Failure::other(format!("{}: {e}", path.display())))?,
                 None => print!("{out}"),
             }
             Ok(Outcome::Done)
@@ -496,14 +658,22 @@ async fn audit(context: &Context, command: AuditCommand) -> Result<Outcome, Fail
     }
 }
 
-fn report_chain(result: Result<countersign_store::audit::ChainReport, countersign_store::audit::ChainBreak>) -> Outcome {
+fn report_chain(
+    result: Result<countersign_store::audit::ChainReport, countersign_store::audit::ChainBreak>,
+) -> Outcome {
     match result {
         Ok(report) => {
-            println!("The audit chain holds: {} entries, head {}", report.entries, report.head);
+            println!(
+                "The audit chain holds: {} entries, head {}",
+                report.entries, report.head
+            );
             Outcome::Done
         }
         Err(broken) => {
-            println!("The audit chain is broken at entry {}: {}", broken.seq, broken.problem);
+            println!(
+                "The audit chain is broken at entry {}: {}",
+                broken.seq, broken.problem
+            );
             Outcome::Refused
         }
     }
@@ -511,7 +681,9 @@ fn report_chain(result: Result<countersign_store::audit::ChainReport, countersig
 
 async fn erase(context: &Context, yes: bool) -> Result<Outcome, Failure> {
     if !yes {
-        return Err(Failure::input("erase: this deletes every key in the store; pass --yes to confirm"));
+        return Err(Failure::input(
+            "erase: this deletes every key in the store; pass --yes to confirm",
+        ));
     }
     let store = context.open_store().await?;
     store.erase().await?;

@@ -42,7 +42,10 @@ impl Context {
     /// Opens the store, asking for its passphrase only if it has one.
     pub async fn open_store(&self) -> Result<Store, Failure> {
         let file = self.passphrase_file.clone();
-        Ok(Store::open(&self.data_dir, move || read_passphrase(file.as_deref(), false)).await?)
+        Ok(Store::open(&self.data_dir, move || {
+            read_passphrase(file.as_deref(), false)
+        })
+        .await?)
     }
 
     /// The passphrase for a new store: from the file, or asked twice at the terminal.
@@ -83,13 +86,15 @@ fn default_data_dir() -> Result<PathBuf, Failure> {
 
 fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<SecretString, StoreError> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| StoreError::Database(format!("passphrase file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            StoreError::Database(format!("passphrase file {}: {e}", path.display()))
+        })?;
         let first = text.lines().next().unwrap_or_default().to_owned();
         drop(zeroize::Zeroizing::new(text));
         return Ok(SecretString::new(first));
     }
-    let first = rpassword::prompt_password("Store passphrase: ").map_err(|_| StoreError::PassphraseRequired)?;
+    let first = rpassword::prompt_password("Store passphrase: ")
+        .map_err(|_| StoreError::PassphraseRequired)?;
     let first = SecretString::new(first);
     if confirm {
         let again = rpassword::prompt_password("Repeat the passphrase: ")
@@ -128,7 +133,10 @@ pub fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, Failure> {
 
 /// Parses a decimal nonce given on the command line.
 pub fn parse_nonce(field: &str, text: &str) -> Result<U256, Failure> {
-    Ok(parse_uint(field, &serde_json::Value::String(text.to_owned()))?)
+    Ok(parse_uint(
+        field,
+        &serde_json::Value::String(text.to_owned()),
+    )?)
 }
 
 /// The vault record to check `safe` against: the pinned one when the store has it, else one
@@ -155,7 +163,10 @@ pub async fn resolve_vault(
     }
 }
 
-fn vault_from_flags(safe: alloy_primitives::Address, flags: &VaultFlags) -> Result<VaultRecord, Failure> {
+fn vault_from_flags(
+    safe: alloy_primitives::Address,
+    flags: &VaultFlags,
+) -> Result<VaultRecord, Failure> {
     let safe_text = safe.to_checksum(None);
     let Some(chain_id) = flags.chain_id else {
         return Err(Failure::input(format!(

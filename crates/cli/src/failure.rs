@@ -49,7 +49,9 @@ impl From<StoreError> for Failure {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Input(input) => Self::Input(input.to_string()),
-            StoreError::NotFound { .. } | StoreError::Duplicate { .. } => Self::Input(error.to_string()),
+            StoreError::NotFound { .. } | StoreError::Duplicate { .. } => {
+                Self::Input(error.to_string())
+            }
             other => Self::Other(other.to_string()),
         }
     }

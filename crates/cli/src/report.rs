@@ -89,21 +89,30 @@ fn call_json(call: &Call) -> Value {
 pub fn review_text(review: &Review, tokens: &TokenList) -> String {
     let vault = &review.vault;
     let tx = &review.request.tx;
-    let chain = chain_name(vault.chain_id).map(|n| format!("{n}, ")).unwrap_or_default();
+    let chain = chain_name(vault.chain_id)
+        .map(|n| format!("{n}, "))
+        .unwrap_or_default();
     let mut out = String::new();
     let mut line = |text: String| {
         out.push_str(&text);
         out.push('\n');
     };
 
-    line(format!("Safe {} ({chain}chain {}), Safe version {}", vault.display_name(), vault.chain_id, vault.version));
+    line(format!(
+        "Safe {} ({chain}chain {}), Safe version {}",
+        vault.display_name(),
+        vault.chain_id,
+        vault.version
+    ));
     let next = match vault.next_nonce {
         Some(next) => format!(" (the vault's next nonce is {next})"),
         None => " (the vault's next nonce is unknown)".to_owned(),
     };
     line(format!("Nonce {}{next}", tx.nonce));
     if review.is_rejection() {
-        line("This is the standard rejection: it cancels whatever else uses this nonce.".to_owned());
+        line(
+            "This is the standard rejection: it cancels whatever else uses this nonce.".to_owned(),
+        );
     }
     line(String::new());
     line("Intent:".to_owned());
@@ -129,16 +138,37 @@ pub fn review_text(review: &Review, tokens: &TokenList) -> String {
     }
     line(String::new());
     line("Raw fields:".to_owned());
-    line(format!("  to {}  value {}  operation {} ({})", checksummed(&tx.to), tx.value, tx.operation.0, tx.operation.name()));
-    line(format!("  data {} bytes{}", tx.data.len(), selector_suffix(&review.call)));
-    line(format!("  safeTxGas {}  baseGas {}  gasPrice {}", tx.safe_tx_gas, tx.base_gas, tx.gas_price));
-    line(format!("  gasToken {}  refundReceiver {}", checksummed(&tx.gas_token), checksummed(&tx.refund_receiver)));
+    line(format!(
+        "  to {}  value {}  operation {} ({})",
+        checksummed(&tx.to),
+        tx.value,
+        tx.operation.0,
+        tx.operation.name()
+    ));
+    line(format!(
+        "  data {} bytes{}",
+        tx.data.len(),
+        selector_suffix(&review.call)
+    ));
+    line(format!(
+        "  safeTxGas {}  baseGas {}  gasPrice {}",
+        tx.safe_tx_gas, tx.base_gas, tx.gas_price
+    ));
+    line(format!(
+        "  gasToken {}  refundReceiver {}",
+        checksummed(&tx.gas_token),
+        checksummed(&tx.refund_receiver)
+    ));
     line(String::new());
     line(format!("Domain hash:  {}", review.hashes.domain));
     line(format!("Message hash: {}", review.hashes.message));
     line(format!("safeTxHash:   {}", review.hashes.safe_tx));
     if let Some(claimed) = review.request.claimed_safe_tx_hash {
-        let agrees = if claimed == review.hashes.safe_tx { "matches" } else { "DIFFERS" };
+        let agrees = if claimed == review.hashes.safe_tx {
+            "matches"
+        } else {
+            "DIFFERS"
+        };
         line(format!("Claimed:      {claimed} ({agrees})"));
     }
     out

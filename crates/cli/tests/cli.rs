@@ -1,5 +1,12 @@
 //! The `countersign` binary, run as a user runs it, against fresh data folders.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -11,7 +18,9 @@ fn bin() -> Command {
 }
 
 fn repo(sub: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests").join(sub)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests")
+        .join(sub)
 }
 
 struct Home {
@@ -20,7 +29,9 @@ struct Home {
 
 impl Home {
     fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap() }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn data(&self) -> PathBuf {
@@ -36,7 +47,10 @@ impl Home {
     fn run(&self, args: &[&str]) -> Output {
         bin()
             .env("COUNTERSIGN_DATA_DIR", self.data())
-            .env("COUNTERSIGN_PASSPHRASE_FILE", self.dir.path().join("passphrase"))
+            .env(
+                "COUNTERSIGN_PASSPHRASE_FILE",
+                self.dir.path().join("passphrase"),
+            )
             .env_remove("COUNTERSIGN_LOG")
             .args(args)
             .stdin(Stdio::null())
@@ -48,10 +62,26 @@ impl Home {
     fn with_store(&self) -> String {
         self.file("passphrase", "a long test passphrase\n");
         assert_ok(&self.run(&["init", "--passphrase"]));
-        let address = stdout(&self.run(&["key", "new", "--label", "desk"])).trim().to_owned();
+        let address = stdout(&self.run(&["key", "new", "--label", "desk"]))
+            .trim()
+            .to_owned();
         let pin = self.run(&[
-            "vault", "add", "--chain-id", "1", "--address", SAFE, "--safe-version", "1.3.0",
-            "--owner", &address, "--threshold", "1", "--next-nonce", "5", "--label", "Treasury",
+            "vault",
+            "add",
+            "--chain-id",
+            "1",
+            "--address",
+            SAFE,
+            "--safe-version",
+            "1.3.0",
+            "--owner",
+            &address,
+            "--threshold",
+            "1",
+            "--next-nonce",
+            "5",
+            "--label",
+            "Treasury",
         ]);
         assert_ok(&pin);
         address
@@ -69,7 +99,13 @@ fn stderr(output: &Output) -> String {
 }
 
 fn assert_ok(output: &Output) {
-    assert_eq!(output.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", stdout(output), stderr(output));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(output),
+        stderr(output)
+    );
 }
 
 fn json_of(output: &Output) -> Value {
@@ -81,11 +117,20 @@ fn inspect_reproduces_every_vector() {
     let home = Home::new();
     for entry in fs::read_dir(repo("vectors/safe")).unwrap() {
         let dir = entry.unwrap().path();
-        let expected: Value = serde_json::from_str(&fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        let expected: Value =
+            serde_json::from_str(&fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
         let chain = expected["chainId"].to_string();
         let version = expected["safeVersion"].as_str().unwrap();
         let request = dir.join("request.json");
-        let output = home.run(&["inspect", request.to_str().unwrap(), "--chain-id", &chain, "--safe-version", version, "--json"]);
+        let output = home.run(&[
+            "inspect",
+            request.to_str().unwrap(),
+            "--chain-id",
+            &chain,
+            "--safe-version",
+            version,
+            "--json",
+        ]);
         let report = json_of(&output);
         for field in ["domainHash", "messageHash", "safeTxHash"] {
             assert_eq!(report[field], expected[field], "{} {field}", dir.display());
@@ -94,8 +139,19 @@ fn inspect_reproduces_every_vector() {
         assert_eq!(output.status.code(), Some(if refused { 1 } else { 0 }));
         assert!(report["reasons"].is_array());
 
-        let text = home.run(&["inspect", request.to_str().unwrap(), "--chain-id", &chain, "--safe-version", version]);
-        assert!(stdout(&text).contains(expected["safeTxHash"].as_str().unwrap()), "{}", dir.display());
+        let text = home.run(&[
+            "inspect",
+            request.to_str().unwrap(),
+            "--chain-id",
+            &chain,
+            "--safe-version",
+            version,
+        ]);
+        assert!(
+            stdout(&text).contains(expected["safeTxHash"].as_str().unwrap()),
+            "{}",
+            dir.display()
+        );
     }
     assert!(!home.data().exists(), "inspect with flags writes no store");
 }
@@ -106,7 +162,10 @@ fn inspect_typed_data_is_shown_but_not_signable() {
     let mail = repo("vectors/eip712/mail.json");
     let output = home.run(&["inspect", mail.to_str().unwrap(), "--json"]);
     let report = json_of(&output);
-    assert_eq!(report["digest"], "0xbe609aee343fb3c4b28e1df9e632fca64fcfaede20f02e86244efddf30957bd2");
+    assert_eq!(
+        report["digest"],
+        "0xbe609aee343fb3c4b28e1df9e632fca64fcfaede20f02e86244efddf30957bd2"
+    );
     assert_eq!(report["verdict"], "refused");
     assert_eq!(report["reasons"][0]["code"], "not_signable");
     assert_eq!(output.status.code(), Some(1));
@@ -122,7 +181,8 @@ fn inspect_guard_cases() {
         if !dir.is_dir() {
             continue;
         }
-        let case: Value = serde_json::from_str(&fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+        let case: Value =
+            serde_json::from_str(&fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
         if case.get("history").is_some() || case["vault"].get("address").is_some() {
             continue;
         }
@@ -131,18 +191,32 @@ fn inspect_guard_cases() {
         let chain = vault["chainId"].to_string();
         let next = vault["nextNonce"].to_string();
         let mut args = vec![
-            "inspect".to_owned(), request.to_string_lossy().into_owned(), "--json".into(),
-            "--chain-id".into(), chain, "--safe-version".into(),
-            vault["safeVersion"].as_str().unwrap().to_owned(), "--next-nonce".into(), next,
+            "inspect".to_owned(),
+            request.to_string_lossy().into_owned(),
+            "--json".into(),
+            "--chain-id".into(),
+            chain,
+            "--safe-version".into(),
+            vault["safeVersion"].as_str().unwrap().to_owned(),
+            "--next-nonce".into(),
+            next,
         ];
         if let Some(policy) = case.get("policy") {
             args.push("--policy".into());
-            args.push(home.file("policy.json", &policy.to_string()).to_string_lossy().into_owned());
+            args.push(
+                home.file("policy.json", &policy.to_string())
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
         if let Some(tokens) = case.get("tokens") {
             let list = serde_json::json!({ "tokens": tokens });
             args.push("--token-list".into());
-            args.push(home.file("tokens.json", &list.to_string()).to_string_lossy().into_owned());
+            args.push(
+                home.file("tokens.json", &list.to_string())
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let output = home.run(&refs);
@@ -152,12 +226,20 @@ fn inspect_guard_cases() {
         let code = if name.starts_with("fail_") { 1 } else { 0 };
         assert_eq!(output.status.code(), Some(code), "{name}");
         for reason in case["expect"]["refusals"].as_array().into_iter().flatten() {
-            let codes: Vec<&Value> = report["reasons"].as_array().unwrap().iter().map(|r| &r["code"]).collect();
+            let codes: Vec<&Value> = report["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| &r["code"])
+                .collect();
             assert!(codes.contains(&reason), "{name}: {reason} not in {codes:?}");
         }
         for line in case["expect"]["lines"].as_array().into_iter().flatten() {
             let intent = report["intent"].to_string();
-            assert!(intent.contains(line.as_str().unwrap()), "{name}: {line} not in {intent}");
+            assert!(
+                intent.contains(line.as_str().unwrap()),
+                "{name}: {line} not in {intent}"
+            );
         }
         ran += 1;
     }
@@ -185,20 +267,49 @@ fn fail_bad_input_names_the_field_with_exit_2() {
         ("not json", "{not json".to_owned(), "request"),
         ("missing field", s3_with("nonce", "<missing>"), "nonce"),
         ("wrong type", s3_with("value", "true"), "value"),
-        ("bad checksum", s3_with("to", "\"0x255c3912f91eF11bFDadd405F13144a823Da8cc5\""), "to"),
+        (
+            "bad checksum",
+            s3_with("to", "\"0x255c3912f91eF11bFDadd405F13144a823Da8cc5\""),
+            "to",
+        ),
         ("float", s3_with("gasPrice", "1.5"), "gasPrice"),
-        ("too big", format!("{}{}", s3_with("nonce", "4"), " ".repeat(256 * 1024)), "request"),
+        (
+            "too big",
+            format!("{}{}", s3_with("nonce", "4"), " ".repeat(256 * 1024)),
+            "request",
+        ),
     ];
     for (what, body, field) in cases {
         let path = home.file("bad.json", &body);
-        let output = home.run(&["inspect", path.to_str().unwrap(), "--chain-id", "11155111", "--safe-version", "1.3.0"]);
+        let output = home.run(&[
+            "inspect",
+            path.to_str().unwrap(),
+            "--chain-id",
+            "11155111",
+            "--safe-version",
+            "1.3.0",
+        ]);
         assert_eq!(output.status.code(), Some(2), "{what}: {}", stderr(&output));
         let message = stderr(&output);
-        assert_eq!(message.trim().lines().count(), 1, "{what}: one line, got {message}");
-        assert!(message.contains(field), "{what}: {message} should name {field}");
+        assert_eq!(
+            message.trim().lines().count(),
+            1,
+            "{what}: one line, got {message}"
+        );
+        assert!(
+            message.contains(field),
+            "{what}: {message} should name {field}"
+        );
         assert!(stdout(&output).is_empty(), "{what}");
     }
-    let output = home.run(&["inspect", repo("vectors/safe/S3/request.json").to_str().unwrap(), "--chain-id", "1", "--safe-version", "9.9.9"]);
+    let output = home.run(&[
+        "inspect",
+        repo("vectors/safe/S3/request.json").to_str().unwrap(),
+        "--chain-id",
+        "1",
+        "--safe-version",
+        "9.9.9",
+    ]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("safeVersion"));
 }
@@ -215,14 +326,25 @@ fn sign_then_verify_recovers_to_the_key() {
     assert_eq!(report["signer"], address.as_str());
     assert_eq!(signature.len(), 132);
 
-    let verified = home.run(&["verify", request.to_str().unwrap(), "--signature", &signature, "--json"]);
+    let verified = home.run(&[
+        "verify",
+        request.to_str().unwrap(),
+        "--signature",
+        &signature,
+        "--json",
+    ]);
     assert_ok(&verified);
     let verdict = json_of(&verified);
     assert_eq!(verdict["signer"], address.as_str());
     assert_eq!(verdict["owner"], true);
     assert_eq!(verdict["safeTxHash"], report["safeTxHash"]);
 
-    let text = home.run(&["verify", request.to_str().unwrap(), "--signature", &signature]);
+    let text = home.run(&[
+        "verify",
+        request.to_str().unwrap(),
+        "--signature",
+        &signature,
+    ]);
     assert!(stdout(&text).contains(&address));
 }
 
@@ -264,13 +386,30 @@ fn fail_tripwire_opens_an_incident_that_blocks_until_cleared() {
 
     let blocked = home.run(&["sign", rejection.to_str().unwrap(), "--yes", "--json"]);
     assert_eq!(blocked.status.code(), Some(1));
-    assert!(json_of(&blocked)["reasons"].to_string().contains("open_incident"));
+    assert!(json_of(&blocked)["reasons"]
+        .to_string()
+        .contains("open_incident"));
 
-    assert_eq!(home.run(&["incident", "clear", &id, "--note", ""]).status.code(), Some(2));
-    assert_ok(&home.run(&["incident", "clear", &id, "--note", "initiator confirmed by phone"]));
+    assert_eq!(
+        home.run(&["incident", "clear", &id, "--note", ""])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_ok(&home.run(&[
+        "incident",
+        "clear",
+        &id,
+        "--note",
+        "initiator confirmed by phone",
+    ]));
     assert_ok(&home.run(&["sign", rejection.to_str().unwrap(), "--yes"]));
     let again = home.run(&["sign", second.to_str().unwrap(), "--yes"]);
-    assert_eq!(again.status.code(), Some(1), "the second payload stays refused");
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "the second payload stays refused"
+    );
     assert_ok(&home.run(&["audit", "verify"]));
 }
 
@@ -285,11 +424,17 @@ fn fail_audit_verify_names_a_tampered_entry() {
     assert_ok(&home.run(&["audit", "export", exported.to_str().unwrap()]));
     assert_ok(&home.run(&["audit", "verify", "--file", exported.to_str().unwrap()]));
 
-    let text = fs::read_to_string(&exported).unwrap().replacen("vault_added", "vault_removed", 1);
+    let text = fs::read_to_string(&exported)
+        .unwrap()
+        .replacen("vault_added", "vault_removed", 1);
     fs::write(&exported, text).unwrap();
     let broken = home.run(&["audit", "verify", "--file", exported.to_str().unwrap()]);
     assert_eq!(broken.status.code(), Some(1));
-    assert!(stdout(&broken).contains("broken at entry 3"), "{}", stdout(&broken));
+    assert!(
+        stdout(&broken).contains("broken at entry 3"),
+        "{}",
+        stdout(&broken)
+    );
 }
 
 #[test]
@@ -297,22 +442,41 @@ fn keys_import_from_hex_and_a_wrong_passphrase_is_refused() {
     let home = Home::new();
     home.file("passphrase", "a long test passphrase\n");
     assert_ok(&home.run(&["init", "--passphrase"]));
-    let hex = home.file("key.hex", "0x4646464646464646464646464646464646464646464646464646464646464646\n");
-    let imported = home.run(&["key", "import", "--hex-file", hex.to_str().unwrap(), "--label", "eip155"]);
+    let hex = home.file(
+        "key.hex",
+        "0x4646464646464646464646464646464646464646464646464646464646464646\n",
+    );
+    let imported = home.run(&[
+        "key",
+        "import",
+        "--hex-file",
+        hex.to_str().unwrap(),
+        "--label",
+        "eip155",
+    ]);
     assert_ok(&imported);
-    assert_eq!(stdout(&imported).trim(), "0x9d8A62f656a8d1615C1294fd71e9CFb3E4855A4F");
+    assert_eq!(
+        stdout(&imported).trim(),
+        "0x9d8A62f656a8d1615C1294fd71e9CFb3E4855A4F"
+    );
     let again = home.run(&["key", "import", "--hex-file", hex.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(2), "a duplicate key is refused");
 
     let bad = home.file("bad.hex", "not a key");
     let output = home.run(&["key", "import", "--hex-file", bad.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(!stderr(&output).contains("not a key"), "the secret is not echoed");
+    assert!(
+        !stderr(&output).contains("not a key"),
+        "the secret is not echoed"
+    );
     let listed = stdout(&home.run(&["key", "list"]));
     assert!(listed.contains("eip155"));
     let wrong = bin()
         .env("COUNTERSIGN_DATA_DIR", home.data())
-        .env("COUNTERSIGN_PASSPHRASE_FILE", home.file("wrong", "not the passphrase\n"))
+        .env(
+            "COUNTERSIGN_PASSPHRASE_FILE",
+            home.file("wrong", "not the passphrase\n"),
+        )
         .args(["key", "list"])
         .output()
         .unwrap();

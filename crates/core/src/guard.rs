@@ -30,34 +30,98 @@ pub struct History {
 /// Something a person should look at; not a reason to refuse on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Warning {
-    UnverifiedChecksum { field: &'static str },
-    UnknownCalldata { place: String, selector: Option<[u8; 4]>, note: RawNote },
-    UnknownToken { place: String, token: Address },
-    UnlimitedApproval { place: String, token: Address, spender: Address },
-    NativeValueWithCall { place: String, value: U256 },
+    UnverifiedChecksum {
+        field: &'static str,
+    },
+    UnknownCalldata {
+        place: String,
+        selector: Option<[u8; 4]>,
+        note: RawNote,
+    },
+    UnknownToken {
+        place: String,
+        token: Address,
+    },
+    UnlimitedApproval {
+        place: String,
+        token: Address,
+        spender: Address,
+    },
+    NativeValueWithCall {
+        place: String,
+        value: U256,
+    },
     RefundFieldsIgnored,
-    SafeTxGasSet { safe_tx_gas: U256 },
+    SafeTxGasSet {
+        safe_tx_gas: U256,
+    },
     NextNonceUnknown,
-    QueuedAhead { nonce: U256, next: U256 },
+    QueuedAhead {
+        nonce: U256,
+        next: U256,
+    },
 }
 
 /// A reason the request must not be signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    HashMismatch { claimed: B256, computed: B256 },
-    SafeMismatch { request: Address, vault: Address },
-    UnknownOperation { place: String, value: u8 },
-    UntrustedDelegatecall { place: String, target: Address },
-    UndecodedDelegatecall { place: String, target: Address },
-    AdminNotAllowed { place: String, op: AdminOp },
-    NotInVersion { place: String, function: &'static str },
-    UnrecognizedSelfCall { place: String, selector: Option<[u8; 4]> },
-    MalformedBatch { place: String, problem: String },
-    GasRefund { gas_price: U256, receiver: Address },
-    NonceUsed { nonce: U256, next: U256 },
-    NonceTooFarAhead { nonce: U256, next: U256, max_ahead: u64 },
-    Tripwire { nonce: U256, signed: B256, this: B256 },
-    OpenIncidents { count: usize },
+    HashMismatch {
+        claimed: B256,
+        computed: B256,
+    },
+    SafeMismatch {
+        request: Address,
+        vault: Address,
+    },
+    UnknownOperation {
+        place: String,
+        value: u8,
+    },
+    UntrustedDelegatecall {
+        place: String,
+        target: Address,
+    },
+    UndecodedDelegatecall {
+        place: String,
+        target: Address,
+    },
+    AdminNotAllowed {
+        place: String,
+        op: AdminOp,
+    },
+    NotInVersion {
+        place: String,
+        function: &'static str,
+    },
+    UnrecognizedSelfCall {
+        place: String,
+        selector: Option<[u8; 4]>,
+    },
+    MalformedBatch {
+        place: String,
+        problem: String,
+    },
+    GasRefund {
+        gas_price: U256,
+        receiver: Address,
+    },
+    NonceUsed {
+        nonce: U256,
+        next: U256,
+    },
+    NonceTooFarAhead {
+        nonce: U256,
+        next: U256,
+        max_ahead: u64,
+    },
+    Tripwire {
+        nonce: U256,
+        signed: B256,
+        this: B256,
+    },
+    OpenIncidents {
+        count: usize,
+    },
 }
 
 /// `ok` when nothing refuses, `refused` otherwise.
@@ -100,6 +164,20 @@ pub fn review(
     history: &History,
 ) -> Review {
     let hashes = vault.domain().hashes(&request.tx);
+    review_hashed(request, hashes, vault, policy, tokens, history)
+}
+
+/// [`review`] for a caller that already computed the hashes with the vault's cached
+/// [`crate::hash::SafeDomain`] (a queue sync, a benchmark). `hashes` must be
+/// `vault.domain().hashes(&request.tx)`; the tests hold both paths to the same result.
+pub fn review_hashed(
+    request: SafeTxRequest,
+    hashes: SafeTxHashes,
+    vault: &VaultRecord,
+    policy: &Policy,
+    tokens: &TokenList,
+    history: &History,
+) -> Review {
     let call = decode_call(vault.address, &request.tx);
     let mut review = Review {
         vault: vault.clone(),
@@ -138,7 +216,9 @@ impl Review {
 
     /// The tripwire refusal, when this review tripped it; the store opens an incident for it.
     pub fn tripwire(&self) -> Option<&Refusal> {
-        self.refusals.iter().find(|r| matches!(r, Refusal::Tripwire { .. }))
+        self.refusals
+            .iter()
+            .find(|r| matches!(r, Refusal::Tripwire { .. }))
     }
 
     /// The request, if no guard refused it.
@@ -156,14 +236,17 @@ impl Review {
 
     fn check_identity(&mut self) {
         if self.request.safe != self.vault.address {
-            let refusal =
-                Refusal::SafeMismatch { request: self.request.safe, vault: self.vault.address };
+            let refusal = Refusal::SafeMismatch {
+                request: self.request.safe,
+                vault: self.vault.address,
+            };
             self.refusals.push(refusal);
         }
         if let Some(claimed) = self.request.claimed_safe_tx_hash {
             if claimed != self.hashes.safe_tx {
                 let computed = self.hashes.safe_tx;
-                self.refusals.push(Refusal::HashMismatch { claimed, computed });
+                self.refusals
+                    .push(Refusal::HashMismatch { claimed, computed });
             }
         }
         for field in self.request.unverified_addresses.clone() {
@@ -185,7 +268,10 @@ impl Review {
             check_version(call, version, &mut refusals);
             note_tokens(call, tokens, chain_id, &mut warnings);
             if !call.value.is_zero() && !call.data.is_empty() && call.to != safe {
-                warnings.push(Warning::NativeValueWithCall { place, value: call.value });
+                warnings.push(Warning::NativeValueWithCall {
+                    place,
+                    value: call.value,
+                });
             }
         }
         self.refusals.extend(refusals);
@@ -196,14 +282,20 @@ impl Review {
         let tx = &self.request.tx;
         if !tx.gas_price.is_zero() && !policy.allow_gas_refunds {
             let receiver = tx.refund_receiver;
-            self.refusals.push(Refusal::GasRefund { gas_price: tx.gas_price, receiver });
+            self.refusals.push(Refusal::GasRefund {
+                gas_price: tx.gas_price,
+                receiver,
+            });
         }
-        let refund_fields_set = tx.gas_token != Address::ZERO || tx.refund_receiver != Address::ZERO;
+        let refund_fields_set =
+            tx.gas_token != Address::ZERO || tx.refund_receiver != Address::ZERO;
         if tx.gas_price.is_zero() && refund_fields_set {
             self.warnings.push(Warning::RefundFieldsIgnored);
         }
         if !tx.safe_tx_gas.is_zero() {
-            self.warnings.push(Warning::SafeTxGasSet { safe_tx_gas: tx.safe_tx_gas });
+            self.warnings.push(Warning::SafeTxGasSet {
+                safe_tx_gas: tx.safe_tx_gas,
+            });
         }
     }
 
@@ -217,7 +309,11 @@ impl Review {
             self.refusals.push(Refusal::NonceUsed { nonce, next });
         } else if nonce - next > U256::from(policy.max_nonce_ahead) {
             let max_ahead = policy.max_nonce_ahead;
-            self.refusals.push(Refusal::NonceTooFarAhead { nonce, next, max_ahead });
+            self.refusals.push(Refusal::NonceTooFarAhead {
+                nonce,
+                next,
+                max_ahead,
+            });
         } else if nonce > next {
             self.warnings.push(Warning::QueuedAhead { nonce, next });
         }
@@ -225,16 +321,25 @@ impl Review {
 
     fn check_history(&mut self, history: &History) {
         if history.open_incidents > 0 {
-            self.refusals.push(Refusal::OpenIncidents { count: history.open_incidents });
+            self.refusals.push(Refusal::OpenIncidents {
+                count: history.open_incidents,
+            });
         }
         let this = self.hashes.safe_tx;
-        let other = history.signed_for_nonce.iter().find(|signed| **signed != this);
+        let other = history
+            .signed_for_nonce
+            .iter()
+            .find(|signed| **signed != this);
         let Some(&signed) = other else {
             return;
         };
         if !self.is_rejection() {
             let nonce = self.request.tx.nonce;
-            self.refusals.push(Refusal::Tripwire { nonce, signed, this });
+            self.refusals.push(Refusal::Tripwire {
+                nonce,
+                signed,
+                this,
+            });
         }
     }
 }
@@ -245,9 +350,15 @@ fn check_operation(call: &Call, policy: &Policy, chain_id: u64, refusals: &mut V
         Operation::CALL => {}
         Operation::DELEGATECALL => {
             if !policy.trusts_delegatecall(chain_id, &call.to) {
-                refusals.push(Refusal::UntrustedDelegatecall { place, target: call.to });
+                refusals.push(Refusal::UntrustedDelegatecall {
+                    place,
+                    target: call.to,
+                });
             } else if matches!(call.action, Action::Raw { .. }) {
-                refusals.push(Refusal::UndecodedDelegatecall { place, target: call.to });
+                refusals.push(Refusal::UndecodedDelegatecall {
+                    place,
+                    target: call.to,
+                });
             }
         }
         Operation(value) => refusals.push(Refusal::UnknownOperation { place, value }),
@@ -263,23 +374,37 @@ fn check_action(
 ) {
     let place = call.place();
     match &call.action {
-        Action::SafeAdmin(op) => {
-            if !policy.allowed_admin_operations.contains(&op.kind()) {
-                refusals.push(Refusal::AdminNotAllowed { place, op: *op });
-            }
+        Action::SafeAdmin(op) if !policy.allowed_admin_operations.contains(&op.kind()) => {
+            refusals.push(Refusal::AdminNotAllowed { place, op: *op });
         }
-        Action::Raw { note: RawNote::MalformedBatch { problem }, .. } => {
-            refusals.push(Refusal::MalformedBatch { place, problem: problem.clone() });
+        Action::Raw {
+            note: RawNote::MalformedBatch { problem },
+            ..
+        } => {
+            refusals.push(Refusal::MalformedBatch {
+                place,
+                problem: problem.clone(),
+            });
         }
-        Action::Raw { note: RawNote::BatchTooDeep, .. } => {
+        Action::Raw {
+            note: RawNote::BatchTooDeep,
+            ..
+        } => {
             let problem = "batches are nested too deep to review".to_owned();
             refusals.push(Refusal::MalformedBatch { place, problem });
         }
         Action::Raw { selector, .. } if call.to == safe => {
-            refusals.push(Refusal::UnrecognizedSelfCall { place, selector: *selector });
+            refusals.push(Refusal::UnrecognizedSelfCall {
+                place,
+                selector: *selector,
+            });
         }
         Action::Raw { selector, note } => {
-            let warning = Warning::UnknownCalldata { place, selector: *selector, note: note.clone() };
+            let warning = Warning::UnknownCalldata {
+                place,
+                selector: *selector,
+                note: note.clone(),
+            };
             warnings.push(warning);
         }
         _ => {}
@@ -296,7 +421,10 @@ fn check_version(call: &Call, version: crate::version::SafeVersion, refusals: &m
         _ => false,
     };
     if missing {
-        refusals.push(Refusal::NotInVersion { place: call.place(), function: op.kind().name() });
+        refusals.push(Refusal::NotInVersion {
+            place: call.place(),
+            function: op.kind().name(),
+        });
     }
 }
 
@@ -306,15 +434,21 @@ fn note_tokens(call: &Call, tokens: &TokenList, chain_id: u64, warnings: &mut Ve
         Action::Erc20Transfer { .. } | Action::Erc20TransferFrom { .. } => {}
         Action::Erc20Approve { spender, amount } => {
             if *amount == U256::MAX {
-                let warning =
-                    Warning::UnlimitedApproval { place: place.clone(), token: call.to, spender: *spender };
+                let warning = Warning::UnlimitedApproval {
+                    place: place.clone(),
+                    token: call.to,
+                    spender: *spender,
+                };
                 warnings.push(warning);
             }
         }
         _ => return,
     }
     if tokens.get(chain_id, &call.to).is_none() {
-        warnings.push(Warning::UnknownToken { place, token: call.to });
+        warnings.push(Warning::UnknownToken {
+            place,
+            token: call.to,
+        });
     }
 }
 
@@ -397,7 +531,10 @@ impl fmt::Display for Refusal {
                 checksummed(vault)
             ),
             Self::UnknownOperation { place, value } => {
-                write!(f, "{place} has operation {value}; only 0 (call) and 1 (delegatecall) exist")
+                write!(
+                    f,
+                    "{place} has operation {value}; only 0 (call) and 1 (delegatecall) exist"
+                )
             }
             Self::UntrustedDelegatecall { place, target } => write!(
                 f,
@@ -427,9 +564,15 @@ impl fmt::Display for Refusal {
                 selector_text(selector)
             ),
             Self::MalformedBatch { place, problem } => {
-                write!(f, "{place} is a MultiSend batch that cannot be decoded: {problem}")
+                write!(
+                    f,
+                    "{place} is a MultiSend batch that cannot be decoded: {problem}"
+                )
             }
-            Self::GasRefund { gas_price, receiver } => write!(
+            Self::GasRefund {
+                gas_price,
+                receiver,
+            } => write!(
                 f,
                 "gasPrice is {gas_price}, so the Safe would pay a gas refund to {}; the local \
                  policy does not allow refunds",
@@ -440,13 +583,24 @@ impl fmt::Display for Refusal {
                 }
             ),
             Self::NonceUsed { nonce, next } => {
-                write!(f, "nonce {nonce} is already used: the vault's next nonce is {next}")
+                write!(
+                    f,
+                    "nonce {nonce} is already used: the vault's next nonce is {next}"
+                )
             }
-            Self::NonceTooFarAhead { nonce, next, max_ahead } => write!(
+            Self::NonceTooFarAhead {
+                nonce,
+                next,
+                max_ahead,
+            } => write!(
                 f,
                 "nonce {nonce} is more than {max_ahead} ahead of the vault's next nonce {next}"
             ),
-            Self::Tripwire { nonce, signed, this } => write!(
+            Self::Tripwire {
+                nonce,
+                signed,
+                this,
+            } => write!(
                 f,
                 "tripwire: this approver already signed {signed} for nonce {nonce}; a different \
                  payload {this} for the same nonce is refused and an incident is opened"
@@ -467,14 +621,25 @@ impl fmt::Display for Warning {
                 f,
                 "{field} was written in one letter case, so it carried no EIP-55 checksum"
             ),
-            Self::UnknownCalldata { place, selector, note } => {
-                write!(f, "{place} has calldata Countersign does not decode ({}", selector_text(selector))?;
+            Self::UnknownCalldata {
+                place,
+                selector,
+                note,
+            } => {
+                write!(
+                    f,
+                    "{place} has calldata Countersign does not decode ({}",
+                    selector_text(selector)
+                )?;
                 match note {
                     RawNote::NonCanonical { function } => {
                         write!(f, ", {function} with non-canonical arguments)")
                     }
                     RawNote::MultiSendByCall => {
-                        write!(f, ", multiSend by plain call: its steps would not run as the Safe)")
+                        write!(
+                            f,
+                            ", multiSend by plain call: its steps would not run as the Safe)"
+                        )
                     }
                     RawNote::AdminOnOtherContract { function } => {
                         write!(f, ", {function} on a contract other than this Safe)")
@@ -487,14 +652,21 @@ impl fmt::Display for Warning {
                 "{place} moves token {}, which is not in the token list: amounts are raw units",
                 checksummed(token)
             ),
-            Self::UnlimitedApproval { place, token, spender } => write!(
+            Self::UnlimitedApproval {
+                place,
+                token,
+                spender,
+            } => write!(
                 f,
                 "{place} grants {} an unlimited allowance of {}",
                 checksummed(spender),
                 checksummed(token)
             ),
             Self::NativeValueWithCall { place, value } => {
-                write!(f, "{place} also sends {value} wei of native currency with its call")
+                write!(
+                    f,
+                    "{place} also sends {value} wei of native currency with its call"
+                )
             }
             Self::RefundFieldsIgnored => write!(
                 f,

@@ -75,7 +75,12 @@ pub struct SafeDomain {
 impl SafeDomain {
     pub fn new(chain_id: u64, safe: Address, version: SafeVersion) -> Self {
         let domain = eip712_domain(chain_id, safe, version);
-        Self { chain_id, safe, version, separator: domain.separator() }
+        Self {
+            chain_id,
+            safe,
+            version,
+            separator: domain.separator(),
+        }
     }
 
     pub fn separator(&self) -> B256 {
@@ -98,7 +103,11 @@ impl SafeDomain {
     pub fn hashes(&self, tx: &SafeTx) -> SafeTxHashes {
         let message = message_hash(tx, self.version);
         let safe_tx = signing_hash(self.separator, message);
-        SafeTxHashes { domain: self.separator, message, safe_tx }
+        SafeTxHashes {
+            domain: self.separator,
+            message,
+            safe_tx,
+        }
     }
 }
 
@@ -123,7 +132,10 @@ fn eip712_domain(chain_id: u64, safe: Address, version: SafeVersion) -> Eip712Do
 fn message_hash(tx: &SafeTx, version: SafeVersion) -> B256 {
     // Step 2: the type hash, then the fields as EIP-712 `encodeData` writes them.
     let (type_hash, encoded) = if version.names_data_gas() {
-        (SAFE_TX_TYPEHASH_DATA_GAS, to_sol_data_gas(tx).eip712_encode_data())
+        (
+            SAFE_TX_TYPEHASH_DATA_GAS,
+            to_sol_data_gas(tx).eip712_encode_data(),
+        )
     } else {
         (SAFE_TX_TYPEHASH, to_sol(tx).eip712_encode_data())
     };
@@ -212,7 +224,9 @@ mod tests {
         };
         assert_eq!(old.eip712_type_hash(), SAFE_TX_TYPEHASH_DATA_GAS);
         // And the whole struct hash agrees with alloy's own, type hash included.
-        assert_eq!(keccak256([SAFE_TX_TYPEHASH.as_slice(), &tx.eip712_encode_data()].concat()),
-            tx.eip712_hash_struct());
+        assert_eq!(
+            keccak256([SAFE_TX_TYPEHASH.as_slice(), &tx.eip712_encode_data()].concat()),
+            tx.eip712_hash_struct()
+        );
     }
 }

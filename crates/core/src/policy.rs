@@ -100,7 +100,11 @@ impl Policy {
             .iter()
             .map(|(chain, set)| (chain.to_string(), set.iter().map(checksummed).collect()))
             .collect();
-        let admin: Vec<&str> = self.allowed_admin_operations.iter().map(|k| k.name()).collect();
+        let admin: Vec<&str> = self
+            .allowed_admin_operations
+            .iter()
+            .map(|k| k.name())
+            .collect();
         let value = serde_json::json!({
             "trustedDelegatecallTargets": targets,
             "includeOfficialMultiSendCallOnly": self.include_official_multisend_call_only,
@@ -184,11 +188,15 @@ pub fn official_call_only(chain_id: u64) -> BTreeSet<Address> {
     static TABLE: std::sync::OnceLock<BTreeMap<u64, BTreeSet<Address>>> =
         std::sync::OnceLock::new();
     let table = TABLE.get_or_init(|| {
-        let file: OfficialFile =
-            serde_json::from_str(OFFICIAL_CALL_ONLY).unwrap_or(OfficialFile { deployments: vec![] });
+        let file: OfficialFile = serde_json::from_str(OFFICIAL_CALL_ONLY).unwrap_or(OfficialFile {
+            deployments: vec![],
+        });
         let mut table: BTreeMap<u64, BTreeSet<Address>> = BTreeMap::new();
         for entry in file.deployments {
-            table.entry(entry.chain_id).or_default().extend(entry.addresses);
+            table
+                .entry(entry.chain_id)
+                .or_default()
+                .extend(entry.addresses);
         }
         table
     });
@@ -214,7 +222,9 @@ mod tests {
         let text = br#"{"trustedDelegatecallTargets":{"1":["0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"]},
             "allowedAdminOperations":["changeThreshold"],"allowGasRefunds":true,"maxNonceAhead":5}"#;
         let policy = Policy::from_json(text).map_err(|e| e.to_string());
-        let again = policy.clone().and_then(|p| Policy::from_json(p.to_json().as_bytes()).map_err(|e| e.to_string()));
+        let again = policy
+            .clone()
+            .and_then(|p| Policy::from_json(p.to_json().as_bytes()).map_err(|e| e.to_string()));
         assert_eq!(policy, again);
         assert_eq!(policy.map(|p| p.max_nonce_ahead), Ok(5));
     }
@@ -222,9 +232,18 @@ mod tests {
     #[test]
     fn fail_fields_are_named() {
         let field = |text: &str| Policy::from_json(text.as_bytes()).err().map(|e| e.field);
-        assert_eq!(field(r#"{"allowedAdminOperations":["selfDestruct"]}"#), Some("allowedAdminOperations[0]".into()));
-        assert_eq!(field(r#"{"maxNonceAhead":-1}"#), Some("maxNonceAhead".into()));
-        assert_eq!(field(r#"{"trustedDelegatecallTargets":{"x":[]}}"#), Some("trustedDelegatecallTargets.x".into()));
+        assert_eq!(
+            field(r#"{"allowedAdminOperations":["selfDestruct"]}"#),
+            Some("allowedAdminOperations[0]".into())
+        );
+        assert_eq!(
+            field(r#"{"maxNonceAhead":-1}"#),
+            Some("maxNonceAhead".into())
+        );
+        assert_eq!(
+            field(r#"{"trustedDelegatecallTargets":{"x":[]}}"#),
+            Some("trustedDelegatecallTargets.x".into())
+        );
         assert_eq!(field(r#"{"colour":"red"}"#), Some("policy".into()));
     }
 }

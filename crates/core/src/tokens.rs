@@ -94,7 +94,10 @@ impl TokenEntry {
         let field = |name: &str| format!("tokens[{index}].{name}");
         let parsed = parse_address(&field("address"), &self.address)?;
         if parsed.checksum != Checksum::Verified {
-            return Err(InputError::new(field("address"), "must be written in EIP-55 form"));
+            return Err(InputError::new(
+                field("address"),
+                "must be written in EIP-55 form",
+            ));
         }
         let decimals = self
             .decimals
@@ -103,9 +106,17 @@ impl TokenEntry {
             .filter(|d| *d <= 77)
             .ok_or_else(|| InputError::new(field("decimals"), "must be an integer 0 to 77"))?;
         if self.symbol.is_empty() || self.symbol.len() > 16 || !self.symbol.is_ascii() {
-            return Err(InputError::new(field("symbol"), "must be 1 to 16 ASCII characters"));
+            return Err(InputError::new(
+                field("symbol"),
+                "must be 1 to 16 ASCII characters",
+            ));
         }
-        Ok(Token { chain_id: self.chain_id, address: parsed.address, symbol: self.symbol, decimals })
+        Ok(Token {
+            chain_id: self.chain_id,
+            address: parsed.address,
+            symbol: self.symbol,
+            decimals,
+        })
     }
 }
 
@@ -151,8 +162,14 @@ mod tests {
     #[test]
     fn fail_bad_entry() {
         let bad = br#"{"tokens":[{"chainId":1,"address":"0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48","symbol":"USDC","decimals":6}]}"#;
-        assert_eq!(TokenList::from_json(bad).err().map(|e| e.field), Some("tokens[0].address".into()));
+        assert_eq!(
+            TokenList::from_json(bad).err().map(|e| e.field),
+            Some("tokens[0].address".into())
+        );
         let bad = br#"{"tokens":[{"chainId":1,"address":"0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48","symbol":"USDC","decimals":78}]}"#;
-        assert_eq!(TokenList::from_json(bad).err().map(|e| e.field), Some("tokens[0].decimals".into()));
+        assert_eq!(
+            TokenList::from_json(bad).err().map(|e| e.field),
+            Some("tokens[0].decimals".into())
+        );
     }
 }

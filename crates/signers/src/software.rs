@@ -79,14 +79,19 @@ impl SoftwareSigner {
         let (signature, recovery_id) = self
             .key
             .sign_prehash_recoverable(digest.as_slice())
-            .map_err(|_| SignerError::Failed { detail: "ECDSA signing failed".to_owned() })?;
+            .map_err(|_| SignerError::Failed {
+                detail: "ECDSA signing failed".to_owned(),
+            })?;
         let (signature, recovery_id) = match signature.normalize_s() {
             Some(low) => (low, flip(recovery_id)),
             None => (signature, recovery_id),
         };
         let (r, s) = signature.split_bytes();
-        OwnerSignature::from_parts(r.into(), s.into(), recovery_id.to_byte())
-            .map_err(|problem| SignerError::Failed { detail: problem.to_string() })
+        OwnerSignature::from_parts(r.into(), s.into(), recovery_id.to_byte()).map_err(|problem| {
+            SignerError::Failed {
+                detail: problem.to_string(),
+            }
+        })
     }
 }
 
@@ -113,11 +118,19 @@ pub fn check_keystore_cost(text: &[u8]) -> Result<(), KeyError> {
             let within = number("n").is_some_and(|n| n <= 1 << 20)
                 && number("r").is_some_and(|r| r <= 16)
                 && number("p").is_some_and(|p| p <= 16);
-            if within { Ok(()) } else { bad("scrypt parameters above n 2^20, r 16, p 16") }
+            if within {
+                Ok(())
+            } else {
+                bad("scrypt parameters above n 2^20, r 16, p 16")
+            }
         }
         Some("pbkdf2") => {
             let within = number("c").is_some_and(|c| c <= 10_000_000);
-            if within { Ok(()) } else { bad("pbkdf2 iteration count above 10,000,000") }
+            if within {
+                Ok(())
+            } else {
+                bad("pbkdf2 iteration count above 10,000,000")
+            }
         }
         _ => bad("kdf must be scrypt or pbkdf2"),
     }
@@ -129,7 +142,9 @@ fn flip(id: k256::ecdsa::RecoveryId) -> k256::ecdsa::RecoveryId {
 
 fn keystore_problem(error: &eth_keystore::KeystoreError) -> String {
     match error {
-        eth_keystore::KeystoreError::MacMismatch => "wrong password (the MAC does not match)".into(),
+        eth_keystore::KeystoreError::MacMismatch => {
+            "wrong password (the MAC does not match)".into()
+        }
         eth_keystore::KeystoreError::StdIo(e) => e.clone(),
         eth_keystore::KeystoreError::SerdeJson(e) => format!("not a keystore v3 file: {e}"),
         other => other.to_string(),
@@ -138,7 +153,9 @@ fn keystore_problem(error: &eth_keystore::KeystoreError) -> String {
 
 impl fmt::Debug for SoftwareSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SoftwareSigner").field("address", &self.address).finish_non_exhaustive()
+        f.debug_struct("SoftwareSigner")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
     }
 }
 

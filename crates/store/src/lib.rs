@@ -48,8 +48,14 @@ pub enum StoreError {
     PassphraseRequired,
     #[error("keyring: {detail}")]
     Keyring { detail: String },
-    #[error("the sealed value in {table}.{column} for row {row} was altered or moved; it was not used")]
-    Tampered { table: &'static str, column: &'static str, row: String },
+    #[error(
+        "the sealed value in {table}.{column} for row {row} was altered or moved; it was not used"
+    )]
+    Tampered {
+        table: &'static str,
+        column: &'static str,
+        row: String,
+    },
     #[error("{what} not found")]
     NotFound { what: String },
     #[error("{what} already exists")]
@@ -117,17 +123,32 @@ impl Store {
     /// Creates a store in `dir` with a fresh data key.
     pub async fn create(dir: &Path, protection: Protection) -> Result<Self, StoreError> {
         if Self::exists(dir) {
-            return Err(StoreError::AlreadyInitialized { path: dir.to_owned() });
+            return Err(StoreError::AlreadyInitialized {
+                path: dir.to_owned(),
+            });
         }
         create_private_dir(dir)?;
-        let store_id = hex::encode(keywrap::new_data_key().expose().get(..16).unwrap_or_default());
+        let store_id = hex::encode(
+            keywrap::new_data_key()
+                .expose()
+                .get(..16)
+                .unwrap_or_default(),
+        );
         let data_key = keywrap::new_data_key();
 
         let (kind, kek, kdf) = match &protection {
-            Protection::Keyring => (ProtectionKind::Keyring, keywrap::keyring_create(&store_id).await?, None),
+            Protection::Keyring => (
+                ProtectionKind::Keyring,
+                keywrap::keyring_create(&store_id).await?,
+                None,
+            ),
             Protection::Passphrase(passphrase) => {
                 let params = KdfParams::fresh();
-                (ProtectionKind::Passphrase, keywrap::derive(passphrase, &params)?, Some(params))
+                (
+                    ProtectionKind::Passphrase,
+                    keywrap::derive(passphrase, &params)?,
+                    Some(params),
+                )
             }
         };
         let wrapped = keywrap::wrap(&kek, &store_id, &data_key)?;
@@ -148,7 +169,9 @@ impl Store {
         insert_meta(&mut tx, "store_id", store_id.as_bytes()).await?;
         insert_meta(&mut tx, "protection", kind.name().as_bytes()).await?;
         if let Some(params) = kdf {
-            let text = serde_json::to_vec(&params).map_err(|e| StoreError::Corrupt { detail: e.to_string() })?;
+            let text = serde_json::to_vec(&params).map_err(|e| StoreError::Corrupt {
+                detail: e.to_string(),
+            })?;
             insert_meta(&mut tx, "kdf", &text).await?;
         }
         insert_meta(&mut tx, "wrapped_data_key", &wrapped).await?;
@@ -162,7 +185,9 @@ impl Store {
     /// How the store in `dir` is protected, read without unlocking it.
     pub async fn protection_of(dir: &Path) -> Result<ProtectionKind, StoreError> {
         if !Self::exists(dir) {
-            return Err(StoreError::NotInitialized { path: dir.to_owned() });
+            return Err(StoreError::NotInitialized {
+                path: dir.to_owned(),
+            });
         }
         let pool = connect(dir, false).await?;
         let kind = read_protection(&pool).await;
@@ -176,16 +201,23 @@ impl Store {
         passphrase: impl FnOnce() -> Result<SecretString, StoreError>,
     ) -> Result<Self, StoreError> {
         if !Self::exists(dir) {
-            return Err(StoreError::NotInitialized { path: dir.to_owned() });
+            return Err(StoreError::NotInitialized {
+                path: dir.to_owned(),
+            });
         }
         let pool = connect(dir, false).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         let format = read_meta(&pool, "format").await?;
         if format != FORMAT.as_bytes() {
-            return Err(StoreError::Corrupt { detail: "unknown store format".into() });
+            return Err(StoreError::Corrupt {
+                detail: "unknown store format".into(),
+            });
         }
-        let store_id = String::from_utf8(read_meta(&pool, "store_id").await?)
-            .map_err(|_| StoreError::Corrupt { detail: "store id".into() })?;
+        let store_id = String::from_utf8(read_meta(&pool, "store_id").await?).map_err(|_| {
+            StoreError::Corrupt {
+                detail: "store id".into(),
+            }
+        })?;
         let protection = read_protection(&pool).await?;
         let wrapped = read_meta(&pool, "wrapped_data_key").await?;
 
@@ -193,7 +225,9 @@ impl Store {
             ProtectionKind::Keyring => keywrap::keyring_fetch(&store_id).await?,
             ProtectionKind::Passphrase => {
                 let params: KdfParams = serde_json::from_slice(&read_meta(&pool, "kdf").await?)
-                    .map_err(|_| StoreError::Corrupt { detail: "Argon2id parameters".into() })?;
+                    .map_err(|_| StoreError::Corrupt {
+                        detail: "Argon2id parameters".into(),
+                    })?;
                 keywrap::derive(&passphrase()?, &params)?
             }
         };
@@ -204,7 +238,13 @@ impl Store {
             },
         })?;
         let sealer = Sealer::new(&data_key)?;
-        Ok(Self { pool, sealer, store_id, protection, path: dir.to_owned() })
+        Ok(Self {
+            pool,
+            sealer,
+            store_id,
+            protection,
+            path: dir.to_owned(),
+        })
     }
 
     pub fn protection(&self) -> ProtectionKind {
@@ -261,8 +301,9 @@ impl Store {
         let (prev_seq, prev_hash) = match last {
             Some(row) => {
                 let hash: String = row.get("hash");
-                let prev = audit::decode(&hash)
-                    .ok_or_else(|| StoreError::Corrupt { detail: "audit hash".into() })?;
+                let prev = audit::decode(&hash).ok_or_else(|| StoreError::Corrupt {
+                    detail: "audit hash".into(),
+                })?;
                 (row.get::<i64, _>("seq") as u64, prev)
             }
             None => (0, [0u8; 32]),
@@ -271,15 +312,17 @@ impl Store {
         let at = now();
         let body = canonical_json(body);
         let hash = entry_hash(&prev_hash, seq, at, kind, &body);
-        sqlx::query("INSERT INTO audit (seq, at, kind, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(seq as i64)
-            .bind(at)
-            .bind(kind)
-            .bind(&body)
-            .bind(hex::encode(prev_hash))
-            .bind(hex::encode(hash))
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO audit (seq, at, kind, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(seq as i64)
+        .bind(at)
+        .bind(kind)
+        .bind(&body)
+        .bind(hex::encode(prev_hash))
+        .bind(hex::encode(hash))
+        .execute(&mut **tx)
+        .await?;
         let head = format!("{seq}:{}", hex::encode(hash));
         let sealed = self.sealer.seal(HEAD, head.as_bytes())?;
         upsert_meta(tx, "audit_head", &sealed).await?;
@@ -288,9 +331,10 @@ impl Store {
 
     /// Every audit entry, oldest first.
     pub async fn audit_entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query("SELECT seq, at, kind, body, prev_hash, hash FROM audit ORDER BY seq")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT seq, at, kind, body, prev_hash, hash FROM audit ORDER BY seq")
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows
             .into_iter()
             .map(|row| AuditEntry {
@@ -322,13 +366,20 @@ impl Store {
                  removed from the end or the head was replaced",
                 report.entries
             );
-            return Ok(Err(ChainBreak { seq: report.entries.min(seq) + 1, problem }));
+            return Ok(Err(ChainBreak {
+                seq: report.entries.min(seq) + 1,
+                problem,
+            }));
         }
         Ok(Ok(report))
     }
 }
 
-const HEAD: Place<'static> = Place { table: "meta", column: "value", row: "audit_head" };
+const HEAD: Place<'static> = Place {
+    table: "meta",
+    column: "value",
+    row: "audit_head",
+};
 
 /// Compact JSON with object keys sorted (serde_json's default map is ordered by key).
 fn canonical_json(value: &serde_json::Value) -> String {
@@ -353,12 +404,16 @@ async fn connect(dir: &Path, create: bool) -> Result<SqlitePool, StoreError> {
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
         .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
     Ok(pool)
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -382,22 +437,41 @@ async fn read_protection(pool: &SqlitePool) -> Result<ProtectionKind, StoreError
     match read_meta(pool, "protection").await?.as_slice() {
         b"keyring" => Ok(ProtectionKind::Keyring),
         b"passphrase" => Ok(ProtectionKind::Passphrase),
-        _ => Err(StoreError::Corrupt { detail: "unknown protection".into() }),
+        _ => Err(StoreError::Corrupt {
+            detail: "unknown protection".into(),
+        }),
     }
 }
 
 async fn read_meta(pool: &SqlitePool, name: &str) -> Result<Vec<u8>, StoreError> {
-    let row = sqlx::query("SELECT value FROM meta WHERE name = ?").bind(name).fetch_optional(pool).await?;
+    let row = sqlx::query("SELECT value FROM meta WHERE name = ?")
+        .bind(name)
+        .fetch_optional(pool)
+        .await?;
     row.map(|r| r.get::<Vec<u8>, _>("value"))
-        .ok_or_else(|| StoreError::Corrupt { detail: format!("meta entry {name} is missing") })
+        .ok_or_else(|| StoreError::Corrupt {
+            detail: format!("meta entry {name} is missing"),
+        })
 }
 
-async fn insert_meta(tx: &mut Transaction<'static, Sqlite>, name: &str, value: &[u8]) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO meta (name, value) VALUES (?, ?)").bind(name).bind(value).execute(&mut **tx).await?;
+async fn insert_meta(
+    tx: &mut Transaction<'static, Sqlite>,
+    name: &str,
+    value: &[u8],
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO meta (name, value) VALUES (?, ?)")
+        .bind(name)
+        .bind(value)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
-async fn upsert_meta(tx: &mut Transaction<'static, Sqlite>, name: &str, value: &[u8]) -> Result<(), StoreError> {
+async fn upsert_meta(
+    tx: &mut Transaction<'static, Sqlite>,
+    name: &str,
+    value: &[u8],
+) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
         .bind(name)
         .bind(value)

@@ -60,7 +60,9 @@ fn key_id(address: &Address) -> String {
 }
 
 fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt { detail: format!("{what} could not be read back") }
+    StoreError::Corrupt {
+        detail: format!("{what} could not be read back"),
+    }
 }
 
 impl VaultRow {
@@ -86,7 +88,8 @@ impl VaultRow {
         let next_nonce = match self.next_nonce {
             None => None,
             Some(text) => Some(
-                U256::from_str_radix(&text, 10).map_err(|_| InputError::new("nextNonce", "not a number"))?,
+                U256::from_str_radix(&text, 10)
+                    .map_err(|_| InputError::new("nextNonce", "not a number"))?,
             ),
         };
         Ok(VaultRecord {
@@ -117,12 +120,21 @@ impl Store {
         secret: &SecretBytes,
     ) -> Result<(), StoreError> {
         let id = key_id(&address);
-        let place = Place { table: "keys", column: "sealed_secret", row: &id };
+        let place = Place {
+            table: "keys",
+            column: "sealed_secret",
+            row: &id,
+        };
         let sealed = self.sealer.seal(place, secret.expose())?;
         let mut tx = self.begin().await?;
-        let exists = sqlx::query("SELECT 1 FROM keys WHERE id = ?").bind(&id).fetch_optional(&mut *tx).await?;
+        let exists = sqlx::query("SELECT 1 FROM keys WHERE id = ?")
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await?;
         if exists.is_some() {
-            return Err(StoreError::Duplicate { what: format!("key {}", checksummed(&address)) });
+            return Err(StoreError::Duplicate {
+                what: format!("key {}", checksummed(&address)),
+            });
         }
         sqlx::query("INSERT INTO keys (id, address, kind, label, created_at, sealed_secret) VALUES (?, ?, ?, ?, ?, ?)")
             .bind(&id)
@@ -133,7 +145,8 @@ impl Store {
             .bind(sealed)
             .execute(&mut *tx)
             .await?;
-        let body = serde_json::json!({ "address": checksummed(&address), "kind": kind, "label": label });
+        let body =
+            serde_json::json!({ "address": checksummed(&address), "kind": kind, "label": label });
         self.audit_in(&mut tx, "key_added", &body).await?;
         tx.commit().await?;
         tracing::info!(address = %checksummed(&address), kind, "key added");
@@ -141,9 +154,11 @@ impl Store {
     }
 
     pub async fn keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
-        let rows = sqlx::query("SELECT address, kind, label, created_at FROM keys ORDER BY created_at, address")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT address, kind, label, created_at FROM keys ORDER BY created_at, address",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter()
             .map(|row| {
                 let text: String = row.get("address");
@@ -160,10 +175,22 @@ impl Store {
     /// Opens a key's sealed secret.
     pub async fn key_secret(&self, address: &Address) -> Result<SecretBytes, StoreError> {
         let id = key_id(address);
-        let row = sqlx::query("SELECT sealed_secret FROM keys WHERE id = ?").bind(&id).fetch_optional(&self.pool).await?;
-        let row = row.ok_or_else(|| StoreError::NotFound { what: format!("key {}", checksummed(address)) })?;
+        let row = sqlx::query("SELECT sealed_secret FROM keys WHERE id = ?")
+            .bind(&id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let row = row.ok_or_else(|| StoreError::NotFound {
+            what: format!("key {}", checksummed(address)),
+        })?;
         let sealed: Vec<u8> = row.get("sealed_secret");
-        self.sealer.open(Place { table: "keys", column: "sealed_secret", row: &id }, &sealed)
+        self.sealer.open(
+            Place {
+                table: "keys",
+                column: "sealed_secret",
+                row: &id,
+            },
+            &sealed,
+        )
     }
 
     // Vaults.
@@ -172,12 +199,23 @@ impl Store {
     pub async fn add_vault(&self, record: &VaultRecord) -> Result<(), StoreError> {
         let id = vault_id(record.chain_id, &record.address);
         let body = vault_json(record);
-        let place = Place { table: "vaults", column: "sealed_record", row: &id };
+        let place = Place {
+            table: "vaults",
+            column: "sealed_record",
+            row: &id,
+        };
         let sealed = self.sealer.seal(place, body.to_string().as_bytes())?;
         let mut tx = self.begin().await?;
-        let exists = sqlx::query("SELECT 1 FROM vaults WHERE id = ?").bind(&id).fetch_optional(&mut *tx).await?;
+        let exists = sqlx::query("SELECT 1 FROM vaults WHERE id = ?")
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await?;
         if exists.is_some() {
-            let what = format!("vault {} on chain {}", checksummed(&record.address), record.chain_id);
+            let what = format!(
+                "vault {} on chain {}",
+                checksummed(&record.address),
+                record.chain_id
+            );
             return Err(StoreError::Duplicate { what });
         }
         sqlx::query("INSERT INTO vaults (id, chain_id, address, created_at, sealed_record) VALUES (?, ?, ?, ?, ?)")
@@ -195,16 +233,29 @@ impl Store {
     }
 
     /// Records a new next nonce for a pinned vault (after a transaction executed).
-    pub async fn set_next_nonce(&self, chain_id: u64, address: &Address, next: U256) -> Result<VaultRecord, StoreError> {
+    pub async fn set_next_nonce(
+        &self,
+        chain_id: u64,
+        address: &Address,
+        next: U256,
+    ) -> Result<VaultRecord, StoreError> {
         let mut record = self.vault(chain_id, address).await?;
         let previous = record.next_nonce;
         record.next_nonce = Some(next);
         let id = vault_id(chain_id, address);
         let body = vault_json(&record);
-        let place = Place { table: "vaults", column: "sealed_record", row: &id };
+        let place = Place {
+            table: "vaults",
+            column: "sealed_record",
+            row: &id,
+        };
         let sealed = self.sealer.seal(place, body.to_string().as_bytes())?;
         let mut tx = self.begin().await?;
-        sqlx::query("UPDATE vaults SET sealed_record = ? WHERE id = ?").bind(sealed).bind(&id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE vaults SET sealed_record = ? WHERE id = ?")
+            .bind(sealed)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
         let change = serde_json::json!({
             "vault": id, "from": previous.map(|n| n.to_string()), "to": next.to_string()
         });
@@ -215,7 +266,10 @@ impl Store {
 
     pub async fn vault(&self, chain_id: u64, address: &Address) -> Result<VaultRecord, StoreError> {
         let id = vault_id(chain_id, address);
-        let row = sqlx::query("SELECT sealed_record FROM vaults WHERE id = ?").bind(&id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT sealed_record FROM vaults WHERE id = ?")
+            .bind(&id)
+            .fetch_optional(&self.pool)
+            .await?;
         let row = row.ok_or_else(|| StoreError::NotFound {
             what: format!("vault {} on chain {chain_id}", checksummed(address)),
         })?;
@@ -224,12 +278,16 @@ impl Store {
 
     /// Every pinned vault, optionally only those at `address` (on any chain).
     pub async fn vaults(&self, address: Option<&Address>) -> Result<Vec<VaultRecord>, StoreError> {
-        let rows = sqlx::query("SELECT id, address, sealed_record FROM vaults ORDER BY chain_id, address")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT id, address, sealed_record FROM vaults ORDER BY chain_id, address")
+                .fetch_all(&self.pool)
+                .await?;
         let mut out = Vec::new();
         for row in rows {
-            let record = self.open_vault(&row.get::<String, _>("id"), &row.get::<Vec<u8>, _>("sealed_record"))?;
+            let record = self.open_vault(
+                &row.get::<String, _>("id"),
+                &row.get::<Vec<u8>, _>("sealed_record"),
+            )?;
             if address.is_none_or(|a| *a == record.address) {
                 out.push(record);
             }
@@ -238,8 +296,16 @@ impl Store {
     }
 
     fn open_vault(&self, id: &str, sealed: &[u8]) -> Result<VaultRecord, StoreError> {
-        let plain = self.sealer.open(Place { table: "vaults", column: "sealed_record", row: id }, sealed)?;
-        let row: VaultRow = serde_json::from_slice(plain.expose()).map_err(|_| corrupt("a vault record"))?;
+        let plain = self.sealer.open(
+            Place {
+                table: "vaults",
+                column: "sealed_record",
+                row: id,
+            },
+            sealed,
+        )?;
+        let row: VaultRow =
+            serde_json::from_slice(plain.expose()).map_err(|_| corrupt("a vault record"))?;
         Ok(row.into_record()?)
     }
 
@@ -247,11 +313,15 @@ impl Store {
 
     /// The local policy, or the strict default when none was set.
     pub async fn policy(&self) -> Result<Policy, StoreError> {
-        let row = sqlx::query("SELECT sealed_body FROM policy WHERE id = 1").fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT sealed_body FROM policy WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
         let Some(row) = row else {
             return Ok(Policy::default());
         };
-        let plain = self.sealer.open(POLICY, &row.get::<Vec<u8>, _>("sealed_body"))?;
+        let plain = self
+            .sealer
+            .open(POLICY, &row.get::<Vec<u8>, _>("sealed_body"))?;
         Ok(Policy::from_json(plain.expose())?)
     }
 
@@ -279,21 +349,32 @@ impl Store {
     /// What this installation signed for the vault and nonce, and the vault's open incidents.
     pub async fn history(&self, vault: &VaultRecord, nonce: U256) -> Result<History, StoreError> {
         let id = vault_id(vault.chain_id, &vault.address);
-        let rows = sqlx::query("SELECT DISTINCT safe_tx_hash FROM signatures WHERE vault_id = ? AND nonce = ?")
-            .bind(&id)
-            .bind(nonce.to_string())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT DISTINCT safe_tx_hash FROM signatures WHERE vault_id = ? AND nonce = ?",
+        )
+        .bind(&id)
+        .bind(nonce.to_string())
+        .fetch_all(&self.pool)
+        .await?;
         let signed_for_nonce = rows
             .into_iter()
-            .map(|row| row.get::<String, _>("safe_tx_hash").parse::<B256>().map_err(|_| corrupt("a signature")))
+            .map(|row| {
+                row.get::<String, _>("safe_tx_hash")
+                    .parse::<B256>()
+                    .map_err(|_| corrupt("a signature"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let open: i64 = sqlx::query("SELECT COUNT(*) AS n FROM incidents WHERE vault_id = ? AND cleared_at IS NULL")
-            .bind(&id)
-            .fetch_one(&self.pool)
-            .await?
-            .get("n");
-        Ok(History { signed_for_nonce, open_incidents: open as usize })
+        let open: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM incidents WHERE vault_id = ? AND cleared_at IS NULL",
+        )
+        .bind(&id)
+        .fetch_one(&self.pool)
+        .await?
+        .get("n");
+        Ok(History {
+            signed_for_nonce,
+            open_incidents: open as usize,
+        })
     }
 
     /// Records a signature (idempotent for the same payload and signer) with its audit entry.
@@ -309,7 +390,11 @@ impl Store {
         let id = vault_id(vault.chain_id, &vault.address);
         let row = format!("{id}/{nonce}/{safe_tx_hash}/{}", key_id(&signer));
         let detail = serde_json::json!({ "signature": signature.to_hex(), "shown": shown });
-        let place = Place { table: "signatures", column: "sealed_detail", row: &row };
+        let place = Place {
+            table: "signatures",
+            column: "sealed_detail",
+            row: &row,
+        };
         let sealed = self.sealer.seal(place, detail.to_string().as_bytes())?;
         let mut tx = self.begin().await?;
         let inserted = sqlx::query(
@@ -348,7 +433,11 @@ impl Store {
         let mut raw = [0u8; 4];
         rand::rngs::OsRng.fill_bytes(&mut raw);
         let id = hex::encode(raw);
-        let place = Place { table: "incidents", column: "sealed_detail", row: &id };
+        let place = Place {
+            table: "incidents",
+            column: "sealed_detail",
+            row: &id,
+        };
         let sealed = self.sealer.seal(place, detail.to_string().as_bytes())?;
         let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO incidents (id, vault_id, kind, opened_at, sealed_detail) VALUES (?, ?, ?, ?, ?)")
@@ -374,17 +463,29 @@ impl Store {
         .bind(include_cleared)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(|row| self.open_incident_row(&row)).collect()
+        rows.into_iter()
+            .map(|row| self.open_incident_row(&row))
+            .collect()
     }
 
     fn open_incident_row(&self, row: &sqlx::sqlite::SqliteRow) -> Result<Incident, StoreError> {
         let id: String = row.get("id");
-        let detail_place = Place { table: "incidents", column: "sealed_detail", row: &id };
-        let detail = self.sealer.open(detail_place, &row.get::<Vec<u8>, _>("sealed_detail"))?;
+        let detail_place = Place {
+            table: "incidents",
+            column: "sealed_detail",
+            row: &id,
+        };
+        let detail = self
+            .sealer
+            .open(detail_place, &row.get::<Vec<u8>, _>("sealed_detail"))?;
         let note = match row.get::<Option<Vec<u8>>, _>("sealed_note") {
             None => None,
             Some(sealed) => {
-                let place = Place { table: "incidents", column: "sealed_note", row: &id };
+                let place = Place {
+                    table: "incidents",
+                    column: "sealed_note",
+                    row: &id,
+                };
                 let plain = self.sealer.open(place, &sealed)?;
                 Some(String::from_utf8_lossy(plain.expose()).into_owned())
             }
@@ -403,9 +504,15 @@ impl Store {
     /// Clears an open incident with a person's note.
     pub async fn clear_incident(&self, id: &str, note: &str) -> Result<(), StoreError> {
         if note.trim().is_empty() {
-            return Err(InputError::new("note", "clearing an incident needs a note saying why").into());
+            return Err(
+                InputError::new("note", "clearing an incident needs a note saying why").into(),
+            );
         }
-        let place = Place { table: "incidents", column: "sealed_note", row: id };
+        let place = Place {
+            table: "incidents",
+            column: "sealed_note",
+            row: id,
+        };
         let sealed = self.sealer.seal(place, note.as_bytes())?;
         let mut tx = self.begin().await?;
         let changed = sqlx::query("UPDATE incidents SET cleared_at = ?, sealed_note = ? WHERE id = ? AND cleared_at IS NULL")
@@ -416,7 +523,9 @@ impl Store {
             .await?
             .rows_affected();
         if changed == 0 {
-            return Err(StoreError::NotFound { what: format!("open incident {id}") });
+            return Err(StoreError::NotFound {
+                what: format!("open incident {id}"),
+            });
         }
         let body = serde_json::json!({ "id": id, "note": note });
         self.audit_in(&mut tx, "incident_cleared", &body).await?;
@@ -426,4 +535,8 @@ impl Store {
     }
 }
 
-const POLICY: Place<'static> = Place { table: "policy", column: "sealed_body", row: "1" };
+const POLICY: Place<'static> = Place {
+    table: "policy",
+    column: "sealed_body",
+    row: "1",
+};
