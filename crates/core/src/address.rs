@@ -32,17 +32,11 @@ pub fn parse_address(field: &str, text: &str) -> Result<ParsedAddress, InputErro
         return Err(InputError::new(field, "an address must start with 0x"));
     };
     if digits.len() != 40 {
-        let problem = format!(
-            "an address has 40 hex digits after 0x, this has {}",
-            digits.len()
-        );
+        let problem = format!("an address has 40 hex digits after 0x, this has {}", digits.len());
         return Err(InputError::new(field, problem));
     }
     if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(InputError::new(
-            field,
-            "an address may only contain hex digits after 0x",
-        ));
+        return Err(InputError::new(field, "an address may only contain hex digits after 0x"));
     }
 
     let mut raw = [0u8; 20];
@@ -50,23 +44,14 @@ pub fn parse_address(field: &str, text: &str) -> Result<ParsedAddress, InputErro
     let address = Address::from(raw);
 
     if address.to_checksum(None) == text {
-        return Ok(ParsedAddress {
-            address,
-            checksum: Checksum::Verified,
-        });
+        return Ok(ParsedAddress { address, checksum: Checksum::Verified });
     }
     let has_lower = digits.bytes().any(|b| b.is_ascii_lowercase());
     let has_upper = digits.bytes().any(|b| b.is_ascii_uppercase());
     if has_lower && has_upper {
-        return Err(InputError::new(
-            field,
-            "mixed-case address fails its EIP-55 checksum",
-        ));
+        return Err(InputError::new(field, "mixed-case address fails its EIP-55 checksum"));
     }
-    Ok(ParsedAddress {
-        address,
-        checksum: Checksum::Unverified,
-    })
+    Ok(ParsedAddress { address, checksum: Checksum::Unverified })
 }
 
 /// The EIP-55 form of an address.

@@ -32,18 +32,12 @@ mod tests {
 
     #[test]
     fn exact_units() {
-        assert_eq!(
-            format_units(U256::from(100_000_000_000_000_000u64), 18),
-            "0.1"
-        );
+        assert_eq!(format_units(U256::from(100_000_000_000_000_000u64), 18), "0.1");
         assert_eq!(format_units(U256::from(1_500_000u64), 6), "1.5");
         assert_eq!(format_units(U256::from(1u64), 6), "0.000001");
         assert_eq!(format_units(U256::ZERO, 18), "0");
         assert_eq!(format_units(U256::from(12u64), 0), "12");
-        assert_eq!(
-            format_units(U256::from(10u64).pow(U256::from(24u64)), 24),
-            "1"
-        );
+        assert_eq!(format_units(U256::from(10u64).pow(U256::from(24u64)), 24), "1");
         assert_eq!(
             format_units(U256::MAX, 18),
             "115792089237316195423570985008687907853269984665640564039457.584007913129639935"

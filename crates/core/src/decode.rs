@@ -96,42 +96,16 @@ pub enum RawNote {
 /// Safe self-administration, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminOp {
-    AddOwner {
-        owner: Address,
-        threshold: U256,
-    },
-    RemoveOwner {
-        prev_owner: Address,
-        owner: Address,
-        threshold: U256,
-    },
-    SwapOwner {
-        prev_owner: Address,
-        old_owner: Address,
-        new_owner: Address,
-    },
-    ChangeThreshold {
-        threshold: U256,
-    },
-    EnableModule {
-        module: Address,
-    },
-    DisableModule {
-        prev_module: Address,
-        module: Address,
-    },
-    SetGuard {
-        guard: Address,
-    },
-    SetFallbackHandler {
-        handler: Address,
-    },
-    ChangeMasterCopy {
-        master_copy: Address,
-    },
-    SetModuleGuard {
-        guard: Address,
-    },
+    AddOwner { owner: Address, threshold: U256 },
+    RemoveOwner { prev_owner: Address, owner: Address, threshold: U256 },
+    SwapOwner { prev_owner: Address, old_owner: Address, new_owner: Address },
+    ChangeThreshold { threshold: U256 },
+    EnableModule { module: Address },
+    DisableModule { prev_module: Address, module: Address },
+    SetGuard { guard: Address },
+    SetFallbackHandler { handler: Address },
+    ChangeMasterCopy { master_copy: Address },
+    SetModuleGuard { guard: Address },
 }
 
 impl AdminOp {
@@ -237,14 +211,7 @@ impl Call {
 /// Decodes the outer call of a Safe transaction made by `safe`.
 pub fn decode_call(safe: Address, tx: &SafeTx) -> Call {
     let context = Context { safe };
-    context.call(
-        String::new(),
-        tx.operation,
-        tx.to,
-        tx.value,
-        tx.data.clone(),
-        0,
-    )
+    context.call(String::new(), tx.operation, tx.to, tx.value, tx.data.clone(), 0)
 }
 
 struct Context {
@@ -262,14 +229,7 @@ impl Context {
         depth: usize,
     ) -> Call {
         let action = self.action(&path, operation, to, &data, depth);
-        Call {
-            path,
-            operation,
-            to,
-            value,
-            data,
-            action,
-        }
+        Call { path, operation, to, value, data, action }
     }
 
     fn action(
@@ -284,10 +244,7 @@ impl Context {
             return Action::NoData;
         }
         let Some(selector) = data.get(..4).and_then(|s| <[u8; 4]>::try_from(s).ok()) else {
-            return Action::Raw {
-                selector: None,
-                note: RawNote::NoSelector,
-            };
+            return Action::Raw { selector: None, note: RawNote::NoSelector };
         };
         if selector == multiSendCall::SELECTOR {
             return self.multi_send(path, operation, data, depth);
@@ -296,43 +253,27 @@ impl Context {
             return action;
         }
         if to == self.safe {
-            return Action::Raw {
-                selector: Some(selector),
-                note: RawNote::UnknownSelector,
-            };
+            return Action::Raw { selector: Some(selector), note: RawNote::UnknownSelector };
         }
-        erc20_action(selector, data).unwrap_or(Action::Raw {
-            selector: Some(selector),
-            note: RawNote::UnknownSelector,
-        })
+        erc20_action(selector, data)
+            .unwrap_or(Action::Raw { selector: Some(selector), note: RawNote::UnknownSelector })
     }
 
     fn multi_send(&self, path: &str, operation: Operation, data: &[u8], depth: usize) -> Action {
         let selector = Some(multiSendCall::SELECTOR);
         if operation != Operation::DELEGATECALL {
-            return Action::Raw {
-                selector,
-                note: RawNote::MultiSendByCall,
-            };
+            return Action::Raw { selector, note: RawNote::MultiSendByCall };
         }
         if depth >= MAX_BATCH_DEPTH {
-            return Action::Raw {
-                selector,
-                note: RawNote::BatchTooDeep,
-            };
+            return Action::Raw { selector, note: RawNote::BatchTooDeep };
         }
         let Some(call) = canonical::<multiSendCall>(data) else {
-            let note = RawNote::NonCanonical {
-                function: "multiSend",
-            };
+            let note = RawNote::NonCanonical { function: "multiSend" };
             return Action::Raw { selector, note };
         };
         match self.batch(path, &call.transactions, depth + 1) {
             Ok(calls) => Action::MultiSend { calls },
-            Err(problem) => Action::Raw {
-                selector,
-                note: RawNote::MalformedBatch { problem },
-            },
+            Err(problem) => Action::Raw { selector, note: RawNote::MalformedBatch { problem } },
         }
     }
 
@@ -344,11 +285,7 @@ impl Context {
         while !rest.is_empty() {
             let index = calls.len();
             let (step, after) = split_step(rest).map_err(|e| format!("step {index}: {e}"))?;
-            let prefix = if path.is_empty() {
-                String::new()
-            } else {
-                format!("{path}.")
-            };
+            let prefix = if path.is_empty() { String::new() } else { format!("{path}.") };
             let step_path = format!("{prefix}batch[{index}]");
             calls.push(self.call(step_path, step.0, step.1, step.2, step.3, depth));
             rest = after;
@@ -365,10 +302,7 @@ type Step = (Operation, Address, U256, Bytes);
 fn split_step(input: &[u8]) -> Result<(Step, &[u8]), String> {
     const HEADER: usize = 1 + 20 + 32 + 32;
     if input.len() < HEADER {
-        return Err(format!(
-            "{} bytes left, a step header needs {HEADER}",
-            input.len()
-        ));
+        return Err(format!("{} bytes left, a step header needs {HEADER}", input.len()));
     }
     let operation = Operation(input[0]);
     let to = Address::from_slice(&input[1..21]);
@@ -396,23 +330,13 @@ fn erc20_action(selector: [u8; 4], data: &[u8]) -> Option<Action> {
     };
     let action = match selector {
         transferCall::SELECTOR => canonical::<transferCall>(data)
-            .map(|c| Action::Erc20Transfer {
-                to: c.to,
-                amount: c.amount,
-            })
+            .map(|c| Action::Erc20Transfer { to: c.to, amount: c.amount })
             .unwrap_or_else(|| non_canonical("transfer")),
         approveCall::SELECTOR => canonical::<approveCall>(data)
-            .map(|c| Action::Erc20Approve {
-                spender: c.spender,
-                amount: c.amount,
-            })
+            .map(|c| Action::Erc20Approve { spender: c.spender, amount: c.amount })
             .unwrap_or_else(|| non_canonical("approve")),
         transferFromCall::SELECTOR => canonical::<transferFromCall>(data)
-            .map(|c| Action::Erc20TransferFrom {
-                from: c.from,
-                to: c.to,
-                amount: c.amount,
-            })
+            .map(|c| Action::Erc20TransferFrom { from: c.from, to: c.to, amount: c.amount })
             .unwrap_or_else(|| non_canonical("transferFrom")),
         _ => return None,
     };
@@ -427,10 +351,7 @@ fn admin_action(selector: [u8; 4], data: &[u8], on_self: bool) -> Option<Action>
             note: RawNote::AdminOnOtherContract { function },
         },
         Some(op) => Action::SafeAdmin(op),
-        None => Action::Raw {
-            selector: Some(selector),
-            note: RawNote::NonCanonical { function },
-        },
+        None => Action::Raw { selector: Some(selector), note: RawNote::NonCanonical { function } },
     };
     Some(action)
 }
@@ -440,10 +361,8 @@ fn admin_action(selector: [u8; 4], data: &[u8], on_self: bool) -> Option<Action>
 fn decode_admin(selector: [u8; 4], data: &[u8]) -> Option<(&'static str, Option<AdminOp>)> {
     let decoded = match selector {
         addOwnerWithThresholdCall::SELECTOR => ("addOwnerWithThreshold", {
-            canonical::<addOwnerWithThresholdCall>(data).map(|c| AdminOp::AddOwner {
-                owner: c.owner,
-                threshold: c.threshold,
-            })
+            canonical::<addOwnerWithThresholdCall>(data)
+                .map(|c| AdminOp::AddOwner { owner: c.owner, threshold: c.threshold })
         }),
         removeOwnerCall::SELECTOR => ("removeOwner", {
             canonical::<removeOwnerCall>(data).map(|c| AdminOp::RemoveOwner {
@@ -460,18 +379,15 @@ fn decode_admin(selector: [u8; 4], data: &[u8]) -> Option<(&'static str, Option<
             })
         }),
         changeThresholdCall::SELECTOR => ("changeThreshold", {
-            canonical::<changeThresholdCall>(data).map(|c| AdminOp::ChangeThreshold {
-                threshold: c.threshold,
-            })
+            canonical::<changeThresholdCall>(data)
+                .map(|c| AdminOp::ChangeThreshold { threshold: c.threshold })
         }),
         enableModuleCall::SELECTOR => ("enableModule", {
             canonical::<enableModuleCall>(data).map(|c| AdminOp::EnableModule { module: c.module })
         }),
         disableModuleCall::SELECTOR => ("disableModule", {
-            canonical::<disableModuleCall>(data).map(|c| AdminOp::DisableModule {
-                prev_module: c.prevModule,
-                module: c.module,
-            })
+            canonical::<disableModuleCall>(data)
+                .map(|c| AdminOp::DisableModule { prev_module: c.prevModule, module: c.module })
         }),
         setGuardCall::SELECTOR => ("setGuard", {
             canonical::<setGuardCall>(data).map(|c| AdminOp::SetGuard { guard: c.guard })
@@ -481,14 +397,12 @@ fn decode_admin(selector: [u8; 4], data: &[u8]) -> Option<(&'static str, Option<
                 .map(|c| AdminOp::SetFallbackHandler { handler: c.handler })
         }),
         changeMasterCopyCall::SELECTOR => ("changeMasterCopy", {
-            canonical::<changeMasterCopyCall>(data).map(|c| AdminOp::ChangeMasterCopy {
-                master_copy: c.masterCopy,
-            })
+            canonical::<changeMasterCopyCall>(data)
+                .map(|c| AdminOp::ChangeMasterCopy { master_copy: c.masterCopy })
         }),
         setModuleGuardCall::SELECTOR => ("setModuleGuard", {
-            canonical::<setModuleGuardCall>(data).map(|c| AdminOp::SetModuleGuard {
-                guard: c.moduleGuard,
-            })
+            canonical::<setModuleGuardCall>(data)
+                .map(|c| AdminOp::SetModuleGuard { guard: c.moduleGuard })
         }),
         _ => return None,
     };
@@ -506,9 +420,7 @@ pub fn encode_batch(steps: &[(Operation, Address, U256, Bytes)]) -> Bytes {
         packed.extend_from_slice(&U256::from(data.len()).to_be_bytes::<32>());
         packed.extend_from_slice(data);
     }
-    let call = multiSendCall {
-        transactions: Bytes::from(packed),
-    };
+    let call = multiSendCall { transactions: Bytes::from(packed) };
     Bytes::from(call.abi_encode())
 }
 

@@ -21,10 +21,7 @@ pub fn safe_request(data: &[u8]) {
     let mut vault = VaultRecord::new(1, request.safe, version);
     vault.next_nonce = Some(alloy_primitives::U256::from(3));
     let tokens = TokenList::shipped().unwrap_or_default();
-    let history = History {
-        signed_for_nonce: vec![B256::ZERO],
-        open_incidents: 0,
-    };
+    let history = History { signed_for_nonce: vec![B256::ZERO], open_incidents: 0 };
     let review = review(request, &vault, &Policy::default(), &tokens, &history);
     let _ = crate::describe::describe(&review.call, 1, &tokens);
     for refusal in &review.refusals {

@@ -75,12 +75,7 @@ pub struct SafeDomain {
 impl SafeDomain {
     pub fn new(chain_id: u64, safe: Address, version: SafeVersion) -> Self {
         let domain = eip712_domain(chain_id, safe, version);
-        Self {
-            chain_id,
-            safe,
-            version,
-            separator: domain.separator(),
-        }
+        Self { chain_id, safe, version, separator: domain.separator() }
     }
 
     pub fn separator(&self) -> B256 {
@@ -103,11 +98,7 @@ impl SafeDomain {
     pub fn hashes(&self, tx: &SafeTx) -> SafeTxHashes {
         let message = message_hash(tx, self.version);
         let safe_tx = signing_hash(self.separator, message);
-        SafeTxHashes {
-            domain: self.separator,
-            message,
-            safe_tx,
-        }
+        SafeTxHashes { domain: self.separator, message, safe_tx }
     }
 }
 
@@ -132,10 +123,7 @@ fn eip712_domain(chain_id: u64, safe: Address, version: SafeVersion) -> Eip712Do
 fn message_hash(tx: &SafeTx, version: SafeVersion) -> B256 {
     // Step 2: the type hash, then the fields as EIP-712 `encodeData` writes them.
     let (type_hash, encoded) = if version.names_data_gas() {
-        (
-            SAFE_TX_TYPEHASH_DATA_GAS,
-            to_sol_data_gas(tx).eip712_encode_data(),
-        )
+        (SAFE_TX_TYPEHASH_DATA_GAS, to_sol_data_gas(tx).eip712_encode_data())
     } else {
         (SAFE_TX_TYPEHASH, to_sol(tx).eip712_encode_data())
     };

@@ -28,6 +28,7 @@ mod error;
 pub mod fuzzing;
 pub mod guard;
 pub mod hash;
+pub mod intent;
 pub mod policy;
 pub mod request;
 pub mod secret;

@@ -100,11 +100,7 @@ impl Policy {
             .iter()
             .map(|(chain, set)| (chain.to_string(), set.iter().map(checksummed).collect()))
             .collect();
-        let admin: Vec<&str> = self
-            .allowed_admin_operations
-            .iter()
-            .map(|k| k.name())
-            .collect();
+        let admin: Vec<&str> = self.allowed_admin_operations.iter().map(|k| k.name()).collect();
         let value = serde_json::json!({
             "trustedDelegatecallTargets": targets,
             "includeOfficialMultiSendCallOnly": self.include_official_multisend_call_only,
@@ -188,15 +184,11 @@ pub fn official_call_only(chain_id: u64) -> BTreeSet<Address> {
     static TABLE: std::sync::OnceLock<BTreeMap<u64, BTreeSet<Address>>> =
         std::sync::OnceLock::new();
     let table = TABLE.get_or_init(|| {
-        let file: OfficialFile = serde_json::from_str(OFFICIAL_CALL_ONLY).unwrap_or(OfficialFile {
-            deployments: vec![],
-        });
+        let file: OfficialFile = serde_json::from_str(OFFICIAL_CALL_ONLY)
+            .unwrap_or(OfficialFile { deployments: vec![] });
         let mut table: BTreeMap<u64, BTreeSet<Address>> = BTreeMap::new();
         for entry in file.deployments {
-            table
-                .entry(entry.chain_id)
-                .or_default()
-                .extend(entry.addresses);
+            table.entry(entry.chain_id).or_default().extend(entry.addresses);
         }
         table
     });
@@ -236,10 +228,7 @@ mod tests {
             field(r#"{"allowedAdminOperations":["selfDestruct"]}"#),
             Some("allowedAdminOperations[0]".into())
         );
-        assert_eq!(
-            field(r#"{"maxNonceAhead":-1}"#),
-            Some("maxNonceAhead".into())
-        );
+        assert_eq!(field(r#"{"maxNonceAhead":-1}"#), Some("maxNonceAhead".into()));
         assert_eq!(
             field(r#"{"trustedDelegatecallTargets":{"x":[]}}"#),
             Some("trustedDelegatecallTargets.x".into())

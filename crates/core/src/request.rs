@@ -70,10 +70,8 @@ impl SafeTxRequest {
     /// Parses Safe Transaction Service JSON.
     pub fn from_json(input: &[u8]) -> Result<Self, InputError> {
         if input.len() > MAX_REQUEST_BYTES {
-            let problem = format!(
-                "is {} bytes, more than the {MAX_REQUEST_BYTES}-byte limit",
-                input.len()
-            );
+            let problem =
+                format!("is {} bytes, more than the {MAX_REQUEST_BYTES}-byte limit", input.len());
             return Err(InputError::new("request", problem));
         }
         let object = parse_object(input)?;
@@ -82,10 +80,7 @@ impl SafeTxRequest {
 
     /// Builds a request from an already parsed JSON object (a request inside a larger file).
     pub fn from_object(object: &JsonObject) -> Result<Self, InputError> {
-        let mut fields = Fields {
-            object,
-            unverified: Vec::new(),
-        };
+        let mut fields = Fields { object, unverified: Vec::new() };
 
         let safe = fields.address("safe")?;
         let tx = SafeTx {
@@ -102,12 +97,7 @@ impl SafeTxRequest {
         };
         let claimed_safe_tx_hash = fields.optional_hash("safeTxHash")?;
 
-        Ok(Self {
-            safe,
-            tx,
-            claimed_safe_tx_hash,
-            unverified_addresses: fields.unverified,
-        })
+        Ok(Self { safe, tx, claimed_safe_tx_hash, unverified_addresses: fields.unverified })
     }
 }
 
@@ -170,10 +160,7 @@ impl Fields<'_> {
 
     fn address(&mut self, name: &'static str) -> Result<Address, InputError> {
         let Value::String(text) = self.required(name)? else {
-            return Err(InputError::new(
-                name,
-                "must be an address string like \"0xAbC…\"",
-            ));
+            return Err(InputError::new(name, "must be an address string like \"0xAbC…\""));
         };
         let parsed = parse_address(name, text)?;
         if parsed.checksum == Checksum::Unverified {
@@ -196,10 +183,7 @@ impl Fields<'_> {
         match self.required(name)? {
             Value::Null => Ok(Bytes::new()),
             Value::String(text) => parse_hex_bytes(name, text).map(Bytes::from),
-            _ => Err(InputError::new(
-                name,
-                "must be a 0x-prefixed hex string or null",
-            )),
+            _ => Err(InputError::new(name, "must be a 0x-prefixed hex string or null")),
         }
     }
 
@@ -207,10 +191,7 @@ impl Fields<'_> {
         match self.object.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(text)) => parse_hash(name, text).map(Some),
-            Some(_) => Err(InputError::new(
-                name,
-                "must be a 0x-prefixed 32-byte hex string",
-            )),
+            Some(_) => Err(InputError::new(name, "must be a 0x-prefixed 32-byte hex string")),
         }
     }
 }
@@ -227,19 +208,13 @@ pub fn parse_uint(field: &str, value: &Value) -> Result<U256, InputError> {
             )),
             None => Err(InputError::new(field, "must be a non-negative integer")),
         },
-        _ => Err(InputError::new(
-            field,
-            "must be a decimal string or an integer",
-        )),
+        _ => Err(InputError::new(field, "must be a decimal string or an integer")),
     }
 }
 
 fn parse_decimal(field: &str, text: &str) -> Result<U256, InputError> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(InputError::new(
-            field,
-            "must be a decimal integer of digits 0-9 only",
-        ));
+        return Err(InputError::new(field, "must be a decimal integer of digits 0-9 only"));
     }
     U256::from_str_radix(text, 10).map_err(|_| InputError::new(field, "is larger than 2^256 - 1"))
 }
@@ -250,10 +225,7 @@ pub fn parse_hex_bytes(field: &str, text: &str) -> Result<Vec<u8>, InputError> {
         return Err(InputError::new(field, "hex data must start with 0x"));
     };
     if digits.len() % 2 != 0 {
-        return Err(InputError::new(
-            field,
-            "hex data must have an even number of digits",
-        ));
+        return Err(InputError::new(field, "hex data must have an even number of digits"));
     }
     hex_to_bytes(digits)
         .ok_or_else(|| InputError::new(field, "contains a character that is not hex"))
@@ -304,21 +276,14 @@ mod tests {
     }
 
     fn field_of(json: &str) -> Option<String> {
-        SafeTxRequest::from_json(json.as_bytes())
-            .err()
-            .map(|e| e.field)
+        SafeTxRequest::from_json(json.as_bytes()).err().map(|e| e.field)
     }
 
     #[test]
     fn parses_service_shape() {
         let request = SafeTxRequest::from_json(S3.as_bytes()).map_err(|e| e.to_string());
-        let request = request
-            .as_ref()
-            .map(|r| (r.tx.value, r.tx.data.len(), r.tx.nonce));
-        assert_eq!(
-            request,
-            Ok((U256::from(100_000_000_000_000_000u64), 0, U256::from(4)))
-        );
+        let request = request.as_ref().map(|r| (r.tx.value, r.tx.data.len(), r.tx.nonce));
+        assert_eq!(request, Ok((U256::from(100_000_000_000_000_000u64), 0, U256::from(4))));
     }
 
     #[test]
@@ -326,27 +291,15 @@ mod tests {
         assert_eq!(field_of(&with("nonce", "missing")), Some("nonce".into()));
         assert_eq!(field_of(&with("value", "1.5")), Some("value".into()));
         assert_eq!(field_of(&with("value", "-1")), Some("value".into()));
-        assert_eq!(
-            field_of(&with("value", "9007199254740993")),
-            Some("value".into())
-        );
+        assert_eq!(field_of(&with("value", "9007199254740993")), Some("value".into()));
         assert_eq!(field_of(&with("value", "\"0x10\"")), Some("value".into()));
         assert_eq!(field_of(&with("value", "true")), Some("value".into()));
         assert_eq!(field_of(&with("data", "\"0x123\"")), Some("data".into()));
         assert_eq!(field_of(&with("data", "\"12\"")), Some("data".into()));
-        assert_eq!(
-            field_of(&with("operation", "256")),
-            Some("operation".into())
-        );
-        assert_eq!(
-            field_of(&with("safeTxHash", "\"0x12\"")),
-            Some("safeTxHash".into())
-        );
+        assert_eq!(field_of(&with("operation", "256")), Some("operation".into()));
+        assert_eq!(field_of(&with("safeTxHash", "\"0x12\"")), Some("safeTxHash".into()));
         let too_big = format!("\"{}0\"", U256::MAX);
-        assert_eq!(
-            field_of(&with("gasPrice", &too_big)),
-            Some("gasPrice".into())
-        );
+        assert_eq!(field_of(&with("gasPrice", &too_big)), Some("gasPrice".into()));
     }
 
     #[test]

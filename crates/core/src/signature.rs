@@ -31,16 +31,14 @@ impl OwnerSignature {
         let mut bytes = [0u8; 65];
         bytes[..32].copy_from_slice(&r);
         bytes[32..64].copy_from_slice(&s);
-        bytes[64] = recovery_id
-            .checked_add(27)
-            .ok_or(SignatureProblem::RecoveryByte(recovery_id))?;
+        bytes[64] =
+            recovery_id.checked_add(27).ok_or(SignatureProblem::RecoveryByte(recovery_id))?;
         Self::from_bytes(&bytes)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SignatureProblem> {
-        let array: [u8; 65] = bytes
-            .try_into()
-            .map_err(|_| SignatureProblem::Length(bytes.len()))?;
+        let array: [u8; 65] =
+            bytes.try_into().map_err(|_| SignatureProblem::Length(bytes.len()))?;
         if array[64] != 27 && array[64] != 28 {
             return Err(SignatureProblem::RecoveryByte(array[64]));
         }

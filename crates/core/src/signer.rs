@@ -52,10 +52,7 @@ pub enum SignerError {
     /// The signer answered with something unusable.
     Failed { detail: String },
     /// The signature recovers to another address than the signer's: never used.
-    WrongSigner {
-        expected: Address,
-        recovered: Address,
-    },
+    WrongSigner { expected: Address, recovered: Address },
 }
 
 impl fmt::Display for SignerError {
@@ -64,10 +61,7 @@ impl fmt::Display for SignerError {
             Self::Declined => write!(f, "the signature was declined"),
             Self::Unavailable { detail } => write!(f, "the signer is not available: {detail}"),
             Self::Failed { detail } => write!(f, "the signer failed: {detail}"),
-            Self::WrongSigner {
-                expected,
-                recovered,
-            } => write!(
+            Self::WrongSigner { expected, recovered } => write!(
                 f,
                 "the signature recovers to {recovered}, not to the signer's address {expected}; \
                  it was discarded"
@@ -86,14 +80,9 @@ pub fn verify_owner_signature(
 ) -> Result<(), SignerError> {
     let recovered = signature
         .recover(&request.hashes().safe_tx)
-        .map_err(|problem| SignerError::Failed {
-            detail: problem.to_string(),
-        })?;
+        .map_err(|problem| SignerError::Failed { detail: problem.to_string() })?;
     if recovered != expected {
-        return Err(SignerError::WrongSigner {
-            expected,
-            recovered,
-        });
+        return Err(SignerError::WrongSigner { expected, recovered });
     }
     Ok(())
 }

@@ -94,10 +94,7 @@ impl TokenEntry {
         let field = |name: &str| format!("tokens[{index}].{name}");
         let parsed = parse_address(&field("address"), &self.address)?;
         if parsed.checksum != Checksum::Verified {
-            return Err(InputError::new(
-                field("address"),
-                "must be written in EIP-55 form",
-            ));
+            return Err(InputError::new(field("address"), "must be written in EIP-55 form"));
         }
         let decimals = self
             .decimals
@@ -106,10 +103,7 @@ impl TokenEntry {
             .filter(|d| *d <= 77)
             .ok_or_else(|| InputError::new(field("decimals"), "must be an integer 0 to 77"))?;
         if self.symbol.is_empty() || self.symbol.len() > 16 || !self.symbol.is_ascii() {
-            return Err(InputError::new(
-                field("symbol"),
-                "must be 1 to 16 ASCII characters",
-            ));
+            return Err(InputError::new(field("symbol"), "must be 1 to 16 ASCII characters"));
         }
         Ok(Token {
             chain_id: self.chain_id,

@@ -30,44 +30,20 @@ pub struct SafeVersion {
 }
 
 impl SafeVersion {
-    pub const V1_0_0: Self = Self {
-        major: 1,
-        minor: 0,
-        patch: 0,
-    };
-    pub const V1_3_0: Self = Self {
-        major: 1,
-        minor: 3,
-        patch: 0,
-    };
-    pub const V1_5_0: Self = Self {
-        major: 1,
-        minor: 5,
-        patch: 0,
-    };
+    pub const V1_0_0: Self = Self { major: 1, minor: 0, patch: 0 };
+    pub const V1_3_0: Self = Self { major: 1, minor: 3, patch: 0 };
+    pub const V1_5_0: Self = Self { major: 1, minor: 5, patch: 0 };
 
     /// Parses `X.Y.Z` and accepts only a released version.
     pub fn parse(field: &str, text: &str) -> Result<Self, InputError> {
         let parts: Vec<&str> = text.split('.').collect();
         let numbers: Option<Vec<u16>> = parts.iter().map(|p| parse_component(p)).collect();
         let version = match numbers.as_deref() {
-            Some([major, minor, patch]) => Self {
-                major: *major,
-                minor: *minor,
-                patch: *patch,
-            },
-            _ => {
-                return Err(InputError::new(
-                    field,
-                    "a Safe version is written X.Y.Z, like 1.3.0",
-                ))
-            }
+            Some([major, minor, patch]) => Self { major: *major, minor: *minor, patch: *patch },
+            _ => return Err(InputError::new(field, "a Safe version is written X.Y.Z, like 1.3.0")),
         };
         if !KNOWN.contains(&(version.major, version.minor, version.patch)) {
-            let known: Vec<String> = KNOWN
-                .iter()
-                .map(|(a, b, c)| format!("{a}.{b}.{c}"))
-                .collect();
+            let known: Vec<String> = KNOWN.iter().map(|(a, b, c)| format!("{a}.{b}.{c}")).collect();
             let problem = format!("unknown Safe version {text}; known: {}", known.join(", "));
             return Err(InputError::new(field, problem));
         }

@@ -25,9 +25,7 @@ use countersign_core::version::SafeVersion;
 use serde_json::Value;
 
 fn data_dir(sub: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests")
-        .join(sub)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests").join(sub)
 }
 
 fn read_json(path: &Path) -> Value {
@@ -50,11 +48,7 @@ fn hash(value: &Value, field: &str) -> B256 {
 }
 
 fn version(value: &Value) -> SafeVersion {
-    SafeVersion::parse(
-        "safeVersion",
-        value["safeVersion"].as_str().unwrap_or_default(),
-    )
-    .unwrap()
+    SafeVersion::parse("safeVersion", value["safeVersion"].as_str().unwrap_or_default()).unwrap()
 }
 
 #[test]
@@ -69,21 +63,9 @@ fn safe_vectors_reproduce_every_hash() {
         let domain = VaultRecord::new(chain_id, request.safe, version(&expected)).domain();
         let hashes = domain.hashes(&request.tx);
         let name = dir.display();
-        assert_eq!(
-            hashes.domain,
-            hash(&expected, "domainHash"),
-            "{name} domain"
-        );
-        assert_eq!(
-            hashes.message,
-            hash(&expected, "messageHash"),
-            "{name} message"
-        );
-        assert_eq!(
-            hashes.safe_tx,
-            hash(&expected, "safeTxHash"),
-            "{name} safeTxHash"
-        );
+        assert_eq!(hashes.domain, hash(&expected, "domainHash"), "{name} domain");
+        assert_eq!(hashes.message, hash(&expected, "messageHash"), "{name} message");
+        assert_eq!(hashes.safe_tx, hash(&expected, "safeTxHash"), "{name} safeTxHash");
     }
 }
 
@@ -92,12 +74,9 @@ fn fail_pre_1_3_safe_hashed_with_chain_id_is_not_what_we_produce() {
     let dir = data_dir("vectors/safe/S7");
     let request = SafeTxRequest::from_json(&fs::read(dir.join("request.json")).unwrap()).unwrap();
     let expected = read_json(&dir.join("expected.json"));
-    let v1_0 = VaultRecord::new(1, request.safe, version(&expected))
-        .domain()
-        .hashes(&request.tx);
-    let as_if_1_3 = VaultRecord::new(1, request.safe, SafeVersion::V1_3_0)
-        .domain()
-        .hashes(&request.tx);
+    let v1_0 = VaultRecord::new(1, request.safe, version(&expected)).domain().hashes(&request.tx);
+    let as_if_1_3 =
+        VaultRecord::new(1, request.safe, SafeVersion::V1_3_0).domain().hashes(&request.tx);
     assert_eq!(v1_0.safe_tx, hash(&expected, "safeTxHash"));
     assert_ne!(as_if_1_3.safe_tx, v1_0.safe_tx);
     assert_ne!(as_if_1_3.domain, v1_0.domain);
@@ -109,17 +88,10 @@ fn data_gas_versions_hash_differently() {
     let request = SafeTxRequest::from_json(&fs::read(dir.join("request.json")).unwrap()).unwrap();
     let old = SafeVersion::parse("v", "0.1.0").unwrap();
     let new = SafeVersion::parse("v", "1.0.0").unwrap();
-    let a = VaultRecord::new(1, request.safe, old)
-        .domain()
-        .hashes(&request.tx);
-    let b = VaultRecord::new(1, request.safe, new)
-        .domain()
-        .hashes(&request.tx);
+    let a = VaultRecord::new(1, request.safe, old).domain().hashes(&request.tx);
+    let b = VaultRecord::new(1, request.safe, new).domain().hashes(&request.tx);
     assert_eq!(a.domain, b.domain, "both use the domain without chainId");
-    assert_ne!(
-        a.message, b.message,
-        "dataGas and baseGas name different types"
-    );
+    assert_ne!(a.message, b.message, "dataGas and baseGas name different types");
 }
 
 #[test]
@@ -128,10 +100,7 @@ fn eip712_mail_example() {
     let input = fs::read(dir.join("mail.json")).unwrap();
     let expected = read_json(&dir.join("mail.expected.json"));
     let hashes = typed_data::inspect(&input).unwrap();
-    assert_eq!(
-        hashes.encoded_type,
-        expected["encodedType"].as_str().unwrap()
-    );
+    assert_eq!(hashes.encoded_type, expected["encodedType"].as_str().unwrap());
     assert_eq!(hashes.struct_hash, hash(&expected, "structHash"));
     assert_eq!(hashes.domain_separator, hash(&expected, "domainSeparator"));
     assert_eq!(hashes.digest, hash(&expected, "digest"));
@@ -169,20 +138,14 @@ fn eip55_vectors() {
     for line in address_lines("valid.txt") {
         let parsed = parse_address("address", &line).unwrap_or_else(|e| panic!("{line}: {e}"));
         assert_eq!(parsed.checksum, Checksum::Verified, "{line}");
-        assert_eq!(
-            countersign_core::address::checksummed(&parsed.address),
-            line
-        );
+        assert_eq!(countersign_core::address::checksummed(&parsed.address), line);
     }
     for line in address_lines("unverified.txt") {
         let parsed = parse_address("address", &line).unwrap();
         assert_eq!(parsed.checksum, Checksum::Unverified, "{line}");
     }
     for line in address_lines("fail_mixed_case.txt") {
-        assert!(
-            parse_address("address", &line).is_err(),
-            "{line} must be rejected"
-        );
+        assert!(parse_address("address", &line).is_err(), "{line} must be rejected");
     }
 }
 
@@ -245,9 +208,7 @@ fn extra_tokens(list: &Value) -> Vec<Token> {
         .iter()
         .map(|t| Token {
             chain_id: t["chainId"].as_u64().unwrap(),
-            address: parse_address("address", t["address"].as_str().unwrap())
-                .unwrap()
-                .address,
+            address: parse_address("address", t["address"].as_str().unwrap()).unwrap().address,
             symbol: t["symbol"].as_str().unwrap().to_owned(),
             decimals: t["decimals"].as_u64().unwrap() as u8,
         })
@@ -264,11 +225,7 @@ fn codes<T>(items: &[T], code: impl Fn(&T) -> &'static str) -> Vec<String> {
 fn strings(value: &Value) -> Vec<String> {
     let mut out: Vec<String> = value
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
         .unwrap_or_default();
     out.sort();
     out
@@ -286,57 +243,28 @@ fn guard_cases() {
         let expect = &case.meta["expect"];
         let name = &case.name;
 
-        let verdict = if review.verdict() == Verdict::Ok {
-            "ok"
-        } else {
-            "refused"
-        };
-        assert_eq!(
-            verdict,
-            expect["verdict"].as_str().unwrap(),
-            "{name}: {:?}",
-            review.refusals
-        );
-        assert_eq!(
-            name.starts_with("fail_"),
-            verdict == "refused",
-            "{name}: fail_ means refused"
-        );
+        let verdict = if review.verdict() == Verdict::Ok { "ok" } else { "refused" };
+        assert_eq!(verdict, expect["verdict"].as_str().unwrap(), "{name}: {:?}", review.refusals);
+        assert_eq!(name.starts_with("fail_"), verdict == "refused", "{name}: fail_ means refused");
 
         let refusals = codes(&review.refusals, |r| r.code());
         assert_eq!(refusals, strings(&expect["refusals"]), "{name}");
         let warnings = codes(&review.warnings, |w| w.code());
         for wanted in strings(&expect["warnings"]) {
-            assert!(
-                warnings.contains(&wanted),
-                "{name}: warning {wanted} missing: {warnings:?}"
-            );
+            assert!(warnings.contains(&wanted), "{name}: warning {wanted} missing: {warnings:?}");
         }
         let lines = describe(&review.call, vault.chain_id, &tokens).join("\n");
         for wanted in strings(&expect["lines"]) {
-            assert!(
-                lines.contains(&wanted),
-                "{name}: {wanted:?} not in\n{lines}"
-            );
+            assert!(lines.contains(&wanted), "{name}: {wanted:?} not in\n{lines}");
         }
         let messages: Vec<String> = review.refusals.iter().map(|r| r.to_string()).collect();
         for place in strings(&expect["places"]) {
-            assert!(
-                messages.iter().any(|m| m.starts_with(&place)),
-                "{name}: {place} {messages:?}"
-            );
+            assert!(messages.iter().any(|m| m.starts_with(&place)), "{name}: {place} {messages:?}");
         }
         if expect["rejection"].as_bool() == Some(true) {
             assert!(review.is_rejection(), "{name}");
         }
-        assert_eq!(
-            review.clone().into_checked().is_ok(),
-            verdict == "ok",
-            "{name}"
-        );
-        assert_eq!(
-            review.tripwire().is_some(),
-            refusals.contains(&"tripwire".to_owned())
-        );
+        assert_eq!(review.clone().into_checked().is_ok(), verdict == "ok", "{name}");
+        assert_eq!(review.tripwire().is_some(), refusals.contains(&"tripwire".to_owned()));
     }
 }

@@ -83,9 +83,7 @@ fn benches(c: &mut Criterion) {
         Bytes::new(),
         Operation::CALL,
     );
-    c.bench_function("safe_tx_hash", |b| {
-        b.iter(|| domain.hashes(black_box(&transfer)))
-    });
+    c.bench_function("safe_tx_hash", |b| b.iter(|| domain.hashes(black_box(&transfer))));
 
     let request = payroll(20);
     let hashes = domain.hashes(&request.tx);
@@ -108,15 +106,9 @@ fn benches(c: &mut Criterion) {
 
     let signer = SoftwareSigner::generate();
     let digest = hashes.safe_tx;
-    c.bench_function("sign", |b| {
-        b.iter(|| signer.sign_digest(black_box(&digest)))
-    });
-    let signature = signer
-        .sign_digest(&digest)
-        .unwrap_or_else(|_| std::process::exit(1));
-    c.bench_function("verify_recover", |b| {
-        b.iter(|| signature.recover(black_box(&digest)))
-    });
+    c.bench_function("sign", |b| b.iter(|| signer.sign_digest(black_box(&digest))));
+    let signature = signer.sign_digest(&digest).unwrap_or_else(|_| std::process::exit(1));
+    c.bench_function("verify_recover", |b| b.iter(|| signature.recover(black_box(&digest))));
 }
 
 /// Criterion's point estimate of a benchmark's mean, in nanoseconds, from its output folder.
@@ -140,13 +132,8 @@ fn main() {
         return; // `cargo test` runs each benchmark once; there are no fresh figures to report.
     }
 
-    let ids = [
-        "keccak_f1600",
-        "safe_tx_hash",
-        "decode_and_guard_multisend_20",
-        "sign",
-        "verify_recover",
-    ];
+    let ids =
+        ["keccak_f1600", "safe_tx_hash", "decode_and_guard_multisend_20", "sign", "verify_recover"];
     let means: Vec<Option<f64>> = ids.iter().map(|id| mean_ns(id)).collect();
     let [Some(floor), Some(hash), Some(review), Some(sign), Some(verify)] = means[..] else {
         return;
@@ -160,8 +147,5 @@ fn main() {
     );
     println!("| decode + guards, 20-call MultiSend | {review:.1} ns | {:.2} × one safeTxHash (goal ≤ 10) |", review / hash);
     println!("| sign (RFC 6979, low-s) | {:.1} µs | |", sign / 1000.0);
-    println!(
-        "| verify (recover the signer) | {:.1} µs | |",
-        verify / 1000.0
-    );
+    println!("| verify (recover the signer) | {:.1} µs | |", verify / 1000.0);
 }

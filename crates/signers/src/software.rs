@@ -79,19 +79,14 @@ impl SoftwareSigner {
         let (signature, recovery_id) = self
             .key
             .sign_prehash_recoverable(digest.as_slice())
-            .map_err(|_| SignerError::Failed {
-                detail: "ECDSA signing failed".to_owned(),
-            })?;
+            .map_err(|_| SignerError::Failed { detail: "ECDSA signing failed".to_owned() })?;
         let (signature, recovery_id) = match signature.normalize_s() {
             Some(low) => (low, flip(recovery_id)),
             None => (signature, recovery_id),
         };
         let (r, s) = signature.split_bytes();
-        OwnerSignature::from_parts(r.into(), s.into(), recovery_id.to_byte()).map_err(|problem| {
-            SignerError::Failed {
-                detail: problem.to_string(),
-            }
-        })
+        OwnerSignature::from_parts(r.into(), s.into(), recovery_id.to_byte())
+            .map_err(|problem| SignerError::Failed { detail: problem.to_string() })
     }
 }
 
@@ -153,9 +148,7 @@ fn keystore_problem(error: &eth_keystore::KeystoreError) -> String {
 
 impl fmt::Debug for SoftwareSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SoftwareSigner")
-            .field("address", &self.address)
-            .finish_non_exhaustive()
+        f.debug_struct("SoftwareSigner").field("address", &self.address).finish_non_exhaustive()
     }
 }
 

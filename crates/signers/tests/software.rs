@@ -24,9 +24,7 @@ use countersign_signers::software::SoftwareSigner;
 use serde_json::Value;
 
 fn vectors(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/vectors")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors").join(name)
 }
 
 fn json(path: PathBuf) -> Value {
@@ -46,9 +44,7 @@ fn rfc6979_vectors_byte_for_byte() {
     let file = json(vectors("ecdsa/rfc6979.json"));
     for case in file["cases"].as_array().unwrap() {
         let key = signer(case["d"].as_str().unwrap());
-        let signature = key
-            .sign_digest(&digest(case["m"].as_str().unwrap()))
-            .unwrap();
+        let signature = key.sign_digest(&digest(case["m"].as_str().unwrap())).unwrap();
         let bytes = signature.as_bytes();
         assert_eq!(hex::encode(&bytes[..64]), case["rs"].as_str().unwrap());
         assert_eq!(u64::from(bytes[64] - 27), case["recid"].as_u64().unwrap());
@@ -73,9 +69,7 @@ fn eip155_example_signature() {
 fn eip712_mail_signature() {
     let v = json(vectors("eip712/mail.expected.json"));
     let key = signer(v["privateKey"].as_str().unwrap());
-    let signature = key
-        .sign_digest(&digest(v["digest"].as_str().unwrap()))
-        .unwrap();
+    let signature = key.sign_digest(&digest(v["digest"].as_str().unwrap())).unwrap();
     assert_eq!(signature.to_hex(), v["signature"].as_str().unwrap());
     let expected: Address = v["address"].as_str().unwrap().parse().unwrap();
     assert_eq!(key.address(), expected);
@@ -83,17 +77,8 @@ fn eip712_mail_signature() {
 
 #[test]
 fn fail_malformed_keys() {
-    for text in [
-        "",
-        "0x12",
-        &"g".repeat(64),
-        &"0".repeat(64),
-        &"f".repeat(64),
-    ] {
-        assert!(
-            SoftwareSigner::from_hex(&SecretString::new(text.to_owned())).is_err(),
-            "{text}"
-        );
+    for text in ["", "0x12", &"g".repeat(64), &"0".repeat(64), &"f".repeat(64)] {
+        assert!(SoftwareSigner::from_hex(&SecretString::new(text.to_owned())).is_err(), "{text}");
     }
 }
 
@@ -119,13 +104,7 @@ fn checked_s3() -> CheckedRequest {
     let version = SafeVersion::parse("v", "1.3.0").unwrap();
     let vault = VaultRecord::new(11155111, request.safe, version);
     let tokens = TokenList::shipped().unwrap();
-    let review = review(
-        request,
-        &vault,
-        &Policy::default(),
-        &tokens,
-        &History::default(),
-    );
+    let review = review(request, &vault, &Policy::default(), &tokens, &History::default());
     review.into_checked().unwrap()
 }
 
@@ -133,18 +112,9 @@ fn checked_s3() -> CheckedRequest {
 async fn signs_a_checked_request_and_recovers() {
     let key = SoftwareSigner::generate();
     let request = checked_s3();
-    let signature = key
-        .sign(&request, &Answer(Decision::Approve))
-        .await
-        .unwrap();
-    assert_eq!(
-        signature.recover(&request.hashes().safe_tx).unwrap(),
-        key.address()
-    );
-    let again = key
-        .sign(&request, &Answer(Decision::Approve))
-        .await
-        .unwrap();
+    let signature = key.sign(&request, &Answer(Decision::Approve)).await.unwrap();
+    assert_eq!(signature.recover(&request.hashes().safe_tx).unwrap(), key.address());
+    let again = key.sign(&request, &Answer(Decision::Approve)).await.unwrap();
     assert_eq!(signature, again, "RFC 6979 signatures are deterministic");
 }
 
@@ -164,10 +134,7 @@ fn keystore_v3_round_trip() {
     let key = SoftwareSigner::from_keystore(&path, &SecretString::new("pw".into())).unwrap();
     assert_eq!(key.expose_secret().expose(), &secret);
     let wrong = SoftwareSigner::from_keystore(&path, &SecretString::new("nope".into()));
-    assert!(matches!(
-        wrong,
-        Err(countersign_signers::software::KeyError::Keystore(_))
-    ));
+    assert!(matches!(wrong, Err(countersign_signers::software::KeyError::Keystore(_))));
 }
 
 #[test]

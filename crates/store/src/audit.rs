@@ -59,10 +59,7 @@ pub fn verify_chain(entries: &[AuditEntry]) -> Result<ChainReport, ChainBreak> {
     let mut prev = [0u8; 32];
     for (index, entry) in entries.iter().enumerate() {
         let expected_seq = index as u64 + 1;
-        let fail = |problem: &str| ChainBreak {
-            seq: entry.seq,
-            problem: problem.to_owned(),
-        };
+        let fail = |problem: &str| ChainBreak { seq: entry.seq, problem: problem.to_owned() };
         if entry.seq != expected_seq {
             return Err(ChainBreak {
                 seq: expected_seq,
@@ -81,10 +78,7 @@ pub fn verify_chain(entries: &[AuditEntry]) -> Result<ChainReport, ChainBreak> {
         }
         prev = computed;
     }
-    Ok(ChainReport {
-        entries: entries.len() as u64,
-        head: hex::encode(prev),
-    })
+    Ok(ChainReport { entries: entries.len() as u64, head: hex::encode(prev) })
 }
 
 pub(crate) fn decode(text: &str) -> Option<[u8; 32]> {

@@ -44,12 +44,7 @@ impl KdfParams {
     pub fn fresh() -> Self {
         let mut salt = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut salt);
-        Self {
-            memory_kib: 19 * 1024,
-            iterations: 2,
-            parallelism: 1,
-            salt,
-        }
+        Self { memory_kib: 19 * 1024, iterations: 2, parallelism: 1, salt }
     }
 
     /// Refuses parameters a tampered `meta` row could use to exhaust memory or time.
@@ -77,22 +72,14 @@ pub fn new_data_key() -> SecretBytes {
 /// Derives the key-encryption key from a passphrase.
 pub fn derive(passphrase: &SecretString, params: &KdfParams) -> Result<SecretBytes, StoreError> {
     params.check()?;
-    let argon_params = Params::new(
-        params.memory_kib,
-        params.iterations,
-        params.parallelism,
-        Some(32),
-    )
-    .map_err(|e| StoreError::Corrupt {
-        detail: format!("Argon2id parameters: {e}"),
-    })?;
+    let argon_params =
+        Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32))
+            .map_err(|e| StoreError::Corrupt { detail: format!("Argon2id parameters: {e}") })?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params);
     let mut out = Zeroizing::new([0u8; 32]);
     argon
         .hash_password_into(passphrase.expose().as_bytes(), &params.salt, out.as_mut())
-        .map_err(|e| StoreError::Corrupt {
-            detail: format!("Argon2id: {e}"),
-        })?;
+        .map_err(|e| StoreError::Corrupt { detail: format!("Argon2id: {e}") })?;
     Ok(SecretBytes::new(out.to_vec()))
 }
 
@@ -106,9 +93,8 @@ pub fn wrap(
     store_id: &str,
     data_key: &SecretBytes,
 ) -> Result<Vec<u8>, StoreError> {
-    let cipher = Aes256Gcm::new_from_slice(kek.expose()).map_err(|_| StoreError::Corrupt {
-        detail: "the wrapping key is not 32 bytes".into(),
-    })?;
+    let cipher = Aes256Gcm::new_from_slice(kek.expose())
+        .map_err(|_| StoreError::Corrupt { detail: "the wrapping key is not 32 bytes".into() })?;
     seal_with(&cipher, &wrap_aad(store_id), data_key.expose())
 }
 
@@ -159,12 +145,8 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     let outcome = tokio::task::spawn_blocking(work)
         .await
-        .map_err(|_| StoreError::Keyring {
-            detail: "the keyring call did not finish".into(),
-        })?;
-    outcome.map_err(|e| StoreError::Keyring {
-        detail: keyring_problem(&e),
-    })
+        .map_err(|_| StoreError::Keyring { detail: "the keyring call did not finish".into() })?;
+    outcome.map_err(|e| StoreError::Keyring { detail: keyring_problem(&e) })
 }
 
 fn keyring_problem(error: &keyring::Error) -> String {

@@ -33,10 +33,8 @@ pub struct Sealer {
 
 impl Sealer {
     pub fn new(data_key: &SecretBytes) -> Result<Self, StoreError> {
-        let cipher =
-            Aes256Gcm::new_from_slice(data_key.expose()).map_err(|_| StoreError::Corrupt {
-                detail: "the data key is not 32 bytes".into(),
-            })?;
+        let cipher = Aes256Gcm::new_from_slice(data_key.expose())
+            .map_err(|_| StoreError::Corrupt { detail: "the data key is not 32 bytes".into() })?;
         Ok(Self { cipher })
     }
 
@@ -61,12 +59,7 @@ impl fmt::Debug for Sealer {
 
 fn aad(place: Place<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
-    for part in [
-        AAD_TAG,
-        place.table.as_bytes(),
-        place.column.as_bytes(),
-        place.row.as_bytes(),
-    ] {
+    for part in [AAD_TAG, place.table.as_bytes(), place.column.as_bytes(), place.row.as_bytes()] {
         out.extend_from_slice(part);
         out.push(0);
     }
@@ -82,16 +75,8 @@ pub(crate) fn seal_with(
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let ciphertext = cipher
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .map_err(|_| StoreError::Corrupt {
-            detail: "encryption failed".into(),
-        })?;
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .map_err(|_| StoreError::Corrupt { detail: "encryption failed".into() })?;
     let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
     out.push(VERSION);
     out.extend_from_slice(&nonce);
@@ -105,15 +90,8 @@ pub(crate) fn open_with(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Option
         return None;
     }
     let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
-    let plaintext = cipher
-        .decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: ciphertext,
-                aad,
-            },
-        )
-        .ok()?;
+    let plaintext =
+        cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad }).ok()?;
     Some(SecretBytes::new(plaintext))
 }
 
@@ -125,11 +103,7 @@ mod tests {
         Sealer::new(&SecretBytes::new(vec![9u8; 32])).unwrap()
     }
 
-    const HERE: Place<'static> = Place {
-        table: "keys",
-        column: "sealed_secret",
-        row: "a",
-    };
+    const HERE: Place<'static> = Place { table: "keys", column: "sealed_secret", row: "a" };
 
     #[test]
     fn round_trip() {
@@ -141,10 +115,7 @@ mod tests {
     fn fail_moved_or_altered() {
         let sealed = sealer().seal(HERE, b"value").unwrap();
         let other_row = Place { row: "b", ..HERE };
-        let other_column = Place {
-            column: "sealed_record",
-            ..HERE
-        };
+        let other_column = Place { column: "sealed_record", ..HERE };
         assert!(sealer().open(other_row, &sealed).is_err());
         assert!(sealer().open(other_column, &sealed).is_err());
         for index in 0..sealed.len() {

@@ -48,51 +48,28 @@ async fn raw(dir: &Path) -> SqliteConnection {
 #[tokio::test]
 async fn passphrase_store_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::create(dir.path(), passphrase("correct horse"))
-        .await
-        .unwrap();
+    let store = Store::create(dir.path(), passphrase("correct horse")).await.unwrap();
     let key = SecretBytes::new(vec![7u8; 32]);
     let owner = address!("5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed");
-    store
-        .add_key(owner, "software", Some("desk"), &key)
-        .await
-        .unwrap();
+    store.add_key(owner, "software", Some("desk"), &key).await.unwrap();
     store.add_vault(&vault()).await.unwrap();
-    let policy = Policy {
-        allow_gas_refunds: true,
-        ..Policy::default()
-    };
+    let policy = Policy { allow_gas_refunds: true, ..Policy::default() };
     store.set_policy(&policy).await.unwrap();
     store.close().await;
 
-    let store = Store::open(dir.path(), answer("correct horse"))
-        .await
-        .unwrap();
-    assert_eq!(
-        store.key_secret(&owner).await.unwrap().expose(),
-        key.expose()
-    );
+    let store = Store::open(dir.path(), answer("correct horse")).await.unwrap();
+    assert_eq!(store.key_secret(&owner).await.unwrap().expose(), key.expose());
     assert_eq!(store.vault(1, &SAFE).await.unwrap(), vault());
     assert_eq!(store.policy().await.unwrap(), policy);
-    assert_eq!(
-        store.keys().await.unwrap()[0].label.as_deref(),
-        Some("desk")
-    );
-    assert!(matches!(
-        store.add_vault(&vault()).await,
-        Err(StoreError::Duplicate { .. })
-    ));
+    assert_eq!(store.keys().await.unwrap()[0].label.as_deref(), Some("desk"));
+    assert!(matches!(store.add_vault(&vault()).await, Err(StoreError::Duplicate { .. })));
     assert!(store.verify_audit().await.unwrap().is_ok());
 }
 
 #[tokio::test]
 async fn fail_wrong_passphrase() {
     let dir = tempfile::tempdir().unwrap();
-    Store::create(dir.path(), passphrase("right"))
-        .await
-        .unwrap()
-        .close()
-        .await;
+    Store::create(dir.path(), passphrase("right")).await.unwrap().close().await;
     let opened = Store::open(dir.path(), answer("wrong")).await;
     assert!(matches!(opened, Err(StoreError::WrongPassphrase)));
 }
@@ -109,16 +86,7 @@ async fn fail_tampered_sealed_value_is_reported_not_used() {
         .await
         .unwrap();
     let error = store.vault(1, &SAFE).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            StoreError::Tampered {
-                table: "vaults",
-                ..
-            }
-        ),
-        "{error}"
-    );
+    assert!(matches!(error, StoreError::Tampered { table: "vaults", .. }), "{error}");
     assert!(error.to_string().contains("altered or moved"));
 }
 
@@ -128,14 +96,8 @@ async fn fail_sealed_value_moved_to_another_row() {
     let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
     let a = address!("5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed");
     let b = address!("fB6916095ca1df60bB79Ce92cE3Ea74c37c5d359");
-    store
-        .add_key(a, "software", None, &SecretBytes::new(vec![1; 32]))
-        .await
-        .unwrap();
-    store
-        .add_key(b, "software", None, &SecretBytes::new(vec![2; 32]))
-        .await
-        .unwrap();
+    store.add_key(a, "software", None, &SecretBytes::new(vec![1; 32])).await.unwrap();
+    store.add_key(b, "software", None, &SecretBytes::new(vec![2; 32])).await.unwrap();
 
     let mut db = raw(dir.path()).await;
     let a_id = hex::encode(a.as_slice());
@@ -146,10 +108,7 @@ async fn fail_sealed_value_moved_to_another_row() {
         .execute(&mut db)
         .await
         .unwrap();
-    assert!(matches!(
-        store.key_secret(&b).await,
-        Err(StoreError::Tampered { .. })
-    ));
+    assert!(matches!(store.key_secret(&b).await, Err(StoreError::Tampered { .. })));
     assert_eq!(store.key_secret(&a).await.unwrap().expose(), &[1; 32]);
 }
 
@@ -158,15 +117,9 @@ async fn fail_broken_audit_chain_names_the_entry() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
     for n in 0..5 {
-        store
-            .audit("note", &serde_json::json!({ "n": n }))
-            .await
-            .unwrap();
+        store.audit("note", &serde_json::json!({ "n": n })).await.unwrap();
     }
-    assert_eq!(
-        store.verify_audit().await.unwrap().map(|r| r.entries),
-        Ok(6)
-    );
+    assert_eq!(store.verify_audit().await.unwrap().map(|r| r.entries), Ok(6));
 
     let mut db = raw(dir.path()).await;
     sqlx::query("UPDATE audit SET body = '{\"n\":42}' WHERE seq = 4")
@@ -182,16 +135,10 @@ async fn fail_audit_tail_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
     for n in 0..3 {
-        store
-            .audit("note", &serde_json::json!({ "n": n }))
-            .await
-            .unwrap();
+        store.audit("note", &serde_json::json!({ "n": n })).await.unwrap();
     }
     let mut db = raw(dir.path()).await;
-    sqlx::query("DELETE FROM audit WHERE seq = 4")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    sqlx::query("DELETE FROM audit WHERE seq = 4").execute(&mut db).await.unwrap();
     let broken = store.verify_audit().await.unwrap().unwrap_err();
     assert_eq!(broken.seq, 4, "{}", broken.problem);
 }
@@ -211,49 +158,23 @@ async fn signatures_feed_the_tripwire_and_incidents_block_until_cleared() {
     for _ in 0..2 {
         // The second time is a repeat of the same approval: idempotent, one row.
         let shown = serde_json::json!({});
-        store
-            .record_signature(&vault(), nonce, hash, signer, &signature, &shown)
-            .await
-            .unwrap();
+        store.record_signature(&vault(), nonce, hash, signer, &signature, &shown).await.unwrap();
     }
     let history = store.history(&vault(), nonce).await.unwrap();
     assert_eq!(history.signed_for_nonce, vec![hash]);
-    assert!(store
-        .history(&vault(), U256::from(6))
-        .await
-        .unwrap()
-        .signed_for_nonce
-        .is_empty());
+    assert!(store.history(&vault(), U256::from(6)).await.unwrap().signed_for_nonce.is_empty());
 
     let id = store
         .open_incident(&vault(), "tripwire", &serde_json::json!({ "nonce": "5" }))
         .await
         .unwrap();
-    assert_eq!(
-        store.history(&vault(), nonce).await.unwrap().open_incidents,
-        1
-    );
-    assert!(
-        store.clear_incident(&id, "  ").await.is_err(),
-        "a note is required"
-    );
-    store
-        .clear_incident(&id, "checked with the initiator by phone")
-        .await
-        .unwrap();
-    assert_eq!(
-        store.history(&vault(), nonce).await.unwrap().open_incidents,
-        0
-    );
-    assert!(matches!(
-        store.clear_incident(&id, "again").await,
-        Err(StoreError::NotFound { .. })
-    ));
+    assert_eq!(store.history(&vault(), nonce).await.unwrap().open_incidents, 1);
+    assert!(store.clear_incident(&id, "  ").await.is_err(), "a note is required");
+    store.clear_incident(&id, "checked with the initiator by phone").await.unwrap();
+    assert_eq!(store.history(&vault(), nonce).await.unwrap().open_incidents, 0);
+    assert!(matches!(store.clear_incident(&id, "again").await, Err(StoreError::NotFound { .. })));
     let all = store.incidents(true).await.unwrap();
-    assert_eq!(
-        all[0].note.as_deref(),
-        Some("checked with the initiator by phone")
-    );
+    assert_eq!(all[0].note.as_deref(), Some("checked with the initiator by phone"));
     assert!(store.verify_audit().await.unwrap().is_ok());
 }
 
@@ -290,14 +211,8 @@ async fn child_writer() {
     };
     let store = Store::open(Path::new(&dir), answer("p")).await.unwrap();
     for n in 0u64.. {
-        store
-            .audit("tick", &serde_json::json!({ "n": n }))
-            .await
-            .unwrap();
-        store
-            .open_incident(&vault(), "tick", &serde_json::json!({ "n": n }))
-            .await
-            .unwrap();
+        store.audit("tick", &serde_json::json!({ "n": n })).await.unwrap();
+        store.open_incident(&vault(), "tick", &serde_json::json!({ "n": n })).await.unwrap();
     }
 }
 
@@ -328,24 +243,10 @@ async fn killed_mid_write_loses_nothing_committed() {
     child.wait().unwrap();
 
     let after = store.audit_entries().await.unwrap().len();
-    assert!(
-        after >= seen,
-        "committed entries were lost: {after} < {seen}"
-    );
-    assert!(
-        store.verify_audit().await.unwrap().is_ok(),
-        "the chain must still verify"
-    );
+    assert!(after >= seen, "committed entries were lost: {after} < {seen}");
+    assert!(store.verify_audit().await.unwrap().is_ok(), "the chain must still verify");
     let incidents = store.incidents(true).await.unwrap().len();
-    let ticks = store
-        .audit_entries()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|e| e.kind == "incident_opened")
-        .count();
-    assert_eq!(
-        incidents, ticks,
-        "every committed incident has its audit entry and no more"
-    );
+    let ticks =
+        store.audit_entries().await.unwrap().iter().filter(|e| e.kind == "incident_opened").count();
+    assert_eq!(incidents, ticks, "every committed incident has its audit entry and no more");
 }
