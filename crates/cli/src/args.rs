@@ -13,12 +13,7 @@ pub struct Cli {
     pub data_dir: Option<PathBuf>,
 
     /// Read the store's passphrase from this file (first line) instead of asking.
-    #[arg(
-        long,
-        global = true,
-        env = "COUNTERSIGN_PASSPHRASE_FILE",
-        value_name = "FILE"
-    )]
+    #[arg(long, global = true, env = "COUNTERSIGN_PASSPHRASE_FILE", value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
 
     /// Extra token list (JSON, same shape as the shipped one) for naming amounts.
@@ -50,6 +45,9 @@ pub enum Command {
         /// Use this policy file instead of the store's policy (inspection only).
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
+        /// Do not open the local store: no pinned records, no history, nothing logged.
+        #[arg(long)]
+        no_store: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -227,6 +225,9 @@ pub enum AuditCommand {
         /// Verify an exported log file instead of the store's log (needs no store).
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
+        /// With --file: the head hash `audit verify` printed, so a cut-off tail is found too.
+        #[arg(long, value_name = "HEX", requires = "file")]
+        head: Option<String>,
     },
     /// Write the log as JSON lines (to standard output without a file).
     Export { file: Option<PathBuf> },

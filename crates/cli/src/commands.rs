@@ -34,24 +34,13 @@ pub async fn run(cli: Cli) -> Result<Outcome, Failure> {
     let context = Context::new(&cli)?;
     match cli.command {
         Command::Init { passphrase } => init(&context, passphrase).await,
-        Command::Inspect {
-            file,
-            vault,
-            policy,
-            json,
-        } => inspect(&context, &file, &vault, policy.as_deref(), json).await,
-        Command::Sign {
-            file,
-            key,
-            yes,
-            json,
-        } => sign(&context, &file, &key, yes, json).await,
-        Command::Verify {
-            file,
-            signature,
-            vault,
-            json,
-        } => verify(&context, &file, &signature, &vault, json).await,
+        Command::Inspect { file, vault, policy, no_store, json } => {
+            inspect(&context, &file, &vault, policy.as_deref(), no_store, json).await
+        }
+        Command::Sign { file, key, yes, json } => sign(&context, &file, &key, yes, json).await,
+        Command::Verify { file, signature, vault, json } => {
+            verify(&context, &file, &signature, &vault, json).await
+        }
         Command::Key(command) => key(&context, command).await,
         Command::Vault(command) => vault(&context, command).await,
         Command::Policy(command) => policy(&context, command).await,
@@ -124,6 +113,7 @@ async fn inspect(
     file: &Path,
     flags: &VaultFlags,
     policy_file: Option<&Path>,
+    no_store: bool,
     as_json: bool,
 ) -> Result<Outcome, Failure> {
     let input = read_limited(file, MAX_REQUEST_BYTES)?;
@@ -138,7 +128,7 @@ async fn inspect(
         return Ok(Outcome::Refused);
     }
 
-    let store = optional_store(context).await?;
+    let store = if no_store { None } else { optional_store(context).await? };
     let tokens = context.tokens()?;
     let policy = match (policy_file, &store) {
         (Some(path), _) => Policy::from_json(&read_limited(path, MAX_POLICY_BYTES)?)?,
@@ -147,16 +137,10 @@ async fn inspect(
     };
     let review = review_file(store.as_ref(), &input, flags, &policy, &tokens).await?;
     if let Some(store) = &store {
-        store
-            .audit("inspected", &report::audit_body(&review, &tokens))
-            .await?;
+        store.audit("inspected", &report::audit_body(&review, &tokens)).await?;
     }
     print_review(&review, &tokens, as_json);
-    Ok(if review.refusals.is_empty() {
-        Outcome::Done
-    } else {
-        Outcome::Refused
-    })
+    Ok(if review.refusals.is_empty() { Outcome::Done } else { Outcome::Refused })
 }
 
 fn print_review(review: &Review, tokens: &TokenList, as_json: bool) {
@@ -175,9 +159,7 @@ async fn sign(
     as_json: bool,
 ) -> Result<Outcome, Failure> {
     if file == Path::new("-") && !yes {
-        return Err(Failure::input(
-            "confirmation: a request read from standard input needs --yes",
-        ));
+        return Err(Failure::input("confirmation: a request read from standard input needs --yes"));
     }
     let input = read_limited(file, MAX_REQUEST_BYTES)?;
     let store = context.open_store().await?;
@@ -187,7 +169,8 @@ async fn sign(
     let vault = pinned_vault(&store, &request).await?;
     let signer = software_signer(&store, choice).await?;
     let history = store.history(&vault, request.tx.nonce).await?;
-    let review = review(request, &vault, &policy, &tokens, &history);
+    let mut review = review(request, &vault, &policy, &tokens, &history);
+    review.check_signer(signer.address());
     let shown = report::audit_body(&review, &tokens);
     store.audit("inspected", &shown).await?;
 
@@ -200,6 +183,7 @@ async fn sign(
         );
         return Ok(Outcome::Refused);
     }
+    let shown_review = review.clone();
     let checked = match review.into_checked() {
         Ok(checked) => checked,
         Err(refused) => {
@@ -209,8 +193,7 @@ async fn sign(
     };
 
     if !as_json {
-        let again = review_for_display(&checked, &policy, &tokens, &history);
-        print!("{}", report::review_text(&again, &tokens));
+        print!("{}", report::review_text(&shown_review, &tokens));
     }
     let prompt = TerminalPrompt { yes };
     let signature = match signer.sign(&checked, &prompt).await {
@@ -234,10 +217,7 @@ async fn sign(
         )
         .await?;
     if as_json {
-        let mut out = report::review_json(
-            &review_for_display(&checked, &policy, &tokens, &history),
-            &tokens,
-        );
+        let mut out = report::review_json(&shown_review, &tokens);
         out["signature"] = json!(signature.to_hex());
         out["signer"] = json!(checksummed(&signer.address()));
         println!("{out}");
@@ -246,22 +226,6 @@ async fn sign(
         println!("Signature: {}", signature.to_hex());
     }
     Ok(Outcome::Done)
-}
-
-/// The checked request reviewed once more for display (the same inputs give the same review).
-fn review_for_display(
-    checked: &CheckedRequest,
-    policy: &Policy,
-    tokens: &TokenList,
-    history: &History,
-) -> Review {
-    review(
-        checked.request().clone(),
-        checked.vault(),
-        policy,
-        tokens,
-        history,
-    )
 }
 
 /// Signing needs a pinned vault record: flags are not enough to sign.
@@ -369,11 +333,7 @@ async fn verify(
             None => println!("The vault's owners are not pinned, so ownership was not checked."),
         }
     }
-    Ok(if owner == Some(false) {
-        Outcome::Refused
-    } else {
-        Outcome::Done
-    })
+    Ok(if owner == Some(false) { Outcome::Refused } else { Outcome::Done })
 }
 
 async fn key(context: &Context, command: KeyCommand) -> Result<Outcome, Failure> {
@@ -383,17 +343,9 @@ async fn key(context: &Context, command: KeyCommand) -> Result<Outcome, Failure>
             let signer = SoftwareSigner::generate();
             save_key(&store, &signer, label.as_deref()).await?;
         }
-        KeyCommand::Import {
-            hex_file,
-            keystore,
-            password_file,
-            label,
-        } => {
-            let signer = import_key(
-                hex_file.as_deref(),
-                keystore.as_deref(),
-                password_file.as_deref(),
-            )?;
+        KeyCommand::Import { hex_file, keystore, password_file, label } => {
+            let signer =
+                import_key(hex_file.as_deref(), keystore.as_deref(), password_file.as_deref())?;
             save_key(&store, &signer, label.as_deref()).await?;
         }
         KeyCommand::List => {
@@ -415,9 +367,7 @@ async fn save_key(
     label: Option<&str>,
 ) -> Result<(), Failure> {
     let secret = signer.expose_secret();
-    store
-        .add_key(signer.address(), "software", label, &secret)
-        .await?;
+    store.add_key(signer.address(), "software", label, &secret).await?;
     println!("{}", checksummed(&signer.address()));
     Ok(())
 }
@@ -474,9 +424,7 @@ async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Fail
                 SafeVersion::parse("safeVersion", &safe_version)?,
             );
             for (index, owner) in owners.iter().enumerate() {
-                record
-                    .owners
-                    .push(parse_address(&format!("owner[{index}]"), owner)?.address);
+                record.owners.push(parse_address(&format!("owner[{index}]"), owner)?.address);
             }
             if let Some(threshold) = threshold {
                 let owners = record.owners.len() as u32;
@@ -487,9 +435,7 @@ async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Fail
                 }
                 record.threshold = Some(threshold);
             }
-            record.next_nonce = next_nonce
-                .map(|n| parse_nonce("nextNonce", &n))
-                .transpose()?;
+            record.next_nonce = next_nonce.map(|n| parse_nonce("nextNonce", &n)).transpose()?;
             record.label = label;
             store.add_vault(&record).await?;
             println!("Pinned {}", describe_vault(&record));
@@ -503,16 +449,9 @@ async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Fail
                 }
             }
         }
-        VaultCommand::Show {
-            address,
-            chain_id,
-            json,
-        } => {
+        VaultCommand::Show { address, chain_id, json } => {
             let address = parse_address("address", &address)?.address;
-            let flags = VaultFlags {
-                chain_id,
-                ..VaultFlags::default()
-            };
+            let flags = VaultFlags { chain_id, ..VaultFlags::default() };
             let record = resolve_vault(Some(&store), address, &flags).await?;
             if json {
                 println!("{}", vault_json(&record));
@@ -523,11 +462,7 @@ async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Fail
                 }
             }
         }
-        VaultCommand::SetNextNonce {
-            address,
-            chain_id,
-            next_nonce,
-        } => {
+        VaultCommand::SetNextNonce { address, chain_id, next_nonce } => {
             let address = parse_address("address", &address)?.address;
             let record = store
                 .set_next_nonce(chain_id, &address, parse_nonce("nextNonce", &next_nonce)?)
@@ -544,10 +479,7 @@ fn describe_vault(record: &VaultRecord) -> String {
         None if record.owners.is_empty() => String::new(),
         None => format!(", {} owners", record.owners.len()),
     };
-    let next = record
-        .next_nonce
-        .map(|n| format!(", next nonce {n}"))
-        .unwrap_or_default();
+    let next = record.next_nonce.map(|n| format!(", next nonce {n}")).unwrap_or_default();
     format!(
         "{} on chain {}, Safe {}{threshold}{next}",
         record.display_name(),
@@ -585,7 +517,11 @@ async fn incident(context: &Context, command: IncidentCommand) -> Result<Outcome
     let store = context.open_store().await?;
     match command {
         IncidentCommand::List { all, json } => {
-            for incident in store.incidents(all).await? {
+            let incidents = store.incidents(all).await?;
+            if incidents.is_empty() && !json {
+                println!("No {}incidents.", if all { "" } else { "open " });
+            }
+            for incident in incidents {
                 if json {
                     println!(
                         "{}",
@@ -601,10 +537,7 @@ async fn incident(context: &Context, command: IncidentCommand) -> Result<Outcome
                     Some(_) => format!("cleared: {}", incident.note.unwrap_or_default()),
                     None => "OPEN".to_owned(),
                 };
-                let reason = incident.detail["reason"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
+                let reason = incident.detail["reason"].as_str().unwrap_or_default().to_owned();
                 println!(
                     "{}  {}  {}  {state}\n    {reason}",
                     incident.id, incident.vault_id, incident.kind
@@ -621,7 +554,7 @@ async fn incident(context: &Context, command: IncidentCommand) -> Result<Outcome
 
 async fn audit(context: &Context, command: AuditCommand) -> Result<Outcome, Failure> {
     match command {
-        AuditCommand::Verify { file: Some(path) } => {
+        AuditCommand::Verify { file: Some(path), head } => {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
             let entries = text
@@ -633,9 +566,20 @@ async fn audit(context: &Context, command: AuditCommand) -> Result<Outcome, Fail
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(report_chain(verify_chain(&entries)))
+            let result = verify_chain(&entries).and_then(|report| match head {
+                Some(head) if !head.eq_ignore_ascii_case(&report.head) => {
+                    let problem = format!(
+                        "the file ends at entry {} whose hash is not the given head: entries \
+                         were cut off or the file is another log",
+                        report.entries
+                    );
+                    Err(countersign_store::audit::ChainBreak { seq: report.entries + 1, problem })
+                }
+                _ => Ok(report),
+            });
+            Ok(report_chain(result))
         }
-        AuditCommand::Verify { file: None } => {
+        AuditCommand::Verify { file: None, .. } => {
             let store = context.open_store().await?;
             Ok(report_chain(store.verify_audit().await?))
         }
@@ -663,17 +607,11 @@ fn report_chain(
 ) -> Outcome {
     match result {
         Ok(report) => {
-            println!(
-                "The audit chain holds: {} entries, head {}",
-                report.entries, report.head
-            );
+            println!("The audit chain holds: {} entries, head {}", report.entries, report.head);
             Outcome::Done
         }
         Err(broken) => {
-            println!(
-                "The audit chain is broken at entry {}: {}",
-                broken.seq, broken.problem
-            );
+            println!("The audit chain is broken at entry {}: {}", broken.seq, broken.problem);
             Outcome::Refused
         }
     }

@@ -42,10 +42,7 @@ impl Context {
     /// Opens the store, asking for its passphrase only if it has one.
     pub async fn open_store(&self) -> Result<Store, Failure> {
         let file = self.passphrase_file.clone();
-        Ok(Store::open(&self.data_dir, move || {
-            read_passphrase(file.as_deref(), false)
-        })
-        .await?)
+        Ok(Store::open(&self.data_dir, move || read_passphrase(file.as_deref(), false)).await?)
     }
 
     /// The passphrase for a new store: from the file, or asked twice at the terminal.
@@ -87,7 +84,8 @@ fn default_data_dir() -> Result<PathBuf, Failure> {
 fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<SecretString, StoreError> {
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            StoreError::Database(format!("passphrase file {}: {e}", path.display()))
+            let problem = format!("{}: {e}", path.display());
+            StoreError::Input(countersign_core::InputError::new("passphrase-file", problem))
         })?;
         let first = text.lines().next().unwrap_or_default().to_owned();
         drop(zeroize::Zeroizing::new(text));
@@ -133,10 +131,7 @@ pub fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, Failure> {
 
 /// Parses a decimal nonce given on the command line.
 pub fn parse_nonce(field: &str, text: &str) -> Result<U256, Failure> {
-    Ok(parse_uint(
-        field,
-        &serde_json::Value::String(text.to_owned()),
-    )?)
+    Ok(parse_uint(field, &serde_json::Value::String(text.to_owned()))?)
 }
 
 /// The vault record to check `safe` against: the pinned one when the store has it, else one
@@ -150,10 +145,8 @@ pub async fn resolve_vault(
         Some(store) => store.vaults(Some(&safe)).await?,
         None => Vec::new(),
     };
-    let candidates: Vec<VaultRecord> = pinned
-        .into_iter()
-        .filter(|v| flags.chain_id.is_none_or(|c| c == v.chain_id))
-        .collect();
+    let candidates: Vec<VaultRecord> =
+        pinned.into_iter().filter(|v| flags.chain_id.is_none_or(|c| c == v.chain_id)).collect();
     match candidates.as_slice() {
         [record] => check_flags_agree(record, flags).map(|()| record.clone()),
         [] => vault_from_flags(safe, flags),

@@ -89,9 +89,7 @@ fn call_json(call: &Call) -> Value {
 pub fn review_text(review: &Review, tokens: &TokenList) -> String {
     let vault = &review.vault;
     let tx = &review.request.tx;
-    let chain = chain_name(vault.chain_id)
-        .map(|n| format!("{n}, "))
-        .unwrap_or_default();
+    let chain = chain_name(vault.chain_id).map(|n| format!("{n}, ")).unwrap_or_default();
     let mut out = String::new();
     let mut line = |text: String| {
         out.push_str(&text);
@@ -99,7 +97,7 @@ pub fn review_text(review: &Review, tokens: &TokenList) -> String {
     };
 
     line(format!(
-        "Safe {} ({chain}chain {}), Safe version {}",
+        "Vault {} on {chain}chain {}, Safe version {}",
         vault.display_name(),
         vault.chain_id,
         vault.version
@@ -145,11 +143,7 @@ pub fn review_text(review: &Review, tokens: &TokenList) -> String {
         tx.operation.0,
         tx.operation.name()
     ));
-    line(format!(
-        "  data {} bytes{}",
-        tx.data.len(),
-        selector_suffix(&review.call)
-    ));
+    line(format!("  data {} bytes{}", tx.data.len(), selector_suffix(&review.call)));
     line(format!(
         "  safeTxGas {}  baseGas {}  gasPrice {}",
         tx.safe_tx_gas, tx.base_gas, tx.gas_price
@@ -164,11 +158,7 @@ pub fn review_text(review: &Review, tokens: &TokenList) -> String {
     line(format!("Message hash: {}", review.hashes.message));
     line(format!("safeTxHash:   {}", review.hashes.safe_tx));
     if let Some(claimed) = review.request.claimed_safe_tx_hash {
-        let agrees = if claimed == review.hashes.safe_tx {
-            "matches"
-        } else {
-            "DIFFERS"
-        };
+        let agrees = if claimed == review.hashes.safe_tx { "matches" } else { "DIFFERS" };
         line(format!("Claimed:      {claimed} ({agrees})"));
     }
     out

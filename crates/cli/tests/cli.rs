@@ -18,9 +18,7 @@ fn bin() -> Command {
 }
 
 fn repo(sub: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests")
-        .join(sub)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests").join(sub)
 }
 
 struct Home {
@@ -29,9 +27,7 @@ struct Home {
 
 impl Home {
     fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Self { dir: tempfile::tempdir().unwrap() }
     }
 
     fn data(&self) -> PathBuf {
@@ -47,10 +43,7 @@ impl Home {
     fn run(&self, args: &[&str]) -> Output {
         bin()
             .env("COUNTERSIGN_DATA_DIR", self.data())
-            .env(
-                "COUNTERSIGN_PASSPHRASE_FILE",
-                self.dir.path().join("passphrase"),
-            )
+            .env("COUNTERSIGN_PASSPHRASE_FILE", self.dir.path().join("passphrase"))
             .env_remove("COUNTERSIGN_LOG")
             .args(args)
             .stdin(Stdio::null())
@@ -62,9 +55,7 @@ impl Home {
     fn with_store(&self) -> String {
         self.file("passphrase", "a long test passphrase\n");
         assert_ok(&self.run(&["init", "--passphrase"]));
-        let address = stdout(&self.run(&["key", "new", "--label", "desk"]))
-            .trim()
-            .to_owned();
+        let address = stdout(&self.run(&["key", "new", "--label", "desk"])).trim().to_owned();
         let pin = self.run(&[
             "vault",
             "add",
@@ -203,20 +194,12 @@ fn inspect_guard_cases() {
         ];
         if let Some(policy) = case.get("policy") {
             args.push("--policy".into());
-            args.push(
-                home.file("policy.json", &policy.to_string())
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+            args.push(home.file("policy.json", &policy.to_string()).to_string_lossy().into_owned());
         }
         if let Some(tokens) = case.get("tokens") {
             let list = serde_json::json!({ "tokens": tokens });
             args.push("--token-list".into());
-            args.push(
-                home.file("tokens.json", &list.to_string())
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+            args.push(home.file("tokens.json", &list.to_string()).to_string_lossy().into_owned());
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let output = home.run(&refs);
@@ -226,20 +209,13 @@ fn inspect_guard_cases() {
         let code = if name.starts_with("fail_") { 1 } else { 0 };
         assert_eq!(output.status.code(), Some(code), "{name}");
         for reason in case["expect"]["refusals"].as_array().into_iter().flatten() {
-            let codes: Vec<&Value> = report["reasons"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| &r["code"])
-                .collect();
+            let codes: Vec<&Value> =
+                report["reasons"].as_array().unwrap().iter().map(|r| &r["code"]).collect();
             assert!(codes.contains(&reason), "{name}: {reason} not in {codes:?}");
         }
         for line in case["expect"]["lines"].as_array().into_iter().flatten() {
             let intent = report["intent"].to_string();
-            assert!(
-                intent.contains(line.as_str().unwrap()),
-                "{name}: {line} not in {intent}"
-            );
+            assert!(intent.contains(line.as_str().unwrap()), "{name}: {line} not in {intent}");
         }
         ran += 1;
     }
@@ -267,17 +243,9 @@ fn fail_bad_input_names_the_field_with_exit_2() {
         ("not json", "{not json".to_owned(), "request"),
         ("missing field", s3_with("nonce", "<missing>"), "nonce"),
         ("wrong type", s3_with("value", "true"), "value"),
-        (
-            "bad checksum",
-            s3_with("to", "\"0x255c3912f91eF11bFDadd405F13144a823Da8cc5\""),
-            "to",
-        ),
+        ("bad checksum", s3_with("to", "\"0x255c3912f91eF11bFDadd405F13144a823Da8cc5\""), "to"),
         ("float", s3_with("gasPrice", "1.5"), "gasPrice"),
-        (
-            "too big",
-            format!("{}{}", s3_with("nonce", "4"), " ".repeat(256 * 1024)),
-            "request",
-        ),
+        ("too big", format!("{}{}", s3_with("nonce", "4"), " ".repeat(256 * 1024)), "request"),
     ];
     for (what, body, field) in cases {
         let path = home.file("bad.json", &body);
@@ -291,15 +259,8 @@ fn fail_bad_input_names_the_field_with_exit_2() {
         ]);
         assert_eq!(output.status.code(), Some(2), "{what}: {}", stderr(&output));
         let message = stderr(&output);
-        assert_eq!(
-            message.trim().lines().count(),
-            1,
-            "{what}: one line, got {message}"
-        );
-        assert!(
-            message.contains(field),
-            "{what}: {message} should name {field}"
-        );
+        assert_eq!(message.trim().lines().count(), 1, "{what}: one line, got {message}");
+        assert!(message.contains(field), "{what}: {message} should name {field}");
         assert!(stdout(&output).is_empty(), "{what}");
     }
     let output = home.run(&[
@@ -326,25 +287,15 @@ fn sign_then_verify_recovers_to_the_key() {
     assert_eq!(report["signer"], address.as_str());
     assert_eq!(signature.len(), 132);
 
-    let verified = home.run(&[
-        "verify",
-        request.to_str().unwrap(),
-        "--signature",
-        &signature,
-        "--json",
-    ]);
+    let verified =
+        home.run(&["verify", request.to_str().unwrap(), "--signature", &signature, "--json"]);
     assert_ok(&verified);
     let verdict = json_of(&verified);
     assert_eq!(verdict["signer"], address.as_str());
     assert_eq!(verdict["owner"], true);
     assert_eq!(verdict["safeTxHash"], report["safeTxHash"]);
 
-    let text = home.run(&[
-        "verify",
-        request.to_str().unwrap(),
-        "--signature",
-        &signature,
-    ]);
+    let text = home.run(&["verify", request.to_str().unwrap(), "--signature", &signature]);
     assert!(stdout(&text).contains(&address));
 }
 
@@ -386,30 +337,13 @@ fn fail_tripwire_opens_an_incident_that_blocks_until_cleared() {
 
     let blocked = home.run(&["sign", rejection.to_str().unwrap(), "--yes", "--json"]);
     assert_eq!(blocked.status.code(), Some(1));
-    assert!(json_of(&blocked)["reasons"]
-        .to_string()
-        .contains("open_incident"));
+    assert!(json_of(&blocked)["reasons"].to_string().contains("open_incident"));
 
-    assert_eq!(
-        home.run(&["incident", "clear", &id, "--note", ""])
-            .status
-            .code(),
-        Some(2)
-    );
-    assert_ok(&home.run(&[
-        "incident",
-        "clear",
-        &id,
-        "--note",
-        "initiator confirmed by phone",
-    ]));
+    assert_eq!(home.run(&["incident", "clear", &id, "--note", ""]).status.code(), Some(2));
+    assert_ok(&home.run(&["incident", "clear", &id, "--note", "initiator confirmed by phone"]));
     assert_ok(&home.run(&["sign", rejection.to_str().unwrap(), "--yes"]));
     let again = home.run(&["sign", second.to_str().unwrap(), "--yes"]);
-    assert_eq!(
-        again.status.code(),
-        Some(1),
-        "the second payload stays refused"
-    );
+    assert_eq!(again.status.code(), Some(1), "the second payload stays refused");
     assert_ok(&home.run(&["audit", "verify"]));
 }
 
@@ -424,17 +358,11 @@ fn fail_audit_verify_names_a_tampered_entry() {
     assert_ok(&home.run(&["audit", "export", exported.to_str().unwrap()]));
     assert_ok(&home.run(&["audit", "verify", "--file", exported.to_str().unwrap()]));
 
-    let text = fs::read_to_string(&exported)
-        .unwrap()
-        .replacen("vault_added", "vault_removed", 1);
+    let text = fs::read_to_string(&exported).unwrap().replacen("vault_added", "vault_removed", 1);
     fs::write(&exported, text).unwrap();
     let broken = home.run(&["audit", "verify", "--file", exported.to_str().unwrap()]);
     assert_eq!(broken.status.code(), Some(1));
-    assert!(
-        stdout(&broken).contains("broken at entry 3"),
-        "{}",
-        stdout(&broken)
-    );
+    assert!(stdout(&broken).contains("broken at entry 3"), "{}", stdout(&broken));
 }
 
 #[test]
@@ -442,41 +370,24 @@ fn keys_import_from_hex_and_a_wrong_passphrase_is_refused() {
     let home = Home::new();
     home.file("passphrase", "a long test passphrase\n");
     assert_ok(&home.run(&["init", "--passphrase"]));
-    let hex = home.file(
-        "key.hex",
-        "0x4646464646464646464646464646464646464646464646464646464646464646\n",
-    );
-    let imported = home.run(&[
-        "key",
-        "import",
-        "--hex-file",
-        hex.to_str().unwrap(),
-        "--label",
-        "eip155",
-    ]);
+    let hex = home
+        .file("key.hex", "0x4646464646464646464646464646464646464646464646464646464646464646\n");
+    let imported =
+        home.run(&["key", "import", "--hex-file", hex.to_str().unwrap(), "--label", "eip155"]);
     assert_ok(&imported);
-    assert_eq!(
-        stdout(&imported).trim(),
-        "0x9d8A62f656a8d1615C1294fd71e9CFb3E4855A4F"
-    );
+    assert_eq!(stdout(&imported).trim(), "0x9d8A62f656a8d1615C1294fd71e9CFb3E4855A4F");
     let again = home.run(&["key", "import", "--hex-file", hex.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(2), "a duplicate key is refused");
 
     let bad = home.file("bad.hex", "not a key");
     let output = home.run(&["key", "import", "--hex-file", bad.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(
-        !stderr(&output).contains("not a key"),
-        "the secret is not echoed"
-    );
+    assert!(!stderr(&output).contains("not a key"), "the secret is not echoed");
     let listed = stdout(&home.run(&["key", "list"]));
     assert!(listed.contains("eip155"));
     let wrong = bin()
         .env("COUNTERSIGN_DATA_DIR", home.data())
-        .env(
-            "COUNTERSIGN_PASSPHRASE_FILE",
-            home.file("wrong", "not the passphrase\n"),
-        )
+        .env("COUNTERSIGN_PASSPHRASE_FILE", home.file("wrong", "not the passphrase\n"))
         .args(["key", "list"])
         .output()
         .unwrap();
@@ -495,4 +406,74 @@ fn keyring_store_via_the_cli() {
     assert_ok(&home.run(&["init"]));
     assert_ok(&home.run(&["key", "new"]));
     assert_ok(&home.run(&["erase", "--yes"]));
+}
+
+#[test]
+fn fail_sign_with_a_key_that_is_not_an_owner() {
+    let home = Home::new();
+    home.with_store();
+    assert_ok(&home.run(&["key", "new", "--label", "stranger"]));
+    let request = repo("cases/ok_usdc_transfer/request.json");
+    let output =
+        home.run(&["sign", request.to_str().unwrap(), "--key", "stranger", "--yes", "--json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let report = json_of(&output);
+    assert!(report["reasons"].to_string().contains("not_an_owner"), "{report}");
+    assert!(report.get("signature").is_none());
+    let duplicate = home.run(&["key", "new", "--label", "stranger"]);
+    assert_eq!(duplicate.status.code(), Some(2), "labels are unique");
+}
+
+#[test]
+fn fail_next_nonce_never_moves_back() {
+    let home = Home::new();
+    home.with_store();
+    let lower =
+        home.run(&["vault", "set-next-nonce", SAFE, "--chain-id", "1", "--next-nonce", "3"]);
+    assert_eq!(lower.status.code(), Some(2));
+    assert!(stderr(&lower).contains("nextNonce"));
+    assert_ok(&home.run(&[
+        "vault",
+        "set-next-nonce",
+        SAFE,
+        "--chain-id",
+        "1",
+        "--next-nonce",
+        "6",
+    ]));
+}
+
+#[test]
+fn inspect_can_skip_the_store_and_an_export_checks_its_head() {
+    let home = Home::new();
+    home.with_store();
+    let s3 = repo("vectors/safe/S3/request.json");
+    let locked = bin()
+        .env("COUNTERSIGN_DATA_DIR", home.data())
+        .env_remove("COUNTERSIGN_PASSPHRASE_FILE")
+        .args([
+            "inspect",
+            s3.to_str().unwrap(),
+            "--chain-id",
+            "11155111",
+            "--safe-version",
+            "1.3.0",
+            "--no-store",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ok(&locked);
+
+    let verified = home.run(&["audit", "verify"]);
+    let head = stdout(&verified).trim().rsplit(' ').next().unwrap().to_owned();
+    let exported = home.dir.path().join("audit.jsonl");
+    assert_ok(&home.run(&["audit", "export", exported.to_str().unwrap()]));
+    let file = exported.to_str().unwrap();
+    assert_ok(&home.run(&["audit", "verify", "--file", file, "--head", &head]));
+    let text = fs::read_to_string(&exported).unwrap();
+    let cut: Vec<&str> = text.lines().collect();
+    fs::write(&exported, cut[..cut.len() - 1].join("\n") + "\n").unwrap();
+    let broken = home.run(&["audit", "verify", "--file", file, "--head", &head]);
+    assert_eq!(broken.status.code(), Some(1), "{}", stdout(&broken));
 }

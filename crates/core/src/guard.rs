@@ -30,98 +30,36 @@ pub struct History {
 /// Something a person should look at; not a reason to refuse on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Warning {
-    UnverifiedChecksum {
-        field: &'static str,
-    },
-    UnknownCalldata {
-        place: String,
-        selector: Option<[u8; 4]>,
-        note: RawNote,
-    },
-    UnknownToken {
-        place: String,
-        token: Address,
-    },
-    UnlimitedApproval {
-        place: String,
-        token: Address,
-        spender: Address,
-    },
-    NativeValueWithCall {
-        place: String,
-        value: U256,
-    },
+    UnverifiedChecksum { field: &'static str },
+    UnknownCalldata { place: String, selector: Option<[u8; 4]>, note: RawNote },
+    UnknownToken { place: String, token: Address },
+    UnlimitedApproval { place: String, token: Address, spender: Address },
+    NativeValueWithCall { place: String, value: U256 },
     RefundFieldsIgnored,
-    SafeTxGasSet {
-        safe_tx_gas: U256,
-    },
+    SafeTxGasSet { safe_tx_gas: U256 },
     NextNonceUnknown,
-    QueuedAhead {
-        nonce: U256,
-        next: U256,
-    },
+    QueuedAhead { nonce: U256, next: U256 },
+    OwnersUnknown,
 }
 
 /// A reason the request must not be signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    HashMismatch {
-        claimed: B256,
-        computed: B256,
-    },
-    SafeMismatch {
-        request: Address,
-        vault: Address,
-    },
-    UnknownOperation {
-        place: String,
-        value: u8,
-    },
-    UntrustedDelegatecall {
-        place: String,
-        target: Address,
-    },
-    UndecodedDelegatecall {
-        place: String,
-        target: Address,
-    },
-    AdminNotAllowed {
-        place: String,
-        op: AdminOp,
-    },
-    NotInVersion {
-        place: String,
-        function: &'static str,
-    },
-    UnrecognizedSelfCall {
-        place: String,
-        selector: Option<[u8; 4]>,
-    },
-    MalformedBatch {
-        place: String,
-        problem: String,
-    },
-    GasRefund {
-        gas_price: U256,
-        receiver: Address,
-    },
-    NonceUsed {
-        nonce: U256,
-        next: U256,
-    },
-    NonceTooFarAhead {
-        nonce: U256,
-        next: U256,
-        max_ahead: u64,
-    },
-    Tripwire {
-        nonce: U256,
-        signed: B256,
-        this: B256,
-    },
-    OpenIncidents {
-        count: usize,
-    },
+    HashMismatch { claimed: B256, computed: B256 },
+    SafeMismatch { request: Address, vault: Address },
+    UnknownOperation { place: String, value: u8 },
+    UntrustedDelegatecall { place: String, target: Address },
+    UndecodedDelegatecall { place: String, target: Address },
+    AdminNotAllowed { place: String, op: AdminOp },
+    NotInVersion { place: String, function: &'static str },
+    UnrecognizedSelfCall { place: String, selector: Option<[u8; 4]> },
+    MalformedBatch { place: String, problem: String },
+    GasRefund { gas_price: U256, receiver: Address },
+    NonceUsed { nonce: U256, next: U256 },
+    NonceTooFarAhead { nonce: U256, next: U256, max_ahead: u64 },
+    Tripwire { nonce: U256, signed: B256, this: B256 },
+    OpenIncidents { count: usize },
+    NotAnOwner { signer: Address },
 }
 
 /// `ok` when nothing refuses, `refused` otherwise.
@@ -216,9 +154,17 @@ impl Review {
 
     /// The tripwire refusal, when this review tripped it; the store opens an incident for it.
     pub fn tripwire(&self) -> Option<&Refusal> {
-        self.refusals
-            .iter()
-            .find(|r| matches!(r, Refusal::Tripwire { .. }))
+        self.refusals.iter().find(|r| matches!(r, Refusal::Tripwire { .. }))
+    }
+
+    /// Checks the key about to sign against the pinned owners: refused when the owners are
+    /// known and the key is not one of them, a warning when the owners are not pinned.
+    pub fn check_signer(&mut self, signer: Address) {
+        if self.vault.owners.is_empty() {
+            self.warnings.push(Warning::OwnersUnknown);
+        } else if !self.vault.owners.contains(&signer) {
+            self.refusals.push(Refusal::NotAnOwner { signer });
+        }
     }
 
     /// The request, if no guard refused it.
@@ -236,17 +182,14 @@ impl Review {
 
     fn check_identity(&mut self) {
         if self.request.safe != self.vault.address {
-            let refusal = Refusal::SafeMismatch {
-                request: self.request.safe,
-                vault: self.vault.address,
-            };
+            let refusal =
+                Refusal::SafeMismatch { request: self.request.safe, vault: self.vault.address };
             self.refusals.push(refusal);
         }
         if let Some(claimed) = self.request.claimed_safe_tx_hash {
             if claimed != self.hashes.safe_tx {
                 let computed = self.hashes.safe_tx;
-                self.refusals
-                    .push(Refusal::HashMismatch { claimed, computed });
+                self.refusals.push(Refusal::HashMismatch { claimed, computed });
             }
         }
         for field in self.request.unverified_addresses.clone() {
@@ -268,10 +211,7 @@ impl Review {
             check_version(call, version, &mut refusals);
             note_tokens(call, tokens, chain_id, &mut warnings);
             if !call.value.is_zero() && !call.data.is_empty() && call.to != safe {
-                warnings.push(Warning::NativeValueWithCall {
-                    place,
-                    value: call.value,
-                });
+                warnings.push(Warning::NativeValueWithCall { place, value: call.value });
             }
         }
         self.refusals.extend(refusals);
@@ -282,10 +222,7 @@ impl Review {
         let tx = &self.request.tx;
         if !tx.gas_price.is_zero() && !policy.allow_gas_refunds {
             let receiver = tx.refund_receiver;
-            self.refusals.push(Refusal::GasRefund {
-                gas_price: tx.gas_price,
-                receiver,
-            });
+            self.refusals.push(Refusal::GasRefund { gas_price: tx.gas_price, receiver });
         }
         let refund_fields_set =
             tx.gas_token != Address::ZERO || tx.refund_receiver != Address::ZERO;
@@ -293,9 +230,7 @@ impl Review {
             self.warnings.push(Warning::RefundFieldsIgnored);
         }
         if !tx.safe_tx_gas.is_zero() {
-            self.warnings.push(Warning::SafeTxGasSet {
-                safe_tx_gas: tx.safe_tx_gas,
-            });
+            self.warnings.push(Warning::SafeTxGasSet { safe_tx_gas: tx.safe_tx_gas });
         }
     }
 
@@ -309,11 +244,7 @@ impl Review {
             self.refusals.push(Refusal::NonceUsed { nonce, next });
         } else if nonce - next > U256::from(policy.max_nonce_ahead) {
             let max_ahead = policy.max_nonce_ahead;
-            self.refusals.push(Refusal::NonceTooFarAhead {
-                nonce,
-                next,
-                max_ahead,
-            });
+            self.refusals.push(Refusal::NonceTooFarAhead { nonce, next, max_ahead });
         } else if nonce > next {
             self.warnings.push(Warning::QueuedAhead { nonce, next });
         }
@@ -321,25 +252,16 @@ impl Review {
 
     fn check_history(&mut self, history: &History) {
         if history.open_incidents > 0 {
-            self.refusals.push(Refusal::OpenIncidents {
-                count: history.open_incidents,
-            });
+            self.refusals.push(Refusal::OpenIncidents { count: history.open_incidents });
         }
         let this = self.hashes.safe_tx;
-        let other = history
-            .signed_for_nonce
-            .iter()
-            .find(|signed| **signed != this);
+        let other = history.signed_for_nonce.iter().find(|signed| **signed != this);
         let Some(&signed) = other else {
             return;
         };
         if !self.is_rejection() {
             let nonce = self.request.tx.nonce;
-            self.refusals.push(Refusal::Tripwire {
-                nonce,
-                signed,
-                this,
-            });
+            self.refusals.push(Refusal::Tripwire { nonce, signed, this });
         }
     }
 }
@@ -350,15 +272,9 @@ fn check_operation(call: &Call, policy: &Policy, chain_id: u64, refusals: &mut V
         Operation::CALL => {}
         Operation::DELEGATECALL => {
             if !policy.trusts_delegatecall(chain_id, &call.to) {
-                refusals.push(Refusal::UntrustedDelegatecall {
-                    place,
-                    target: call.to,
-                });
+                refusals.push(Refusal::UntrustedDelegatecall { place, target: call.to });
             } else if matches!(call.action, Action::Raw { .. }) {
-                refusals.push(Refusal::UndecodedDelegatecall {
-                    place,
-                    target: call.to,
-                });
+                refusals.push(Refusal::UndecodedDelegatecall { place, target: call.to });
             }
         }
         Operation(value) => refusals.push(Refusal::UnknownOperation { place, value }),
@@ -377,34 +293,19 @@ fn check_action(
         Action::SafeAdmin(op) if !policy.allowed_admin_operations.contains(&op.kind()) => {
             refusals.push(Refusal::AdminNotAllowed { place, op: *op });
         }
-        Action::Raw {
-            note: RawNote::MalformedBatch { problem },
-            ..
-        } => {
-            refusals.push(Refusal::MalformedBatch {
-                place,
-                problem: problem.clone(),
-            });
+        Action::Raw { note: RawNote::MalformedBatch { problem }, .. } => {
+            refusals.push(Refusal::MalformedBatch { place, problem: problem.clone() });
         }
-        Action::Raw {
-            note: RawNote::BatchTooDeep,
-            ..
-        } => {
+        Action::Raw { note: RawNote::BatchTooDeep, .. } => {
             let problem = "batches are nested too deep to review".to_owned();
             refusals.push(Refusal::MalformedBatch { place, problem });
         }
         Action::Raw { selector, .. } if call.to == safe => {
-            refusals.push(Refusal::UnrecognizedSelfCall {
-                place,
-                selector: *selector,
-            });
+            refusals.push(Refusal::UnrecognizedSelfCall { place, selector: *selector });
         }
         Action::Raw { selector, note } => {
-            let warning = Warning::UnknownCalldata {
-                place,
-                selector: *selector,
-                note: note.clone(),
-            };
+            let warning =
+                Warning::UnknownCalldata { place, selector: *selector, note: note.clone() };
             warnings.push(warning);
         }
         _ => {}
@@ -421,10 +322,7 @@ fn check_version(call: &Call, version: crate::version::SafeVersion, refusals: &m
         _ => false,
     };
     if missing {
-        refusals.push(Refusal::NotInVersion {
-            place: call.place(),
-            function: op.kind().name(),
-        });
+        refusals.push(Refusal::NotInVersion { place: call.place(), function: op.kind().name() });
     }
 }
 
@@ -445,10 +343,7 @@ fn note_tokens(call: &Call, tokens: &TokenList, chain_id: u64, warnings: &mut Ve
         _ => return,
     }
     if tokens.get(chain_id, &call.to).is_none() {
-        warnings.push(Warning::UnknownToken {
-            place,
-            token: call.to,
-        });
+        warnings.push(Warning::UnknownToken { place, token: call.to });
     }
 }
 
@@ -488,6 +383,7 @@ impl Refusal {
             Self::NonceTooFarAhead { .. } => "nonce_too_far_ahead",
             Self::Tripwire { .. } => "tripwire",
             Self::OpenIncidents { .. } => "open_incident",
+            Self::NotAnOwner { .. } => "not_an_owner",
         }
     }
 }
@@ -505,6 +401,7 @@ impl Warning {
             Self::SafeTxGasSet { .. } => "safe_tx_gas_set",
             Self::NextNonceUnknown => "next_nonce_unknown",
             Self::QueuedAhead { .. } => "queued_ahead",
+            Self::OwnersUnknown => "owners_unknown",
         }
     }
 }
@@ -531,10 +428,7 @@ impl fmt::Display for Refusal {
                 checksummed(vault)
             ),
             Self::UnknownOperation { place, value } => {
-                write!(
-                    f,
-                    "{place} has operation {value}; only 0 (call) and 1 (delegatecall) exist"
-                )
+                write!(f, "{place} has operation {value}; only 0 (call) and 1 (delegatecall) exist")
             }
             Self::UntrustedDelegatecall { place, target } => write!(
                 f,
@@ -564,15 +458,9 @@ impl fmt::Display for Refusal {
                 selector_text(selector)
             ),
             Self::MalformedBatch { place, problem } => {
-                write!(
-                    f,
-                    "{place} is a MultiSend batch that cannot be decoded: {problem}"
-                )
+                write!(f, "{place} is a MultiSend batch that cannot be decoded: {problem}")
             }
-            Self::GasRefund {
-                gas_price,
-                receiver,
-            } => write!(
+            Self::GasRefund { gas_price, receiver } => write!(
                 f,
                 "gasPrice is {gas_price}, so the Safe would pay a gas refund to {}; the local \
                  policy does not allow refunds",
@@ -583,32 +471,27 @@ impl fmt::Display for Refusal {
                 }
             ),
             Self::NonceUsed { nonce, next } => {
-                write!(
-                    f,
-                    "nonce {nonce} is already used: the vault's next nonce is {next}"
-                )
+                write!(f, "nonce {nonce} is already used: the vault's next nonce is {next}")
             }
-            Self::NonceTooFarAhead {
-                nonce,
-                next,
-                max_ahead,
-            } => write!(
+            Self::NonceTooFarAhead { nonce, next, max_ahead } => write!(
                 f,
                 "nonce {nonce} is more than {max_ahead} ahead of the vault's next nonce {next}"
             ),
-            Self::Tripwire {
-                nonce,
-                signed,
-                this,
-            } => write!(
+            Self::Tripwire { nonce, signed, this } => write!(
                 f,
-                "tripwire: this approver already signed {signed} for nonce {nonce}; a different \
+                "this approver already signed {signed} for nonce {nonce}; a different \
                  payload {this} for the same nonce is refused and an incident is opened"
             ),
             Self::OpenIncidents { count } => write!(
                 f,
                 "the vault has {count} open incident(s); signing is blocked until a person \
                  clears them (countersign incident list)"
+            ),
+            Self::NotAnOwner { signer } => write!(
+                f,
+                "the signing key {} is not an owner of the pinned vault; its signature would not \
+                 count",
+                checksummed(signer)
             ),
         }
     }
@@ -621,11 +504,7 @@ impl fmt::Display for Warning {
                 f,
                 "{field} was written in one letter case, so it carried no EIP-55 checksum"
             ),
-            Self::UnknownCalldata {
-                place,
-                selector,
-                note,
-            } => {
+            Self::UnknownCalldata { place, selector, note } => {
                 write!(
                     f,
                     "{place} has calldata Countersign does not decode ({}",
@@ -636,10 +515,7 @@ impl fmt::Display for Warning {
                         write!(f, ", {function} with non-canonical arguments)")
                     }
                     RawNote::MultiSendByCall => {
-                        write!(
-                            f,
-                            ", multiSend by plain call: its steps would not run as the Safe)"
-                        )
+                        write!(f, ", multiSend by plain call: its steps would not run as the Safe)")
                     }
                     RawNote::AdminOnOtherContract { function } => {
                         write!(f, ", {function} on a contract other than this Safe)")
@@ -652,21 +528,14 @@ impl fmt::Display for Warning {
                 "{place} moves token {}, which is not in the token list: amounts are raw units",
                 checksummed(token)
             ),
-            Self::UnlimitedApproval {
-                place,
-                token,
-                spender,
-            } => write!(
+            Self::UnlimitedApproval { place, token, spender } => write!(
                 f,
                 "{place} grants {} an unlimited allowance of {}",
                 checksummed(spender),
                 checksummed(token)
             ),
             Self::NativeValueWithCall { place, value } => {
-                write!(
-                    f,
-                    "{place} also sends {value} wei of native currency with its call"
-                )
+                write!(f, "{place} also sends {value} wei of native currency with its call")
             }
             Self::RefundFieldsIgnored => write!(
                 f,
@@ -686,6 +555,10 @@ impl fmt::Display for Warning {
                 f,
                 "nonce {nonce} is {} place(s) behind the vault's next nonce {next} in the queue",
                 *nonce - *next
+            ),
+            Self::OwnersUnknown => write!(
+                f,
+                "the vault's owners are not pinned, so the signing key was not checked against them"
             ),
         }
     }

@@ -44,18 +44,14 @@ pub enum StoreError {
     AlreadyInitialized { path: PathBuf },
     #[error("wrong passphrase (or the wrapped data key was altered)")]
     WrongPassphrase,
-    #[error("this store is protected by a passphrase; give one with --passphrase-file")]
+    #[error("a passphrase is needed: give it with --passphrase-file, or run in a terminal")]
     PassphraseRequired,
     #[error("keyring: {detail}")]
     Keyring { detail: String },
     #[error(
         "the sealed value in {table}.{column} for row {row} was altered or moved; it was not used"
     )]
-    Tampered {
-        table: &'static str,
-        column: &'static str,
-        row: String,
-    },
+    Tampered { table: &'static str, column: &'static str, row: String },
     #[error("{what} not found")]
     NotFound { what: String },
     #[error("{what} already exists")]
@@ -123,32 +119,19 @@ impl Store {
     /// Creates a store in `dir` with a fresh data key.
     pub async fn create(dir: &Path, protection: Protection) -> Result<Self, StoreError> {
         if Self::exists(dir) {
-            return Err(StoreError::AlreadyInitialized {
-                path: dir.to_owned(),
-            });
+            return Err(StoreError::AlreadyInitialized { path: dir.to_owned() });
         }
         create_private_dir(dir)?;
-        let store_id = hex::encode(
-            keywrap::new_data_key()
-                .expose()
-                .get(..16)
-                .unwrap_or_default(),
-        );
+        let store_id = hex::encode(keywrap::new_data_key().expose().get(..16).unwrap_or_default());
         let data_key = keywrap::new_data_key();
 
         let (kind, kek, kdf) = match &protection {
-            Protection::Keyring => (
-                ProtectionKind::Keyring,
-                keywrap::keyring_create(&store_id).await?,
-                None,
-            ),
+            Protection::Keyring => {
+                (ProtectionKind::Keyring, keywrap::keyring_create(&store_id).await?, None)
+            }
             Protection::Passphrase(passphrase) => {
                 let params = KdfParams::fresh();
-                (
-                    ProtectionKind::Passphrase,
-                    keywrap::derive(passphrase, &params)?,
-                    Some(params),
-                )
+                (ProtectionKind::Passphrase, keywrap::derive(passphrase, &params)?, Some(params))
             }
         };
         let wrapped = keywrap::wrap(&kek, &store_id, &data_key)?;
@@ -169,9 +152,8 @@ impl Store {
         insert_meta(&mut tx, "store_id", store_id.as_bytes()).await?;
         insert_meta(&mut tx, "protection", kind.name().as_bytes()).await?;
         if let Some(params) = kdf {
-            let text = serde_json::to_vec(&params).map_err(|e| StoreError::Corrupt {
-                detail: e.to_string(),
-            })?;
+            let text = serde_json::to_vec(&params)
+                .map_err(|e| StoreError::Corrupt { detail: e.to_string() })?;
             insert_meta(&mut tx, "kdf", &text).await?;
         }
         insert_meta(&mut tx, "wrapped_data_key", &wrapped).await?;
@@ -185,9 +167,7 @@ impl Store {
     /// How the store in `dir` is protected, read without unlocking it.
     pub async fn protection_of(dir: &Path) -> Result<ProtectionKind, StoreError> {
         if !Self::exists(dir) {
-            return Err(StoreError::NotInitialized {
-                path: dir.to_owned(),
-            });
+            return Err(StoreError::NotInitialized { path: dir.to_owned() });
         }
         let pool = connect(dir, false).await?;
         let kind = read_protection(&pool).await;
@@ -201,23 +181,16 @@ impl Store {
         passphrase: impl FnOnce() -> Result<SecretString, StoreError>,
     ) -> Result<Self, StoreError> {
         if !Self::exists(dir) {
-            return Err(StoreError::NotInitialized {
-                path: dir.to_owned(),
-            });
+            return Err(StoreError::NotInitialized { path: dir.to_owned() });
         }
         let pool = connect(dir, false).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         let format = read_meta(&pool, "format").await?;
         if format != FORMAT.as_bytes() {
-            return Err(StoreError::Corrupt {
-                detail: "unknown store format".into(),
-            });
+            return Err(StoreError::Corrupt { detail: "unknown store format".into() });
         }
-        let store_id = String::from_utf8(read_meta(&pool, "store_id").await?).map_err(|_| {
-            StoreError::Corrupt {
-                detail: "store id".into(),
-            }
-        })?;
+        let store_id = String::from_utf8(read_meta(&pool, "store_id").await?)
+            .map_err(|_| StoreError::Corrupt { detail: "store id".into() })?;
         let protection = read_protection(&pool).await?;
         let wrapped = read_meta(&pool, "wrapped_data_key").await?;
 
@@ -225,9 +198,7 @@ impl Store {
             ProtectionKind::Keyring => keywrap::keyring_fetch(&store_id).await?,
             ProtectionKind::Passphrase => {
                 let params: KdfParams = serde_json::from_slice(&read_meta(&pool, "kdf").await?)
-                    .map_err(|_| StoreError::Corrupt {
-                        detail: "Argon2id parameters".into(),
-                    })?;
+                    .map_err(|_| StoreError::Corrupt { detail: "Argon2id parameters".into() })?;
                 keywrap::derive(&passphrase()?, &params)?
             }
         };
@@ -238,13 +209,7 @@ impl Store {
             },
         })?;
         let sealer = Sealer::new(&data_key)?;
-        Ok(Self {
-            pool,
-            sealer,
-            store_id,
-            protection,
-            path: dir.to_owned(),
-        })
+        Ok(Self { pool, sealer, store_id, protection, path: dir.to_owned() })
     }
 
     pub fn protection(&self) -> ProtectionKind {
@@ -301,9 +266,8 @@ impl Store {
         let (prev_seq, prev_hash) = match last {
             Some(row) => {
                 let hash: String = row.get("hash");
-                let prev = audit::decode(&hash).ok_or_else(|| StoreError::Corrupt {
-                    detail: "audit hash".into(),
-                })?;
+                let prev = audit::decode(&hash)
+                    .ok_or_else(|| StoreError::Corrupt { detail: "audit hash".into() })?;
                 (row.get::<i64, _>("seq") as u64, prev)
             }
             None => (0, [0u8; 32]),
@@ -366,20 +330,13 @@ impl Store {
                  removed from the end or the head was replaced",
                 report.entries
             );
-            return Ok(Err(ChainBreak {
-                seq: report.entries.min(seq) + 1,
-                problem,
-            }));
+            return Ok(Err(ChainBreak { seq: report.entries.min(seq) + 1, problem }));
         }
         Ok(Ok(report))
     }
 }
 
-const HEAD: Place<'static> = Place {
-    table: "meta",
-    column: "value",
-    row: "audit_head",
-};
+const HEAD: Place<'static> = Place { table: "meta", column: "value", row: "audit_head" };
 
 /// Compact JSON with object keys sorted (serde_json's default map is ordered by key).
 fn canonical_json(value: &serde_json::Value) -> String {
@@ -404,10 +361,7 @@ async fn connect(dir: &Path, create: bool) -> Result<SqlitePool, StoreError> {
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
         .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await?;
+    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
     Ok(pool)
 }
 
@@ -437,9 +391,7 @@ async fn read_protection(pool: &SqlitePool) -> Result<ProtectionKind, StoreError
     match read_meta(pool, "protection").await?.as_slice() {
         b"keyring" => Ok(ProtectionKind::Keyring),
         b"passphrase" => Ok(ProtectionKind::Passphrase),
-        _ => Err(StoreError::Corrupt {
-            detail: "unknown protection".into(),
-        }),
+        _ => Err(StoreError::Corrupt { detail: "unknown protection".into() }),
     }
 }
 
@@ -449,9 +401,7 @@ async fn read_meta(pool: &SqlitePool, name: &str) -> Result<Vec<u8>, StoreError>
         .fetch_optional(pool)
         .await?;
     row.map(|r| r.get::<Vec<u8>, _>("value"))
-        .ok_or_else(|| StoreError::Corrupt {
-            detail: format!("meta entry {name} is missing"),
-        })
+        .ok_or_else(|| StoreError::Corrupt { detail: format!("meta entry {name} is missing") })
 }
 
 async fn insert_meta(

@@ -60,9 +60,7 @@ fn key_id(address: &Address) -> String {
 }
 
 fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt {
-        detail: format!("{what} could not be read back"),
-    }
+    StoreError::Corrupt { detail: format!("{what} could not be read back") }
 }
 
 impl VaultRow {
@@ -120,11 +118,7 @@ impl Store {
         secret: &SecretBytes,
     ) -> Result<(), StoreError> {
         let id = key_id(&address);
-        let place = Place {
-            table: "keys",
-            column: "sealed_secret",
-            row: &id,
-        };
+        let place = Place { table: "keys", column: "sealed_secret", row: &id };
         let sealed = self.sealer.seal(place, secret.expose())?;
         let mut tx = self.begin().await?;
         let exists = sqlx::query("SELECT 1 FROM keys WHERE id = ?")
@@ -132,9 +126,17 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         if exists.is_some() {
-            return Err(StoreError::Duplicate {
-                what: format!("key {}", checksummed(&address)),
-            });
+            return Err(StoreError::Duplicate { what: format!("key {}", checksummed(&address)) });
+        }
+        if let Some(label) = label {
+            let taken = sqlx::query("SELECT 1 FROM keys WHERE label = ?")
+                .bind(label)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if taken.is_some() {
+                let what = format!("a key labelled {label:?}");
+                return Err(StoreError::Duplicate { what });
+            }
         }
         sqlx::query("INSERT INTO keys (id, address, kind, label, created_at, sealed_secret) VALUES (?, ?, ?, ?, ?, ?)")
             .bind(&id)
@@ -183,14 +185,7 @@ impl Store {
             what: format!("key {}", checksummed(address)),
         })?;
         let sealed: Vec<u8> = row.get("sealed_secret");
-        self.sealer.open(
-            Place {
-                table: "keys",
-                column: "sealed_secret",
-                row: &id,
-            },
-            &sealed,
-        )
+        self.sealer.open(Place { table: "keys", column: "sealed_secret", row: &id }, &sealed)
     }
 
     // Vaults.
@@ -199,11 +194,7 @@ impl Store {
     pub async fn add_vault(&self, record: &VaultRecord) -> Result<(), StoreError> {
         let id = vault_id(record.chain_id, &record.address);
         let body = vault_json(record);
-        let place = Place {
-            table: "vaults",
-            column: "sealed_record",
-            row: &id,
-        };
+        let place = Place { table: "vaults", column: "sealed_record", row: &id };
         let sealed = self.sealer.seal(place, body.to_string().as_bytes())?;
         let mut tx = self.begin().await?;
         let exists = sqlx::query("SELECT 1 FROM vaults WHERE id = ?")
@@ -211,11 +202,8 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         if exists.is_some() {
-            let what = format!(
-                "vault {} on chain {}",
-                checksummed(&record.address),
-                record.chain_id
-            );
+            let what =
+                format!("vault {} on chain {}", checksummed(&record.address), record.chain_id);
             return Err(StoreError::Duplicate { what });
         }
         sqlx::query("INSERT INTO vaults (id, chain_id, address, created_at, sealed_record) VALUES (?, ?, ?, ?, ?)")
@@ -241,14 +229,15 @@ impl Store {
     ) -> Result<VaultRecord, StoreError> {
         let mut record = self.vault(chain_id, address).await?;
         let previous = record.next_nonce;
+        if previous.is_some_and(|pinned| next < pinned) {
+            // A lower next nonce would make used nonces signable again.
+            let problem = "the next nonce only moves forward; it is pinned higher already";
+            return Err(InputError::new("nextNonce", problem).into());
+        }
         record.next_nonce = Some(next);
         let id = vault_id(chain_id, address);
         let body = vault_json(&record);
-        let place = Place {
-            table: "vaults",
-            column: "sealed_record",
-            row: &id,
-        };
+        let place = Place { table: "vaults", column: "sealed_record", row: &id };
         let sealed = self.sealer.seal(place, body.to_string().as_bytes())?;
         let mut tx = self.begin().await?;
         sqlx::query("UPDATE vaults SET sealed_record = ? WHERE id = ?")
@@ -284,10 +273,8 @@ impl Store {
                 .await?;
         let mut out = Vec::new();
         for row in rows {
-            let record = self.open_vault(
-                &row.get::<String, _>("id"),
-                &row.get::<Vec<u8>, _>("sealed_record"),
-            )?;
+            let record = self
+                .open_vault(&row.get::<String, _>("id"), &row.get::<Vec<u8>, _>("sealed_record"))?;
             if address.is_none_or(|a| *a == record.address) {
                 out.push(record);
             }
@@ -296,14 +283,9 @@ impl Store {
     }
 
     fn open_vault(&self, id: &str, sealed: &[u8]) -> Result<VaultRecord, StoreError> {
-        let plain = self.sealer.open(
-            Place {
-                table: "vaults",
-                column: "sealed_record",
-                row: id,
-            },
-            sealed,
-        )?;
+        let plain = self
+            .sealer
+            .open(Place { table: "vaults", column: "sealed_record", row: id }, sealed)?;
         let row: VaultRow =
             serde_json::from_slice(plain.expose()).map_err(|_| corrupt("a vault record"))?;
         Ok(row.into_record()?)
@@ -319,9 +301,7 @@ impl Store {
         let Some(row) = row else {
             return Ok(Policy::default());
         };
-        let plain = self
-            .sealer
-            .open(POLICY, &row.get::<Vec<u8>, _>("sealed_body"))?;
+        let plain = self.sealer.open(POLICY, &row.get::<Vec<u8>, _>("sealed_body"))?;
         Ok(Policy::from_json(plain.expose())?)
     }
 
@@ -371,10 +351,7 @@ impl Store {
         .fetch_one(&self.pool)
         .await?
         .get("n");
-        Ok(History {
-            signed_for_nonce,
-            open_incidents: open as usize,
-        })
+        Ok(History { signed_for_nonce, open_incidents: open as usize })
     }
 
     /// Records a signature (idempotent for the same payload and signer) with its audit entry.
@@ -390,11 +367,7 @@ impl Store {
         let id = vault_id(vault.chain_id, &vault.address);
         let row = format!("{id}/{nonce}/{safe_tx_hash}/{}", key_id(&signer));
         let detail = serde_json::json!({ "signature": signature.to_hex(), "shown": shown });
-        let place = Place {
-            table: "signatures",
-            column: "sealed_detail",
-            row: &row,
-        };
+        let place = Place { table: "signatures", column: "sealed_detail", row: &row };
         let sealed = self.sealer.seal(place, detail.to_string().as_bytes())?;
         let mut tx = self.begin().await?;
         let inserted = sqlx::query(
@@ -433,11 +406,7 @@ impl Store {
         let mut raw = [0u8; 4];
         rand::rngs::OsRng.fill_bytes(&mut raw);
         let id = hex::encode(raw);
-        let place = Place {
-            table: "incidents",
-            column: "sealed_detail",
-            row: &id,
-        };
+        let place = Place { table: "incidents", column: "sealed_detail", row: &id };
         let sealed = self.sealer.seal(place, detail.to_string().as_bytes())?;
         let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO incidents (id, vault_id, kind, opened_at, sealed_detail) VALUES (?, ?, ?, ?, ?)")
@@ -463,29 +432,17 @@ impl Store {
         .bind(include_cleared)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| self.open_incident_row(&row))
-            .collect()
+        rows.into_iter().map(|row| self.open_incident_row(&row)).collect()
     }
 
     fn open_incident_row(&self, row: &sqlx::sqlite::SqliteRow) -> Result<Incident, StoreError> {
         let id: String = row.get("id");
-        let detail_place = Place {
-            table: "incidents",
-            column: "sealed_detail",
-            row: &id,
-        };
-        let detail = self
-            .sealer
-            .open(detail_place, &row.get::<Vec<u8>, _>("sealed_detail"))?;
+        let detail_place = Place { table: "incidents", column: "sealed_detail", row: &id };
+        let detail = self.sealer.open(detail_place, &row.get::<Vec<u8>, _>("sealed_detail"))?;
         let note = match row.get::<Option<Vec<u8>>, _>("sealed_note") {
             None => None,
             Some(sealed) => {
-                let place = Place {
-                    table: "incidents",
-                    column: "sealed_note",
-                    row: &id,
-                };
+                let place = Place { table: "incidents", column: "sealed_note", row: &id };
                 let plain = self.sealer.open(place, &sealed)?;
                 Some(String::from_utf8_lossy(plain.expose()).into_owned())
             }
@@ -505,14 +462,10 @@ impl Store {
     pub async fn clear_incident(&self, id: &str, note: &str) -> Result<(), StoreError> {
         if note.trim().is_empty() {
             return Err(
-                InputError::new("note", "clearing an incident needs a note saying why").into(),
+                InputError::new("note", "clearing an incident needs a note saying why").into()
             );
         }
-        let place = Place {
-            table: "incidents",
-            column: "sealed_note",
-            row: id,
-        };
+        let place = Place { table: "incidents", column: "sealed_note", row: id };
         let sealed = self.sealer.seal(place, note.as_bytes())?;
         let mut tx = self.begin().await?;
         let changed = sqlx::query("UPDATE incidents SET cleared_at = ?, sealed_note = ? WHERE id = ? AND cleared_at IS NULL")
@@ -523,9 +476,7 @@ impl Store {
             .await?
             .rows_affected();
         if changed == 0 {
-            return Err(StoreError::NotFound {
-                what: format!("open incident {id}"),
-            });
+            return Err(StoreError::NotFound { what: format!("open incident {id}") });
         }
         let body = serde_json::json!({ "id": id, "note": note });
         self.audit_in(&mut tx, "incident_cleared", &body).await?;
@@ -535,8 +486,4 @@ impl Store {
     }
 }
 
-const POLICY: Place<'static> = Place {
-    table: "policy",
-    column: "sealed_body",
-    row: "1",
-};
+const POLICY: Place<'static> = Place { table: "policy", column: "sealed_body", row: "1" };
