@@ -20,6 +20,7 @@ UNLISTED = "0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb"
 TOKEN24 = "0x2222222222222222222222222222222222222222"
 CALL_ONLY_130 = "0x40A2aCCbd92BCA938b02010E17A5b8929b49130D"
 CALL_ONLY_141 = "0x9641d764fc13c8B624c04430C7356C1C7C8102e2"
+CALL_ONLY_150 = "0xA83c336B20401Af773B6219BA5027174338D1836"
 SENTINEL = "0x0000000000000000000000000000000000000001"
 
 SEL = {
@@ -114,9 +115,10 @@ case("ok_admin_allowed_by_policy", "addOwnerWithThreshold passes when the local 
      request(SAFE, data=call("addOwnerWithThreshold", word_addr(CAROL), word_int(2))),
      {"verdict": "ok", "lines": ["Safe: add owner " + CAROL + " and set the threshold to 2"]},
      policy={"allowedAdminOperations": ["addOwnerWithThreshold"]})
-case("ok_gas_refund_allowed_by_policy", "A non-zero gasPrice passes when the policy allows refunds.",
+case("ok_gas_refund_allowed_by_policy",
+     "A non-zero gasPrice passes when the policy allows refunds, and the refund is spelled out.",
      request(ALICE, value=1, gas_price=1),
-     {"verdict": "ok"}, policy={"allowGasRefunds": True})
+     {"verdict": "ok", "warnings": ["gas_refund_allowed"]}, policy={"allowGasRefunds": True})
 case("ok_rejection_after_signed_nonce",
      "The standard rejection (zero-value self-call, no data) may be signed for a nonce already signed.",
      request(SAFE),
@@ -138,7 +140,7 @@ case("fail_multisend_hidden_delegatecall",
      request(CALL_ONLY_130, op=1, data=batch([
          (0, USDC, 0, transfer(ALICE, 10_000_000)),
          (0, BOB, 1_000_000_000_000_000, "0x"),
-         (1, ATTACKER, 0, "0xa9059cbb"),
+         (1, ATTACKER, 0, "0x12345678"),
      ])),
      {"verdict": "refused", "refusals": ["untrusted_delegatecall"], "places": ["batch[2]"]})
 case("fail_multisend_nested_admin",
@@ -182,6 +184,26 @@ case("fail_change_master_copy_on_130",
      request(SAFE, data=call("changeMasterCopy", word_addr(ATTACKER))),
      {"verdict": "refused", "refusals": ["not_in_version"]},
      policy={"allowedAdminOperations": ["changeMasterCopy"]})
+case("fail_multisend_step_to_zero_address_is_the_safe",
+     "MultiSend 1.5.0 sends a step addressed to 0x0 to address(this), the Safe itself: an "
+     "enableModule hidden that way is Safe administration (found by an attack review).",
+     request(CALL_ONLY_150, op=1, data=batch([
+         (0, ZERO, 0, call("enableModule", word_addr(ATTACKER))),
+     ])),
+     {"verdict": "refused", "refusals": ["admin_operation"], "places": ["batch[0]"]},
+     vault=vault("1.5.0"))
+case("fail_non_canonical_approve",
+     "An unlimited approve with one trailing byte: tokens ignore the byte, so it is refused "
+     "rather than shown raw.",
+     request(USDC, data=call("approve", word_addr(CAROL), "f" * 64) + "00"),
+     {"verdict": "refused", "refusals": ["non_canonical_call"]})
+case("fail_rejection_paying_a_refund_is_no_rejection",
+     "A self-call with no value or data that pays a gas refund is not the standard rejection: "
+     "it trips the wire for a signed nonce.",
+     dict(request(SAFE, gas_price=1_000_000_000_000), baseGas="1000000000", gasToken=USDC,
+          refundReceiver=ATTACKER),
+     {"verdict": "refused", "refusals": ["tripwire"]},
+     policy={"allowGasRefunds": True}, history={"signedForNonce": "0x" + "ab" * 32})
 case("fail_unrecognized_self_call", "An unknown selector sent to the Safe itself.",
      request(SAFE, data="0xcafebabe"),
      {"verdict": "refused", "refusals": ["unrecognized_self_call"]})

@@ -19,14 +19,14 @@ use countersign_core::version::SafeVersion;
 use countersign_signers::software::SoftwareSigner;
 use countersign_store::audit::{verify_chain, AuditEntry};
 use countersign_store::keywrap::Protection;
-use countersign_store::Store;
+use countersign_store::{Recorded, Store};
 use serde_json::json;
 
 use crate::args::{
     AuditCommand, Cli, Command, IncidentCommand, KeyChoice, KeyCommand, PolicyCommand,
     VaultCommand, VaultFlags,
 };
-use crate::context::{parse_nonce, read_limited, resolve_vault, Context};
+use crate::context::{parse_nonce, read_limited, read_small_text, resolve_vault, Context};
 use crate::failure::{Failure, Outcome};
 use crate::report;
 
@@ -62,13 +62,13 @@ async fn init(context: &Context, passphrase: bool) -> Result<Outcome, Failure> {
         )),
         other => other.into(),
     })?;
-    println!(
+    outln!(
         "Created a store in {} (data key protected by {})",
         context.data_dir.display(),
         store.protection().name()
     );
     if store.protection() == countersign_store::ProtectionKind::Keyring {
-        println!("Note: a keyring-protected store opens whenever the keyring is unlocked; it cannot be locked separately.");
+        outln!("Note: a keyring-protected store opens whenever the keyring is unlocked; it cannot be locked separately.");
     }
     store.close().await;
     Ok(Outcome::Done)
@@ -116,14 +116,14 @@ async fn inspect(
     no_store: bool,
     as_json: bool,
 ) -> Result<Outcome, Failure> {
-    let input = read_limited(file, MAX_REQUEST_BYTES)?;
+    let input = read_limited("request", file, MAX_REQUEST_BYTES)?;
     let object = parse_object(&input)?;
     if looks_like_typed_data(&object) {
         let hashes = typed_data::inspect(&input)?;
         if as_json {
-            println!("{}", report::typed_data_json(&hashes));
+            outln!("{}", report::typed_data_json(&hashes));
         } else {
-            print!("{}", report::typed_data_text(&hashes));
+            out!("{}", report::typed_data_text(&hashes));
         }
         return Ok(Outcome::Refused);
     }
@@ -131,7 +131,7 @@ async fn inspect(
     let store = if no_store { None } else { optional_store(context).await? };
     let tokens = context.tokens()?;
     let policy = match (policy_file, &store) {
-        (Some(path), _) => Policy::from_json(&read_limited(path, MAX_POLICY_BYTES)?)?,
+        (Some(path), _) => Policy::from_json(&read_limited("policy", path, MAX_POLICY_BYTES)?)?,
         (None, Some(store)) => store.policy().await?,
         (None, None) => Policy::default(),
     };
@@ -145,9 +145,9 @@ async fn inspect(
 
 fn print_review(review: &Review, tokens: &TokenList, as_json: bool) {
     if as_json {
-        println!("{}", report::review_json(review, tokens));
+        outln!("{}", report::review_json(review, tokens));
     } else {
-        print!("{}", report::review_text(review, tokens));
+        out!("{}", report::review_text(review, tokens));
     }
 }
 
@@ -161,7 +161,7 @@ async fn sign(
     if file == Path::new("-") && !yes {
         return Err(Failure::input("confirmation: a request read from standard input needs --yes"));
     }
-    let input = read_limited(file, MAX_REQUEST_BYTES)?;
+    let input = read_limited("request", file, MAX_REQUEST_BYTES)?;
     let store = context.open_store().await?;
     let tokens = context.tokens()?;
     let policy = store.policy().await?;
@@ -193,7 +193,7 @@ async fn sign(
     };
 
     if !as_json {
-        print!("{}", report::review_text(&shown_review, &tokens));
+        out!("{}", report::review_text(&shown_review, &tokens));
     }
     let prompt = TerminalPrompt { yes };
     let signature = match signer.sign(&checked, &prompt).await {
@@ -206,26 +206,55 @@ async fn sign(
         Err(error) => return Err(Failure::other(error.to_string())),
     };
     let hashes = checked.hashes();
-    store
+    let recorded = store
         .record_signature(
             checked.vault(),
             checked.request().tx.nonce,
             hashes.safe_tx,
+            shown_review.is_rejection(),
             signer.address(),
             &signature,
             &shown,
         )
         .await?;
+    if let Recorded::Refused(refusals) = recorded {
+        // Another process signed a different payload for this nonce (or opened an incident)
+        // while this one was confirming: the signature is discarded, never printed.
+        return refused_late(&store, checked.vault(), shown_review, refusals, &tokens, as_json)
+            .await;
+    }
     if as_json {
         let mut out = report::review_json(&shown_review, &tokens);
         out["signature"] = json!(signature.to_hex());
         out["signer"] = json!(checksummed(&signer.address()));
-        println!("{out}");
+        outln!("{out}");
     } else {
-        println!("\nSigner:    {}", checksummed(&signer.address()));
-        println!("Signature: {}", signature.to_hex());
+        outln!("\nSigner:    {}", checksummed(&signer.address()));
+        outln!("Signature: {}", signature.to_hex());
     }
     Ok(Outcome::Done)
+}
+
+async fn refused_late(
+    store: &Store,
+    vault: &VaultRecord,
+    mut review: Review,
+    refusals: Vec<countersign_core::guard::Refusal>,
+    tokens: &TokenList,
+    as_json: bool,
+) -> Result<Outcome, Failure> {
+    review.refusals.extend(refusals);
+    if let Some(tripwire) = review.tripwire() {
+        let shown = report::audit_body(&review, tokens);
+        let detail = json!({ "reason": tripwire.to_string(), "shown": shown });
+        let id = store.open_incident(vault, "tripwire", &detail).await?;
+        eprintln!(
+            "Incident {id} opened: signing on this vault is blocked until a person clears it."
+        );
+    }
+    print_review(&review, tokens, as_json);
+    eprintln!("Not signed: the signature was discarded.");
+    Ok(Outcome::Refused)
 }
 
 /// Signing needs a pinned vault record: flags are not enough to sign.
@@ -309,7 +338,7 @@ async fn verify(
     flags: &VaultFlags,
     as_json: bool,
 ) -> Result<Outcome, Failure> {
-    let input = read_limited(file, MAX_REQUEST_BYTES)?;
+    let input = read_limited("request", file, MAX_REQUEST_BYTES)?;
     let signature = OwnerSignature::parse_hex("signature", signature)?;
     let store = optional_store(context).await?;
     let request = SafeTxRequest::from_json(&input)?;
@@ -320,17 +349,17 @@ async fn verify(
         .map_err(|problem| Failure::input(format!("signature: {problem}")))?;
     let owner = (!vault.owners.is_empty()).then(|| vault.owners.contains(&signer));
     if as_json {
-        println!(
+        outln!(
             "{}",
             json!({ "safeTxHash": hashes.safe_tx.to_string(), "signer": checksummed(&signer), "owner": owner })
         );
     } else {
-        println!("safeTxHash: {}", hashes.safe_tx);
-        println!("Signer:     {}", checksummed(&signer));
+        outln!("safeTxHash: {}", hashes.safe_tx);
+        outln!("Signer:     {}", checksummed(&signer));
         match owner {
-            Some(true) => println!("The signer is an owner of the pinned vault."),
-            Some(false) => println!("The signer is NOT an owner of the pinned vault."),
-            None => println!("The vault's owners are not pinned, so ownership was not checked."),
+            Some(true) => outln!("The signer is an owner of the pinned vault."),
+            Some(false) => outln!("The signer is NOT an owner of the pinned vault."),
+            None => outln!("The vault's owners are not pinned, so ownership was not checked."),
         }
     }
     Ok(if owner == Some(false) { Outcome::Refused } else { Outcome::Done })
@@ -351,11 +380,11 @@ async fn key(context: &Context, command: KeyCommand) -> Result<Outcome, Failure>
         KeyCommand::List => {
             for key in store.keys().await? {
                 let label = key.label.map(|l| format!("  {l}")).unwrap_or_default();
-                println!("{}  {}{label}", checksummed(&key.address), key.kind);
+                outln!("{}  {}{label}", checksummed(&key.address), key.kind);
             }
         }
         KeyCommand::Address { key } => {
-            println!("{}", checksummed(&choose_key(&store, &key).await?))
+            outln!("{}", checksummed(&choose_key(&store, &key).await?))
         }
     }
     Ok(Outcome::Done)
@@ -368,7 +397,7 @@ async fn save_key(
 ) -> Result<(), Failure> {
     let secret = signer.expose_secret();
     store.add_key(signer.address(), "software", label, &secret).await?;
-    println!("{}", checksummed(&signer.address()));
+    outln!("{}", checksummed(&signer.address()));
     Ok(())
 }
 
@@ -378,8 +407,7 @@ fn import_key(
     password_file: Option<&Path>,
 ) -> Result<SoftwareSigner, Failure> {
     if let Some(path) = hex_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+        let text = read_small_text(path).map_err(|e| Failure::input(format!("hex-file: {e}")))?;
         let text = SecretString::new(text);
         return SoftwareSigner::from_hex(&text)
             .map_err(|e| Failure::input(format!("hex-file: {e}")));
@@ -389,8 +417,8 @@ fn import_key(
     };
     let password = match password_file {
         Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| Failure::input(format!("{}: {e}", file.display())))?;
+            let text =
+                read_small_text(file).map_err(|e| Failure::input(format!("password-file: {e}")))?;
             SecretString::new(text.lines().next().unwrap_or_default().to_owned())
         }
         None => SecretString::new(
@@ -424,13 +452,18 @@ async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Fail
                 SafeVersion::parse("safeVersion", &safe_version)?,
             );
             for (index, owner) in owners.iter().enumerate() {
-                record.owners.push(parse_address(&format!("owner[{index}]"), owner)?.address);
+                let owner = parse_address(&format!("owner[{index}]"), owner)?.address;
+                if record.owners.contains(&owner) {
+                    let problem = format!("{} is given twice", checksummed(&owner));
+                    return Err(Failure::input(format!("owner[{index}]: {problem}")));
+                }
+                record.owners.push(owner);
             }
             if let Some(threshold) = threshold {
                 let owners = record.owners.len() as u32;
-                if threshold == 0 || (owners > 0 && threshold > owners) {
+                if threshold == 0 || threshold > owners {
                     return Err(Failure::input(format!(
-                        "threshold: must be between 1 and the {owners} owners"
+                        "threshold: must be between 1 and the number of owners given with --owner ({owners})"
                     )));
                 }
                 record.threshold = Some(threshold);
@@ -438,14 +471,14 @@ async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Fail
             record.next_nonce = next_nonce.map(|n| parse_nonce("nextNonce", &n)).transpose()?;
             record.label = label;
             store.add_vault(&record).await?;
-            println!("Pinned {}", describe_vault(&record));
+            outln!("Pinned {}", describe_vault(&record));
         }
         VaultCommand::List { json } => {
             for record in store.vaults(None).await? {
                 if json {
-                    println!("{}", vault_json(&record));
+                    outln!("{}", vault_json(&record));
                 } else {
-                    println!("{}", describe_vault(&record));
+                    outln!("{}", describe_vault(&record));
                 }
             }
         }
@@ -454,11 +487,11 @@ async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Fail
             let flags = VaultFlags { chain_id, ..VaultFlags::default() };
             let record = resolve_vault(Some(&store), address, &flags).await?;
             if json {
-                println!("{}", vault_json(&record));
+                outln!("{}", vault_json(&record));
             } else {
-                println!("{}", describe_vault(&record));
+                outln!("{}", describe_vault(&record));
                 for owner in &record.owners {
-                    println!("  owner {}", checksummed(owner));
+                    outln!("  owner {}", checksummed(owner));
                 }
             }
         }
@@ -467,7 +500,7 @@ async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Fail
             let record = store
                 .set_next_nonce(chain_id, &address, parse_nonce("nextNonce", &next_nonce)?)
                 .await?;
-            println!("{}", describe_vault(&record));
+            outln!("{}", describe_vault(&record));
         }
     }
     Ok(Outcome::Done)
@@ -503,11 +536,11 @@ fn vault_json(record: &VaultRecord) -> serde_json::Value {
 async fn policy(context: &Context, command: PolicyCommand) -> Result<Outcome, Failure> {
     let store = context.open_store().await?;
     match command {
-        PolicyCommand::Show => println!("{}", store.policy().await?.to_json()),
+        PolicyCommand::Show => outln!("{}", store.policy().await?.to_json()),
         PolicyCommand::Set { file } => {
-            let policy = Policy::from_json(&read_limited(&file, MAX_POLICY_BYTES)?)?;
+            let policy = Policy::from_json(&read_limited("policy", &file, MAX_POLICY_BYTES)?)?;
             store.set_policy(&policy).await?;
-            println!("{}", policy.to_json());
+            outln!("{}", policy.to_json());
         }
     }
     Ok(Outcome::Done)
@@ -519,11 +552,11 @@ async fn incident(context: &Context, command: IncidentCommand) -> Result<Outcome
         IncidentCommand::List { all, json } => {
             let incidents = store.incidents(all).await?;
             if incidents.is_empty() && !json {
-                println!("No {}incidents.", if all { "" } else { "open " });
+                outln!("No {}incidents.", if all { "" } else { "open " });
             }
             for incident in incidents {
                 if json {
-                    println!(
+                    outln!(
                         "{}",
                         json!({
                             "id": incident.id, "vault": incident.vault_id, "kind": incident.kind,
@@ -538,15 +571,17 @@ async fn incident(context: &Context, command: IncidentCommand) -> Result<Outcome
                     None => "OPEN".to_owned(),
                 };
                 let reason = incident.detail["reason"].as_str().unwrap_or_default().to_owned();
-                println!(
+                outln!(
                     "{}  {}  {}  {state}\n    {reason}",
-                    incident.id, incident.vault_id, incident.kind
+                    incident.id,
+                    incident.vault_id,
+                    incident.kind
                 );
             }
         }
         IncidentCommand::Clear { id, note } => {
             store.clear_incident(&id, &note).await?;
-            println!("Incident {id} cleared.");
+            outln!("Incident {id} cleared.");
         }
     }
     Ok(Outcome::Done)
@@ -555,8 +590,8 @@ async fn incident(context: &Context, command: IncidentCommand) -> Result<Outcome
 async fn audit(context: &Context, command: AuditCommand) -> Result<Outcome, Failure> {
     match command {
         AuditCommand::Verify { file: Some(path), head } => {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+            let bytes = read_limited("file", &path, 256 * 1024 * 1024)?;
+            let text = String::from_utf8_lossy(&bytes);
             let entries = text
                 .lines()
                 .enumerate()
@@ -595,7 +630,7 @@ async fn audit(context: &Context, command: AuditCommand) -> Result<Outcome, Fail
             match file {
                 Some(path) => std::fs::write(&path, out)
                     .map_err(|e| Failure::other(format!("{}: {e}", path.display())))?,
-                None => print!("{out}"),
+                None => out!("{out}"),
             }
             Ok(Outcome::Done)
         }
@@ -607,11 +642,11 @@ fn report_chain(
 ) -> Outcome {
     match result {
         Ok(report) => {
-            println!("The audit chain holds: {} entries, head {}", report.entries, report.head);
+            outln!("The audit chain holds: {} entries, head {}", report.entries, report.head);
             Outcome::Done
         }
         Err(broken) => {
-            println!("The audit chain is broken at entry {}: {}", broken.seq, broken.problem);
+            outln!("The audit chain is broken at entry {}: {}", broken.seq, broken.problem);
             Outcome::Refused
         }
     }
@@ -625,6 +660,6 @@ async fn erase(context: &Context, yes: bool) -> Result<Outcome, Failure> {
     }
     let store = context.open_store().await?;
     store.erase().await?;
-    println!("Erased the store in {}", context.data_dir.display());
+    outln!("Erased the store in {}", context.data_dir.display());
     Ok(Outcome::Done)
 }

@@ -58,17 +58,12 @@ impl Context {
     pub fn tokens(&self) -> Result<TokenList, Failure> {
         let mut tokens = TokenList::shipped()?;
         if let Some(path) = &self.token_list {
-            let extra = TokenList::from_json(&read_limited(path, MAX_REQUEST_BYTES)?)?;
-            for chain_token in extra_entries(&extra) {
-                tokens.insert(chain_token);
-            }
+            let extra =
+                TokenList::from_json(&read_limited("token-list", path, MAX_REQUEST_BYTES)?)?;
+            tokens.merge(&extra)?;
         }
         Ok(tokens)
     }
-}
-
-fn extra_entries(list: &TokenList) -> Vec<countersign_core::tokens::Token> {
-    list.iter().cloned().collect()
 }
 
 fn default_data_dir() -> Result<PathBuf, Failure> {
@@ -83,8 +78,7 @@ fn default_data_dir() -> Result<PathBuf, Failure> {
 
 fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<SecretString, StoreError> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            let problem = format!("{}: {e}", path.display());
+        let text = read_small_text(path).map_err(|problem| {
             StoreError::Input(countersign_core::InputError::new("passphrase-file", problem))
         })?;
         let first = text.lines().next().unwrap_or_default().to_owned();
@@ -108,21 +102,27 @@ fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<SecretString, S
     Ok(first)
 }
 
+/// Reads a small text file (a passphrase, a key, a password): at most 4 KiB, UTF-8.
+pub fn read_small_text(path: &Path) -> Result<String, String> {
+    let bytes = read_limited("file", path, 4096).map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))
+}
+
 /// Reads a file (or standard input for `-`), refusing more than `limit` bytes.
-pub fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, Failure> {
+pub fn read_limited(field: &str, path: &Path, limit: usize) -> Result<Vec<u8>, Failure> {
     let mut buffer = Vec::new();
     let cap = limit as u64 + 1;
     let result = if path == Path::new("-") {
         std::io::stdin().lock().take(cap).read_to_end(&mut buffer)
     } else {
         let file = std::fs::File::open(path)
-            .map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Failure::input(format!("{field}: {}: {e}", path.display())))?;
         file.take(cap).read_to_end(&mut buffer)
     };
-    result.map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+    result.map_err(|e| Failure::input(format!("{field}: {}: {e}", path.display())))?;
     if buffer.len() > limit {
         return Err(Failure::input(format!(
-            "request: {} is more than the {limit}-byte limit",
+            "{field}: {} is more than the {limit}-byte limit",
             path.display()
         )));
     }

@@ -3,6 +3,18 @@
 //! Exit codes: 0 done; 1 refused (a guard, a claimed hash, a broken audit chain, a signature
 //! that is not an owner's); 2 bad input or usage; 3 any other failure (store, keyring, files).
 
+/// `print!` that ends the process with exit code 3, instead of panicking, when standard output
+/// is closed (a pipe whose reader went away).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::emit(format_args!($($arg)*)) };
+}
+
+/// `println!` with the same behaviour as [`out!`].
+macro_rules! outln {
+    () => { $crate::emit(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::emit(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod args;
 mod commands;
 mod context;
@@ -31,6 +43,15 @@ fn main() -> ExitCode {
             eprintln!("error: {failure}");
             ExitCode::from(failure.exit_code())
         }
+    }
+}
+
+fn emit(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if stdout.write_fmt(text).and_then(|()| stdout.flush()).is_err() {
+        eprintln!("error: standard output is closed; nothing more was printed");
+        std::process::exit(3);
     }
 }
 

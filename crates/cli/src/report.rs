@@ -204,6 +204,6 @@ pub fn typed_data_text(hashes: &TypedDataHashes) -> String {
     format!(
         "EIP-712 typed data, primary type {}\n  {}\n\nVerdict: REFUSED\n  - [not_signable] {NOT_SIGNABLE}\n\n\
          Domain separator: {}\nStruct hash:      {}\nDigest:           {}\n",
-        hashes.primary_type, hashes.encoded_type, hashes.domain_separator, hashes.struct_hash, hashes.digest
+        countersign_core::printable(&hashes.primary_type), countersign_core::printable(&hashes.encoded_type), hashes.domain_separator, hashes.struct_hash, hashes.digest
     )
 }

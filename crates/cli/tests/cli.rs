@@ -477,3 +477,35 @@ fn inspect_can_skip_the_store_and_an_export_checks_its_head() {
     let broken = home.run(&["audit", "verify", "--file", file, "--head", &head]);
     assert_eq!(broken.status.code(), Some(1), "{}", stdout(&broken));
 }
+
+#[test]
+fn fail_token_list_cannot_rename_or_impersonate_listed_tokens() {
+    let home = Home::new();
+    let s3 = repo("cases/ok_usdc_transfer/request.json");
+    let flags = ["--chain-id", "1", "--safe-version", "1.3.0", "--no-store"];
+    let usdc = "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48";
+    for entry in [
+        format!(r#"{{"chainId":1,"address":"{usdc}","symbol":"USDC","decimals":18}}"#),
+        r#"{"chainId":1,"address":"0x2222222222222222222222222222222222222222","symbol":"usdc","decimals":6}"#.to_owned(),
+    ] {
+        let list = home.file("tokens.json", &format!(r#"{{"tokens":[{entry}]}}"#));
+        let mut args = vec!["--token-list", list.to_str().unwrap(), "inspect", s3.to_str().unwrap()];
+        args.extend(flags);
+        let output = home.run(&args);
+        assert_eq!(output.status.code(), Some(2), "{entry}: {}", stderr(&output));
+    }
+}
+
+#[test]
+fn fail_vault_add_checks_owners_and_threshold() {
+    let home = Home::new();
+    home.file("passphrase", "a long test passphrase\n");
+    assert_ok(&home.run(&["init", "--passphrase"]));
+    let owner = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+    let base = ["vault", "add", "--chain-id", "1", "--address", SAFE, "--safe-version", "1.3.0"];
+    let twice: Vec<&str> =
+        base.iter().copied().chain(["--owner", owner, "--owner", owner]).collect();
+    assert_eq!(home.run(&twice).status.code(), Some(2));
+    let no_owners: Vec<&str> = base.iter().copied().chain(["--threshold", "2"]).collect();
+    assert_eq!(home.run(&no_owners).status.code(), Some(2));
+}

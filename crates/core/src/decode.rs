@@ -36,7 +36,13 @@ pub struct Call {
     /// `batch[2].batch[0]` inside a nested batch.
     pub path: String,
     pub operation: Operation,
+    /// The address as written in the transaction or batch step.
     pub to: Address,
+    /// The address the call reaches. The same as `to`, except for a batch step addressed to
+    /// the zero address: MultiSend 1.5.0 sends those to `address(this)`, which under
+    /// delegatecall is the Safe itself, so Countersign treats them as the Safe for every
+    /// MultiSend version (safe-smart-account PR #695).
+    pub target: Address,
     pub value: U256,
     pub data: Bytes,
     pub action: Action,
@@ -228,8 +234,9 @@ impl Context {
         data: Bytes,
         depth: usize,
     ) -> Call {
-        let action = self.action(&path, operation, to, &data, depth);
-        Call { path, operation, to, value, data, action }
+        let target = if depth > 0 && to.is_zero() { self.safe } else { to };
+        let action = self.action(&path, operation, target, &data, depth);
+        Call { path, operation, to, target, value, data, action }
     }
 
     fn action(

@@ -66,8 +66,15 @@ fn describe_into(
 
 /// One sentence for one call, without its batch steps.
 pub fn sentence(call: &Call, chain_id: u64, tokens: &TokenList) -> String {
-    let to = checksummed(&call.to);
-    let token_amount = |raw: U256| Amount::token(chain_id, &call.to, raw, tokens);
+    let to = if call.target == call.to {
+        checksummed(&call.to)
+    } else {
+        format!(
+            "the Safe itself (step addressed to {}, which MultiSend sends to the Safe)",
+            checksummed(&call.to)
+        )
+    };
+    let token_amount = |raw: U256| Amount::token(chain_id, &call.target, raw, tokens);
     let main = match &call.action {
         Action::NoData if call.value.is_zero() => format!("Call {to} with no value and no data"),
         Action::NoData => {

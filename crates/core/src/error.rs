@@ -11,9 +11,25 @@ pub struct InputError {
 }
 
 impl InputError {
+    /// Control and bidirectional-override characters (which may come from the input itself,
+    /// for example a field name) are escaped, so an error is always one honest line.
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self { field: field.into(), problem: problem.into() }
+        Self { field: printable(&field.into()), problem: printable(&problem.into()) }
     }
+}
+
+/// `text` with control characters and bidirectional overrides written as `\u{…}` escapes.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl fmt::Display for InputError {

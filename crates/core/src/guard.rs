@@ -40,6 +40,7 @@ pub enum Warning {
     NextNonceUnknown,
     QueuedAhead { nonce: U256, next: U256 },
     OwnersUnknown,
+    GasRefundAllowed { gas_price: U256, base_gas: U256, gas_token: Address, receiver: Address },
 }
 
 /// A reason the request must not be signed.
@@ -60,6 +61,7 @@ pub enum Refusal {
     Tripwire { nonce: U256, signed: B256, this: B256 },
     OpenIncidents { count: usize },
     NotAnOwner { signer: Address },
+    NonCanonicalCall { place: String, function: &'static str },
 }
 
 /// `ok` when nothing refuses, `refused` otherwise.
@@ -144,12 +146,20 @@ impl Review {
     }
 
     /// The standard on-chain rejection: a zero-value call of the Safe to itself with no data.
+    ///
+    /// Every gas and refund field must be zero too: a "rejection" that pays a refund can drain
+    /// the Safe through `gasToken` and `refundReceiver`, and gets no tripwire exemption.
     pub fn is_rejection(&self) -> bool {
         let tx = &self.request.tx;
         tx.to == self.vault.address
             && tx.value.is_zero()
             && tx.data.is_empty()
             && tx.operation == Operation::CALL
+            && tx.safe_tx_gas.is_zero()
+            && tx.base_gas.is_zero()
+            && tx.gas_price.is_zero()
+            && tx.gas_token.is_zero()
+            && tx.refund_receiver.is_zero()
     }
 
     /// The tripwire refusal, when this review tripped it; the store opens an incident for it.
@@ -210,7 +220,7 @@ impl Review {
             check_action(call, policy, safe, &mut refusals, &mut warnings);
             check_version(call, version, &mut refusals);
             note_tokens(call, tokens, chain_id, &mut warnings);
-            if !call.value.is_zero() && !call.data.is_empty() && call.to != safe {
+            if !call.value.is_zero() && !call.data.is_empty() && call.target != safe {
                 warnings.push(Warning::NativeValueWithCall { place, value: call.value });
             }
         }
@@ -223,6 +233,13 @@ impl Review {
         if !tx.gas_price.is_zero() && !policy.allow_gas_refunds {
             let receiver = tx.refund_receiver;
             self.refusals.push(Refusal::GasRefund { gas_price: tx.gas_price, receiver });
+        } else if !tx.gas_price.is_zero() {
+            self.warnings.push(Warning::GasRefundAllowed {
+                gas_price: tx.gas_price,
+                base_gas: tx.base_gas,
+                gas_token: tx.gas_token,
+                receiver: tx.refund_receiver,
+            });
         }
         let refund_fields_set =
             tx.gas_token != Address::ZERO || tx.refund_receiver != Address::ZERO;
@@ -251,19 +268,35 @@ impl Review {
     }
 
     fn check_history(&mut self, history: &History) {
-        if history.open_incidents > 0 {
-            self.refusals.push(Refusal::OpenIncidents { count: history.open_incidents });
-        }
-        let this = self.hashes.safe_tx;
-        let other = history.signed_for_nonce.iter().find(|signed| **signed != this);
-        let Some(&signed) = other else {
-            return;
-        };
-        if !self.is_rejection() {
-            let nonce = self.request.tx.nonce;
-            self.refusals.push(Refusal::Tripwire { nonce, signed, this });
+        let found = history_refusals(
+            history,
+            self.hashes.safe_tx,
+            self.request.tx.nonce,
+            self.is_rejection(),
+        );
+        self.refusals.extend(found);
+    }
+}
+
+/// The tripwire and the incident block, on their own: the store runs this again inside the
+/// transaction that records a signature, so two signers racing on one nonce cannot both pass.
+pub fn history_refusals(
+    history: &History,
+    this: B256,
+    nonce: U256,
+    is_rejection: bool,
+) -> Vec<Refusal> {
+    let mut out = Vec::new();
+    if history.open_incidents > 0 {
+        out.push(Refusal::OpenIncidents { count: history.open_incidents });
+    }
+    let other = history.signed_for_nonce.iter().find(|signed| **signed != this);
+    if let Some(&signed) = other {
+        if !is_rejection {
+            out.push(Refusal::Tripwire { nonce, signed, this });
         }
     }
+    out
 }
 
 fn check_operation(call: &Call, policy: &Policy, chain_id: u64, refusals: &mut Vec<Refusal>) {
@@ -271,10 +304,10 @@ fn check_operation(call: &Call, policy: &Policy, chain_id: u64, refusals: &mut V
     match call.operation {
         Operation::CALL => {}
         Operation::DELEGATECALL => {
-            if !policy.trusts_delegatecall(chain_id, &call.to) {
-                refusals.push(Refusal::UntrustedDelegatecall { place, target: call.to });
+            if !policy.trusts_delegatecall(chain_id, &call.target) {
+                refusals.push(Refusal::UntrustedDelegatecall { place, target: call.target });
             } else if matches!(call.action, Action::Raw { .. }) {
-                refusals.push(Refusal::UndecodedDelegatecall { place, target: call.to });
+                refusals.push(Refusal::UndecodedDelegatecall { place, target: call.target });
             }
         }
         Operation(value) => refusals.push(Refusal::UnknownOperation { place, value }),
@@ -300,7 +333,10 @@ fn check_action(
             let problem = "batches are nested too deep to review".to_owned();
             refusals.push(Refusal::MalformedBatch { place, problem });
         }
-        Action::Raw { selector, .. } if call.to == safe => {
+        Action::Raw { note: RawNote::NonCanonical { function }, .. } => {
+            refusals.push(Refusal::NonCanonicalCall { place, function });
+        }
+        Action::Raw { selector, .. } if call.target == safe => {
             refusals.push(Refusal::UnrecognizedSelfCall { place, selector: *selector });
         }
         Action::Raw { selector, note } => {
@@ -334,7 +370,7 @@ fn note_tokens(call: &Call, tokens: &TokenList, chain_id: u64, warnings: &mut Ve
             if *amount == U256::MAX {
                 let warning = Warning::UnlimitedApproval {
                     place: place.clone(),
-                    token: call.to,
+                    token: call.target,
                     spender: *spender,
                 };
                 warnings.push(warning);
@@ -342,8 +378,8 @@ fn note_tokens(call: &Call, tokens: &TokenList, chain_id: u64, warnings: &mut Ve
         }
         _ => return,
     }
-    if tokens.get(chain_id, &call.to).is_none() {
-        warnings.push(Warning::UnknownToken { place, token: call.to });
+    if tokens.get(chain_id, &call.target).is_none() {
+        warnings.push(Warning::UnknownToken { place, token: call.target });
     }
 }
 
@@ -384,6 +420,7 @@ impl Refusal {
             Self::Tripwire { .. } => "tripwire",
             Self::OpenIncidents { .. } => "open_incident",
             Self::NotAnOwner { .. } => "not_an_owner",
+            Self::NonCanonicalCall { .. } => "non_canonical_call",
         }
     }
 }
@@ -402,6 +439,7 @@ impl Warning {
             Self::NextNonceUnknown => "next_nonce_unknown",
             Self::QueuedAhead { .. } => "queued_ahead",
             Self::OwnersUnknown => "owners_unknown",
+            Self::GasRefundAllowed { .. } => "gas_refund_allowed",
         }
     }
 }
@@ -493,6 +531,12 @@ impl fmt::Display for Refusal {
                  count",
                 checksummed(signer)
             ),
+            Self::NonCanonicalCall { place, function } => write!(
+                f,
+                "{place} calls {function} with arguments that are not in canonical ABI form \
+                 (extra bytes or dirty padding): the contract may read them differently from \
+                 what is shown"
+            ),
         }
     }
 }
@@ -559,6 +603,21 @@ impl fmt::Display for Warning {
             Self::OwnersUnknown => write!(
                 f,
                 "the vault's owners are not pinned, so the signing key was not checked against them"
+            ),
+            Self::GasRefundAllowed { gas_price, base_gas, gas_token, receiver } => write!(
+                f,
+                "the Safe pays a gas refund: (gas used + baseGas {base_gas}) × gasPrice \
+                 {gas_price} in {} to {}",
+                if gas_token.is_zero() {
+                    "the native asset".to_owned()
+                } else {
+                    checksummed(gas_token)
+                },
+                if receiver.is_zero() {
+                    "whoever executes it".to_owned()
+                } else {
+                    checksummed(receiver)
+                }
             ),
         }
     }

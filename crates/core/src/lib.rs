@@ -39,4 +39,4 @@ pub mod typed_data;
 pub mod vault;
 pub mod version;
 
-pub use error::InputError;
+pub use error::{printable, InputError};

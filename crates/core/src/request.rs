@@ -80,6 +80,11 @@ impl SafeTxRequest {
 
     /// Builds a request from an already parsed JSON object (a request inside a larger file).
     pub fn from_object(object: &JsonObject) -> Result<Self, InputError> {
+        if object.get("primaryType").is_some() || object.get("types").is_some() {
+            let problem = "has EIP-712 typed-data fields (types, primaryType): it is not a Safe \
+                           transaction and is never signed";
+            return Err(InputError::new("request", problem));
+        }
         let mut fields = Fields { object, unverified: Vec::new() };
 
         let safe = fields.address("safe")?;
@@ -139,10 +144,77 @@ impl<'de> Visitor<'de> for UniqueKeys {
     }
 }
 
-/// Parses bytes as one JSON object with unique top-level keys.
+/// Parses bytes as one JSON object whose keys are unique at every depth.
 pub fn parse_object(input: &[u8]) -> Result<JsonObject, InputError> {
+    check_unique_keys(input)?;
     serde_json::from_slice(input)
         .map_err(|e| InputError::new("request", format!("not a valid JSON object: {e}")))
+}
+
+/// Refuses JSON in which any object, at any depth, has a key twice: two parsers could each
+/// take a different copy, and then two programs would show two different requests.
+pub fn check_unique_keys(input: &[u8]) -> Result<(), InputError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(input);
+    let checked = UniqueDeep::deserialize(&mut deserializer).and_then(|_| deserializer.end());
+    checked.map_err(|e| InputError::new("request", format!("not valid JSON: {e}")))
+}
+
+struct UniqueDeep;
+
+impl<'de> Deserialize<'de> for UniqueDeep {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueDeepVisitor)
+    }
+}
+
+struct UniqueDeepVisitor;
+
+impl<'de> Visitor<'de> for UniqueDeepVisitor {
+    type Value = UniqueDeep;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueDeep, A::Error> {
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(de::Error::custom(format!("field `{key}` appears twice")));
+            }
+            map.next_value::<UniqueDeep>()?;
+        }
+        Ok(UniqueDeep)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueDeep, A::Error> {
+        while seq.next_element::<UniqueDeep>()?.is_some() {}
+        Ok(UniqueDeep)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueDeep, E> {
+        Ok(UniqueDeep)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueDeep, E> {
+        Ok(UniqueDeep)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueDeep, E> {
+        Ok(UniqueDeep)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueDeep, E> {
+        Ok(UniqueDeep)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<UniqueDeep, E> {
+        Ok(UniqueDeep)
+    }
+
+    fn visit_unit<E>(self) -> Result<UniqueDeep, E> {
+        Ok(UniqueDeep)
+    }
 }
 
 struct Fields<'a> {
@@ -215,6 +287,9 @@ pub fn parse_uint(field: &str, value: &Value) -> Result<U256, InputError> {
 fn parse_decimal(field: &str, text: &str) -> Result<U256, InputError> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(InputError::new(field, "must be a decimal integer of digits 0-9 only"));
+    }
+    if text.len() > 1 && text.starts_with('0') {
+        return Err(InputError::new(field, "a decimal integer has no leading zeros"));
     }
     U256::from_str_radix(text, 10).map_err(|_| InputError::new(field, "is larger than 2^256 - 1"))
 }
@@ -308,6 +383,27 @@ mod tests {
         assert_eq!(field_of(&duplicated), Some("request".into()));
         assert_eq!(field_of("[1,2]"), Some("request".into()));
         assert_eq!(field_of("nonsense"), Some("request".into()));
+    }
+
+    #[test]
+    fn fail_nested_duplicates_typed_data_shape_and_leading_zeros() {
+        let nested = S3.replacen("\"nonce\": 4", "\"nonce\": 4, \"x\": {\"a\": 1, \"a\": 2}", 1);
+        assert_eq!(field_of(&nested), Some("request".into()));
+        assert_eq!(field_of(&with("primaryType", "\"Mail\"")), Some("request".into()));
+        assert_eq!(field_of(&with("nonce", "\"005\"")), Some("nonce".into()));
+        assert!(field_of(&with("nonce", "\"0\"")).is_none());
+    }
+
+    #[test]
+    fn errors_escape_control_characters() {
+        let sneaky = S3.replacen(
+            "\"nonce\": 4",
+            "\"nonce\": 4, \"x\\n\\u001b[31mok\": 1, \"x\\n\\u001b[31mok\": 2",
+            1,
+        );
+        let error =
+            SafeTxRequest::from_json(sneaky.as_bytes()).map(|_| ()).unwrap_err().to_string();
+        assert!(!error.contains('\n') && !error.contains('\u{1b}'), "{error}");
     }
 
     #[test]

@@ -71,6 +71,38 @@ impl TokenList {
         self.by_key.insert((token.chain_id, token.address), token);
     }
 
+    /// Adds the tokens of a user's list on top of this one. An entry may add a contract, but
+    /// may not change a listed contract's symbol or decimals, nor give another contract a
+    /// symbol already listed on that chain: either would let a file make one asset look like
+    /// another.
+    pub fn merge(&mut self, extra: &TokenList) -> Result<(), InputError> {
+        for token in extra.by_key.values() {
+            let field = format!("tokens[{}]", crate::address::checksummed(&token.address));
+            if let Some(listed) = self.get(token.chain_id, &token.address) {
+                if listed != token {
+                    let problem = format!(
+                        "contradicts the listed {} on chain {}",
+                        listed.symbol, token.chain_id
+                    );
+                    return Err(InputError::new(field, problem));
+                }
+                continue;
+            }
+            let taken = self.by_key.values().any(|t| {
+                t.chain_id == token.chain_id && t.symbol.eq_ignore_ascii_case(&token.symbol)
+            });
+            if taken {
+                let problem = format!(
+                    "symbol {} is already listed for another contract on chain {}",
+                    token.symbol, token.chain_id
+                );
+                return Err(InputError::new(field, problem));
+            }
+            self.insert(token.clone());
+        }
+        Ok(())
+    }
+
     pub fn get(&self, chain_id: u64, address: &Address) -> Option<&Token> {
         self.by_key.get(&(chain_id, *address))
     }
@@ -102,8 +134,10 @@ impl TokenEntry {
             .and_then(|d| u8::try_from(d).ok())
             .filter(|d| *d <= 77)
             .ok_or_else(|| InputError::new(field("decimals"), "must be an integer 0 to 77"))?;
-        if self.symbol.is_empty() || self.symbol.len() > 16 || !self.symbol.is_ascii() {
-            return Err(InputError::new(field("symbol"), "must be 1 to 16 ASCII characters"));
+        let visible = self.symbol.bytes().all(|b| b.is_ascii_graphic());
+        if self.symbol.is_empty() || self.symbol.len() > 16 || !visible {
+            let problem = "must be 1 to 16 visible ASCII characters, no spaces";
+            return Err(InputError::new(field("symbol"), problem));
         }
         Ok(Token {
             chain_id: self.chain_id,

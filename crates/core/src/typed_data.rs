@@ -30,6 +30,8 @@ pub fn inspect(input: &[u8]) -> Result<TypedDataHashes, InputError> {
     if input.len() > MAX_REQUEST_BYTES {
         return Err(InputError::new("typedData", "is larger than 256 KiB"));
     }
+    crate::request::check_unique_keys(input)
+        .map_err(|e| InputError::new("typedData", e.problem))?;
     let typed: TypedData = serde_json::from_slice(input)
         .map_err(|e| InputError::new("typedData", format!("not valid EIP-712 typed data: {e}")))?;
     let problem = |e: alloy_dyn_abi::Error| InputError::new("typedData.message", e.to_string());

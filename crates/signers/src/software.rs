@@ -57,7 +57,7 @@ impl SoftwareSigner {
 
     /// From an Ethereum keystore v3 file (scrypt or PBKDF2), decrypted with `password`.
     pub fn from_keystore(path: &Path, password: &SecretString) -> Result<Self, KeyError> {
-        let text = std::fs::read(path).map_err(|e| KeyError::Keystore(e.to_string()))?;
+        let text = read_at_most(path, 64 * 1024 + 1)?;
         check_keystore_cost(&text)?;
         let bytes = eth_keystore::decrypt_key(path, password.expose().as_bytes())
             .map_err(|e| KeyError::Keystore(keystore_problem(&e)))?;
@@ -129,6 +129,14 @@ pub fn check_keystore_cost(text: &[u8]) -> Result<(), KeyError> {
         }
         _ => bad("kdf must be scrypt or pbkdf2"),
     }
+}
+
+fn read_at_most(path: &Path, limit: u64) -> Result<Vec<u8>, KeyError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| KeyError::Keystore(e.to_string()))?;
+    let mut buffer = Vec::new();
+    file.take(limit).read_to_end(&mut buffer).map_err(|e| KeyError::Keystore(e.to_string()))?;
+    Ok(buffer)
 }
 
 fn flip(id: k256::ecdsa::RecoveryId) -> k256::ecdsa::RecoveryId {

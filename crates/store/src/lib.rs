@@ -13,6 +13,7 @@ pub mod audit;
 pub mod keywrap;
 mod records;
 pub mod seal;
+mod tripwire;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,8 @@ use countersign_core::InputError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
-pub use records::{Incident, KeyInfo};
+pub use records::KeyInfo;
+pub use tripwire::{Incident, Recorded};
 
 use crate::audit::{entry_hash, verify_chain, AuditEntry, ChainBreak, ChainReport};
 use crate::keywrap::{KdfParams, Protection};
@@ -136,7 +138,13 @@ impl Store {
         };
         let wrapped = keywrap::wrap(&kek, &store_id, &data_key)?;
 
-        let pool = connect(dir, true).await?;
+        // Built under a temporary name and renamed when complete, so a process killed during
+        // `init` leaves no half-made store behind.
+        let mut suffix = [0u8; 6];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
+        let building = dir.join(format!("{DB_FILE}.init-{}", hex::encode(suffix)));
+        let pool = connect_file(&building, true).await?;
+        restrict_file(&building)?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         let store = Self {
             pool,
@@ -145,7 +153,6 @@ impl Store {
             protection: kind,
             path: dir.to_owned(),
         };
-        restrict_file(&dir.join(DB_FILE))?;
 
         let mut tx = store.begin().await?;
         insert_meta(&mut tx, "format", FORMAT.as_bytes()).await?;
@@ -157,11 +164,27 @@ impl Store {
             insert_meta(&mut tx, "kdf", &text).await?;
         }
         insert_meta(&mut tx, "wrapped_data_key", &wrapped).await?;
+        let policy = countersign_core::policy::Policy::default().to_json();
+        let sealed_policy = store.sealer.seal(records::POLICY, policy.as_bytes())?;
+        sqlx::query("INSERT INTO policy (id, updated_at, sealed_body) VALUES (1, ?, ?)")
+            .bind(now())
+            .bind(sealed_policy)
+            .execute(&mut *tx)
+            .await?;
+        tripwire::init_ledgers(&store.sealer, &mut tx).await?;
         let body = serde_json::json!({ "protection": kind.name(), "storeId": store_id });
         store.audit_in(&mut tx, "store_created", &body).await?;
         tx.commit().await?;
+        let Self { pool, sealer, store_id, protection, path } = store;
+        // Fold the write-ahead log into the file before it is renamed: a WAL belongs to the
+        // name it was made under.
+        sqlx::query("PRAGMA journal_mode = DELETE").execute(&pool).await?;
+        pool.close().await;
+        std::fs::rename(&building, dir.join(DB_FILE))
+            .map_err(|e| StoreError::Database(format!("{}: {e}", building.display())))?;
+        let pool = connect(dir, false).await?;
         tracing::info!(protection = kind.name(), "store created");
-        Ok(store)
+        Ok(Self { pool, sealer, store_id, protection, path })
     }
 
     /// How the store in `dir` is protected, read without unlocking it.
@@ -183,7 +206,21 @@ impl Store {
         if !Self::exists(dir) {
             return Err(StoreError::NotInitialized { path: dir.to_owned() });
         }
+        let header = read_header(&dir.join(DB_FILE));
+        if header.as_ref().map(|h| h.as_slice()) != Some(b"SQLite format 3\0".as_slice()) {
+            let detail = format!("{} is not a Countersign store", dir.join(DB_FILE).display());
+            return Err(StoreError::Corrupt { detail });
+        }
         let pool = connect(dir, false).await?;
+        let complete =
+            sqlx::query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
+                .fetch_optional(&pool)
+                .await?;
+        if complete.is_none() {
+            let detail =
+                format!("{} is not a complete Countersign store", dir.join(DB_FILE).display());
+            return Err(StoreError::Corrupt { detail });
+        }
         sqlx::migrate!("./migrations").run(&pool).await?;
         let format = read_meta(&pool, "format").await?;
         if format != FORMAT.as_bytes() {
@@ -352,10 +389,20 @@ pub(crate) fn now() -> i64 {
         .unwrap_or(0)
 }
 
+fn read_header(path: &Path) -> Option<[u8; 16]> {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    std::fs::File::open(path).ok()?.read_exact(&mut header).ok()?;
+    Some(header)
+}
+
 async fn connect(dir: &Path, create: bool) -> Result<SqlitePool, StoreError> {
-    let path = dir.join(DB_FILE);
+    connect_file(&dir.join(DB_FILE), create).await
+}
+
+async fn connect_file(path: &Path, create: bool) -> Result<SqlitePool, StoreError> {
     let options = SqliteConnectOptions::from_str("sqlite://")?
-        .filename(&path)
+        .filename(path)
         .create_if_missing(create)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)

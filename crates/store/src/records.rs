@@ -1,16 +1,13 @@
 //! Keys, vault records, the policy, signatures and incidents: each read and written whole,
 //! each sensitive column sealed to its row.
 
-use alloy_primitives::{Address, B256, U256};
+use alloy_primitives::{Address, U256};
 use countersign_core::address::{checksummed, parse_address};
-use countersign_core::guard::History;
 use countersign_core::policy::Policy;
 use countersign_core::secret::SecretBytes;
-use countersign_core::signature::OwnerSignature;
 use countersign_core::vault::VaultRecord;
 use countersign_core::version::SafeVersion;
 use countersign_core::InputError;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -24,18 +21,6 @@ pub struct KeyInfo {
     pub kind: String,
     pub label: Option<String>,
     pub created_at: i64,
-}
-
-/// An incident: a tripwire that fired, and whether a person cleared it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Incident {
-    pub id: String,
-    pub vault_id: String,
-    pub kind: String,
-    pub opened_at: i64,
-    pub detail: serde_json::Value,
-    pub cleared_at: Option<i64>,
-    pub note: Option<String>,
 }
 
 /// The stored form of a vault record (the row is sealed as a whole).
@@ -299,7 +284,10 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else {
-            return Ok(Policy::default());
+            // The store writes the default policy when it is created, so a missing row means
+            // someone deleted it: falling back to a default would undo the approver's choice.
+            let problem = "the policy row is missing; it was deleted outside Countersign";
+            return Err(StoreError::Corrupt { detail: problem.into() });
         };
         let plain = self.sealer.open(POLICY, &row.get::<Vec<u8>, _>("sealed_body"))?;
         Ok(Policy::from_json(plain.expose())?)
@@ -323,167 +311,7 @@ impl Store {
         tracing::info!("policy replaced");
         Ok(())
     }
-
-    // Signatures and the tripwire.
-
-    /// What this installation signed for the vault and nonce, and the vault's open incidents.
-    pub async fn history(&self, vault: &VaultRecord, nonce: U256) -> Result<History, StoreError> {
-        let id = vault_id(vault.chain_id, &vault.address);
-        let rows = sqlx::query(
-            "SELECT DISTINCT safe_tx_hash FROM signatures WHERE vault_id = ? AND nonce = ?",
-        )
-        .bind(&id)
-        .bind(nonce.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        let signed_for_nonce = rows
-            .into_iter()
-            .map(|row| {
-                row.get::<String, _>("safe_tx_hash")
-                    .parse::<B256>()
-                    .map_err(|_| corrupt("a signature"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let open: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM incidents WHERE vault_id = ? AND cleared_at IS NULL",
-        )
-        .bind(&id)
-        .fetch_one(&self.pool)
-        .await?
-        .get("n");
-        Ok(History { signed_for_nonce, open_incidents: open as usize })
-    }
-
-    /// Records a signature (idempotent for the same payload and signer) with its audit entry.
-    pub async fn record_signature(
-        &self,
-        vault: &VaultRecord,
-        nonce: U256,
-        safe_tx_hash: B256,
-        signer: Address,
-        signature: &OwnerSignature,
-        shown: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        let id = vault_id(vault.chain_id, &vault.address);
-        let row = format!("{id}/{nonce}/{safe_tx_hash}/{}", key_id(&signer));
-        let detail = serde_json::json!({ "signature": signature.to_hex(), "shown": shown });
-        let place = Place { table: "signatures", column: "sealed_detail", row: &row };
-        let sealed = self.sealer.seal(place, detail.to_string().as_bytes())?;
-        let mut tx = self.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT OR IGNORE INTO signatures (vault_id, nonce, safe_tx_hash, signer, signed_at, sealed_detail) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&id)
-        .bind(nonce.to_string())
-        .bind(safe_tx_hash.to_string())
-        .bind(checksummed(&signer))
-        .bind(now())
-        .bind(sealed)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let body = serde_json::json!({
-            "vault": id, "nonce": nonce.to_string(), "safeTxHash": safe_tx_hash.to_string(),
-            "signer": checksummed(&signer), "signature": signature.to_hex(), "repeat": inserted == 0,
-        });
-        self.audit_in(&mut tx, "signed", &body).await?;
-        tx.commit().await?;
-        tracing::info!(vault = %id, nonce = %nonce, safe_tx_hash = %safe_tx_hash, "approval signed");
-        Ok(())
-    }
-
-    // Incidents.
-
-    /// Opens an incident on a vault; signing there is blocked until it is cleared.
-    pub async fn open_incident(
-        &self,
-        vault: &VaultRecord,
-        kind: &str,
-        detail: &serde_json::Value,
-    ) -> Result<String, StoreError> {
-        let vault = vault_id(vault.chain_id, &vault.address);
-        let mut raw = [0u8; 4];
-        rand::rngs::OsRng.fill_bytes(&mut raw);
-        let id = hex::encode(raw);
-        let place = Place { table: "incidents", column: "sealed_detail", row: &id };
-        let sealed = self.sealer.seal(place, detail.to_string().as_bytes())?;
-        let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO incidents (id, vault_id, kind, opened_at, sealed_detail) VALUES (?, ?, ?, ?, ?)")
-            .bind(&id)
-            .bind(&vault)
-            .bind(kind)
-            .bind(now())
-            .bind(sealed)
-            .execute(&mut *tx)
-            .await?;
-        let body = serde_json::json!({ "id": id, "vault": vault, "kind": kind, "detail": detail });
-        self.audit_in(&mut tx, "incident_opened", &body).await?;
-        tx.commit().await?;
-        tracing::warn!(incident = %id, vault = %vault, kind, "incident opened");
-        Ok(id)
-    }
-
-    pub async fn incidents(&self, include_cleared: bool) -> Result<Vec<Incident>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, vault_id, kind, opened_at, sealed_detail, cleared_at, sealed_note FROM incidents \
-             WHERE ? OR cleared_at IS NULL ORDER BY opened_at, id",
-        )
-        .bind(include_cleared)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(|row| self.open_incident_row(&row)).collect()
-    }
-
-    fn open_incident_row(&self, row: &sqlx::sqlite::SqliteRow) -> Result<Incident, StoreError> {
-        let id: String = row.get("id");
-        let detail_place = Place { table: "incidents", column: "sealed_detail", row: &id };
-        let detail = self.sealer.open(detail_place, &row.get::<Vec<u8>, _>("sealed_detail"))?;
-        let note = match row.get::<Option<Vec<u8>>, _>("sealed_note") {
-            None => None,
-            Some(sealed) => {
-                let place = Place { table: "incidents", column: "sealed_note", row: &id };
-                let plain = self.sealer.open(place, &sealed)?;
-                Some(String::from_utf8_lossy(plain.expose()).into_owned())
-            }
-        };
-        Ok(Incident {
-            id: id.clone(),
-            vault_id: row.get("vault_id"),
-            kind: row.get("kind"),
-            opened_at: row.get("opened_at"),
-            detail: serde_json::from_slice(detail.expose()).map_err(|_| corrupt("an incident"))?,
-            cleared_at: row.get("cleared_at"),
-            note,
-        })
-    }
-
-    /// Clears an open incident with a person's note.
-    pub async fn clear_incident(&self, id: &str, note: &str) -> Result<(), StoreError> {
-        if note.trim().is_empty() {
-            return Err(
-                InputError::new("note", "clearing an incident needs a note saying why").into()
-            );
-        }
-        let place = Place { table: "incidents", column: "sealed_note", row: id };
-        let sealed = self.sealer.seal(place, note.as_bytes())?;
-        let mut tx = self.begin().await?;
-        let changed = sqlx::query("UPDATE incidents SET cleared_at = ?, sealed_note = ? WHERE id = ? AND cleared_at IS NULL")
-            .bind(now())
-            .bind(sealed)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if changed == 0 {
-            return Err(StoreError::NotFound { what: format!("open incident {id}") });
-        }
-        let body = serde_json::json!({ "id": id, "note": note });
-        self.audit_in(&mut tx, "incident_cleared", &body).await?;
-        tx.commit().await?;
-        tracing::info!(incident = %id, "incident cleared");
-        Ok(())
-    }
 }
 
-const POLICY: Place<'static> = Place { table: "policy", column: "sealed_body", row: "1" };
+pub(crate) const POLICY: Place<'static> =
+    Place { table: "policy", column: "sealed_body", row: "1" };

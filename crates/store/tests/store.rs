@@ -18,7 +18,7 @@ use countersign_core::signature::OwnerSignature;
 use countersign_core::vault::VaultRecord;
 use countersign_core::version::SafeVersion;
 use countersign_store::keywrap::Protection;
-use countersign_store::{Store, StoreError, DB_FILE};
+use countersign_store::{Recorded, Store, StoreError, DB_FILE};
 use sqlx::{Connection, SqliteConnection};
 
 const SAFE: Address = address!("111CEEee040739fD91D29C34C33E6B3E112F2177");
@@ -148,17 +148,18 @@ async fn signatures_feed_the_tripwire_and_incidents_block_until_cleared() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
     store.add_vault(&vault()).await.unwrap();
-    let signer = address!("5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed");
-    let mut bytes = [1u8; 65];
-    bytes[64] = 27;
-    let signature = OwnerSignature::from_bytes(&bytes).unwrap();
+    let (signer, signature) = test_signature();
     let hash = B256::repeat_byte(0xab);
 
     let nonce = U256::from(5);
     for _ in 0..2 {
         // The second time is a repeat of the same approval: idempotent, one row.
         let shown = serde_json::json!({});
-        store.record_signature(&vault(), nonce, hash, signer, &signature, &shown).await.unwrap();
+        let recorded = store
+            .record_signature(&vault(), nonce, hash, false, signer, &signature, &shown)
+            .await
+            .unwrap();
+        assert_eq!(recorded, Recorded::Recorded);
     }
     let history = store.history(&vault(), nonce).await.unwrap();
     assert_eq!(history.signed_for_nonce, vec![hash]);
@@ -249,4 +250,105 @@ async fn killed_mid_write_loses_nothing_committed() {
     let ticks =
         store.audit_entries().await.unwrap().iter().filter(|e| e.kind == "incident_opened").count();
     assert_eq!(incidents, ticks, "every committed incident has its audit entry and no more");
+}
+
+/// A signer address and a well-formed signature (the store does not check it recovers).
+fn test_signature() -> (Address, OwnerSignature) {
+    let mut bytes = [1u8; 65];
+    bytes[64] = 27;
+    (
+        address!("5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"),
+        OwnerSignature::from_bytes(&bytes).unwrap(),
+    )
+}
+
+async fn signed_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
+    store.add_vault(&vault()).await.unwrap();
+    let (signer, signature) = test_signature();
+    let shown = serde_json::json!({});
+    let first = B256::repeat_byte(1);
+    let nonce = U256::from(5);
+    store
+        .record_signature(&vault(), nonce, first, false, signer, &signature, &shown)
+        .await
+        .unwrap();
+
+    // A second payload for the same nonce is refused inside the recording transaction, even
+    // when the caller's review (made earlier, perhaps before the first was recorded) passed.
+    let second = B256::repeat_byte(2);
+    let v = vault();
+    let raced = store.record_signature(&v, nonce, second, false, signer, &signature, &shown);
+    match raced.await.unwrap() {
+        Recorded::Refused(refusals) => assert_eq!(refusals[0].code(), "tripwire"),
+        Recorded::Recorded => panic!("a second payload for a signed nonce was recorded"),
+    }
+    let rejection =
+        store.record_signature(&v, nonce, B256::repeat_byte(3), true, signer, &signature, &shown);
+    assert_eq!(rejection.await.unwrap(), Recorded::Recorded, "the standard rejection is exempt");
+    (dir, store)
+}
+
+#[tokio::test]
+async fn fail_deleted_or_edited_signature_rows_are_found() {
+    for statement in [
+        "DELETE FROM signatures",
+        "DELETE FROM signatures WHERE rowid = 1",
+        "UPDATE signatures SET nonce = '6'",
+        "UPDATE signatures SET safe_tx_hash = lower(safe_tx_hash) || ''",
+    ] {
+        let (dir, store) = signed_store().await;
+        let mut db = raw(dir.path()).await;
+        sqlx::query(statement).execute(&mut db).await.unwrap();
+        let history = store.history(&vault(), U256::from(5)).await;
+        if statement.contains("lower") {
+            // A no-op rewrite changes nothing and must still read back fine.
+            assert!(history.is_ok(), "{statement}");
+            continue;
+        }
+        assert!(history.is_err(), "{statement} went unnoticed");
+    }
+}
+
+#[tokio::test]
+async fn fail_incident_cleared_or_moved_by_hand_still_blocks() {
+    let (dir, store) = signed_store().await;
+    let id = store.open_incident(&vault(), "tripwire", &serde_json::json!({})).await.unwrap();
+    let mut db = raw(dir.path()).await;
+    sqlx::query("PRAGMA foreign_keys = OFF").execute(&mut db).await.unwrap();
+    sqlx::query("UPDATE incidents SET cleared_at = 1").execute(&mut db).await.unwrap();
+    assert_eq!(store.history(&vault(), U256::from(9)).await.unwrap().open_incidents, 1);
+
+    sqlx::query("UPDATE incidents SET vault_id = '5:0000'").execute(&mut db).await.unwrap();
+    assert!(store.history(&vault(), U256::from(9)).await.is_err(), "a moved incident is found");
+    sqlx::query("UPDATE incidents SET vault_id = ?")
+        .bind(format!("1:{}", hex::encode(SAFE.as_slice())))
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert!(store.history(&vault(), U256::from(9)).await.is_ok());
+
+    sqlx::query("DELETE FROM incidents").execute(&mut db).await.unwrap();
+    assert!(store.history(&vault(), U256::from(9)).await.is_err(), "a deleted incident is found");
+    let _ = id;
+}
+
+#[tokio::test]
+async fn fail_deleted_policy_row_is_not_a_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
+    assert_eq!(store.policy().await.unwrap(), Policy::default());
+    let mut db = raw(dir.path()).await;
+    sqlx::query("DELETE FROM policy").execute(&mut db).await.unwrap();
+    assert!(store.policy().await.is_err());
+}
+
+#[tokio::test]
+async fn fail_incomplete_store_file_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(DB_FILE), b"").unwrap();
+    let opened = Store::open(dir.path(), answer("p")).await;
+    assert!(matches!(opened, Err(StoreError::Corrupt { .. })));
+    assert_eq!(std::fs::metadata(dir.path().join(DB_FILE)).unwrap().len(), 0, "nothing written");
 }
