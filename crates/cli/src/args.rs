@@ -89,6 +89,9 @@ pub enum Command {
     /// The local hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The reference approval queue (first part: TLS identity, pin and health).
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Delete the local store and its keyring entry.
     Erase {
         /// Confirm: this destroys every key in the store.
@@ -231,4 +234,24 @@ pub enum AuditCommand {
     },
     /// Write the log as JSON lines (to standard output without a file).
     Export { file: Option<PathBuf> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Serve the queue over TLS 1.3; prints `url: …` and `pin-sha256: …` and runs until stopped.
+    Serve {
+        /// Where the queue keeps its TLS key (made on first start).
+        #[arg(long = "queue-dir", value_name = "DIR")]
+        queue_dir: PathBuf,
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+    },
+    /// Connect to a queue with its pin and ask for its health: the onboarding connection test.
+    Ping {
+        #[arg(long)]
+        url: String,
+        /// The queue's SPKI SHA-256 pin, base64; repeat once for a rotation.
+        #[arg(long = "pin", value_name = "BASE64", required = true)]
+        pins: Vec<String>,
+    },
 }

@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::args::{
     AuditCommand, Cli, Command, IncidentCommand, KeyChoice, KeyCommand, PolicyCommand,
-    VaultCommand, VaultFlags,
+    QueueCommand, VaultCommand, VaultFlags,
 };
 use crate::context::{parse_nonce, read_limited, read_small_text, resolve_vault, Context};
 use crate::failure::{Failure, Outcome};
@@ -46,6 +46,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, Failure> {
         Command::Policy(command) => policy(&context, command).await,
         Command::Incident(command) => incident(&context, command).await,
         Command::Audit(command) => audit(&context, command).await,
+        Command::Queue(command) => queue(command).await,
         Command::Erase { yes } => erase(&context, yes).await,
     }
 }
@@ -662,4 +663,51 @@ async fn erase(context: &Context, yes: bool) -> Result<Outcome, Failure> {
     store.erase().await?;
     outln!("Erased the store in {}", context.data_dir.display());
     Ok(Outcome::Done)
+}
+
+async fn queue(command: QueueCommand) -> Result<Outcome, Failure> {
+    match command {
+        QueueCommand::Serve { queue_dir, listen } => {
+            std::fs::create_dir_all(&queue_dir)
+                .map_err(|e| Failure::other(format!("{}: {e}", queue_dir.display())))?;
+            let identity = countersign_queue::tls::Identity::load_or_create(&queue_dir)
+                .map_err(|e| Failure::other(e.to_string()))?;
+            let running = countersign_queue::server::start(listen, &identity)
+                .await
+                .map_err(|e| Failure::other(e.to_string()))?;
+            outln!("url: {}", running.url());
+            outln!("pin-sha256: {}", running.pin);
+            wait_for_stop().await;
+            running.stop();
+            Ok(Outcome::Done)
+        }
+        QueueCommand::Ping { url, pins } => {
+            let texts: Vec<&str> = pins.iter().map(String::as_str).collect();
+            let pins = countersign_sync::pin::Pins::parse(&texts)
+                .map_err(|e| Failure::input(e.to_string()))?;
+            let client = countersign_sync::client::QueueClient::new(&url, pins)
+                .map_err(|e| Failure::input(format!("url: {e}")))?;
+            let health = client.health().await.map_err(|e| Failure::other(e.to_string()))?;
+            outln!("The queue at {url} answered with the pinned key: {}", health["status"]);
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+/// Until SIGINT or SIGTERM.
+async fn wait_for_stop() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match terminate.as_mut() {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

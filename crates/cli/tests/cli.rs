@@ -509,3 +509,46 @@ fn fail_vault_add_checks_owners_and_threshold() {
     let no_owners: Vec<&str> = base.iter().copied().chain(["--threshold", "2"]).collect();
     assert_eq!(home.run(&no_owners).status.code(), Some(2));
 }
+
+/// `queue serve` as a process: its printed URL and pin, a ping with the pin and one without.
+#[test]
+fn queue_serve_prints_url_and_pin_and_ping_checks_the_pin() {
+    use std::io::{BufRead, BufReader};
+
+    let home = Home::new();
+    let queue_dir = home.dir.path().join("queue");
+    let mut server = bin()
+        .args([
+            "queue",
+            "serve",
+            "--queue-dir",
+            queue_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let url = lines.next().unwrap().unwrap().strip_prefix("url: ").unwrap().to_owned();
+    let pin = lines.next().unwrap().unwrap().strip_prefix("pin-sha256: ").unwrap().to_owned();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+
+    let ping = home.run(&["queue", "ping", "--url", &url, "--pin", &pin]);
+    let wrong = home.run(&[
+        "queue",
+        "ping",
+        "--url",
+        &url,
+        "--pin",
+        "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+    ]);
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    let status = server.wait().unwrap();
+
+    assert_ok(&ping);
+    assert_eq!(wrong.status.code(), Some(3));
+    assert!(stderr(&wrong).contains("pin"), "{}", stderr(&wrong));
+    assert!(status.success(), "the server stops cleanly on SIGTERM");
+}
