@@ -6,6 +6,7 @@ use std::path::Path;
 use alloy_primitives::Address;
 use async_trait::async_trait;
 use countersign_core::address::{checksummed, parse_address};
+use countersign_core::audit::{verify_chain, AuditEntry, LOCAL};
 use countersign_core::guard::{review, CheckedRequest, History, Review};
 use countersign_core::policy::{Policy, MAX_POLICY_BYTES};
 use countersign_core::request::{parse_object, SafeTxRequest, MAX_REQUEST_BYTES};
@@ -17,7 +18,6 @@ use countersign_core::typed_data::{self, looks_like_typed_data};
 use countersign_core::vault::VaultRecord;
 use countersign_core::version::SafeVersion;
 use countersign_signers::software::SoftwareSigner;
-use countersign_store::audit::{verify_chain, AuditEntry};
 use countersign_store::keywrap::Protection;
 use countersign_store::{Recorded, Store};
 use serde_json::json;
@@ -602,14 +602,14 @@ async fn audit(context: &Context, command: AuditCommand) -> Result<Outcome, Fail
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let result = verify_chain(&entries).and_then(|report| match head {
+            let result = verify_chain(LOCAL, &entries).and_then(|report| match head {
                 Some(head) if !head.eq_ignore_ascii_case(&report.head) => {
                     let problem = format!(
                         "the file ends at entry {} whose hash is not the given head: entries \
                          were cut off or the file is another log",
                         report.entries
                     );
-                    Err(countersign_store::audit::ChainBreak { seq: report.entries + 1, problem })
+                    Err(countersign_core::audit::ChainBreak { seq: report.entries + 1, problem })
                 }
                 _ => Ok(report),
             });
@@ -639,7 +639,7 @@ async fn audit(context: &Context, command: AuditCommand) -> Result<Outcome, Fail
 }
 
 fn report_chain(
-    result: Result<countersign_store::audit::ChainReport, countersign_store::audit::ChainBreak>,
+    result: Result<countersign_core::audit::ChainReport, countersign_core::audit::ChainBreak>,
 ) -> Outcome {
     match result {
         Ok(report) => {

@@ -22,6 +22,7 @@
 
 pub mod address;
 pub mod amount;
+pub mod audit;
 pub mod decode;
 pub mod describe;
 mod error;

@@ -9,7 +9,6 @@
 //! committed state. The audit entry describing a change is written in the change's own
 //! transaction, so the log and the data cannot disagree.
 
-pub mod audit;
 pub mod keywrap;
 mod records;
 pub mod seal;
@@ -28,9 +27,11 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 pub use records::KeyInfo;
 pub use tripwire::{Incident, Recorded};
 
-use crate::audit::{entry_hash, verify_chain, AuditEntry, ChainBreak, ChainReport};
 use crate::keywrap::{KdfParams, Protection};
 use crate::seal::{Place, Sealer};
+use countersign_core::audit::{
+    self, entry_hash, verify_chain, AuditEntry, ChainBreak, ChainReport, LOCAL,
+};
 
 /// The database file inside the data folder.
 pub const DB_FILE: &str = "countersign.db";
@@ -312,7 +313,7 @@ impl Store {
         let seq = prev_seq + 1;
         let at = now();
         let body = canonical_json(body);
-        let hash = entry_hash(&prev_hash, seq, at, kind, &body);
+        let hash = entry_hash(LOCAL, &prev_hash, seq, at, kind, &body);
         sqlx::query(
             "INSERT INTO audit (seq, at, kind, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
         )
@@ -352,7 +353,7 @@ impl Store {
     /// Verifies the chain and that it ends at the sealed head.
     pub async fn verify_audit(&self) -> Result<Result<ChainReport, ChainBreak>, StoreError> {
         let entries = self.audit_entries().await?;
-        let report = match verify_chain(&entries) {
+        let report = match verify_chain(LOCAL, &entries) {
             Ok(report) => report,
             Err(chain_break) => return Ok(Err(chain_break)),
         };

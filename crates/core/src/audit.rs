@@ -1,15 +1,18 @@
-//! The hash-chained audit log: what the approver saw and did, in order.
+//! Hash-chained audit logs: the approver's local log and the queue's log share this chain.
 //!
 //! Entry `n` stores `hash_n = SHA-256(tag ‖ hash_{n-1} ‖ n ‖ at ‖ len(kind) ‖ kind ‖ len(body) ‖
-//! body)` with integers big-endian (n and at as 8 bytes, lengths as 4) and `hash_0` all zeros.
-//! Changing, inserting or removing an entry breaks the chain at that entry. The newest sequence
-//! number and hash are also kept sealed under the data key, so cutting entries off the end is
-//! found too; an exported log verifies without the store.
+//! body)` with integers big-endian (n and at as 8 bytes, lengths as 4) and `hash_0` all zeros;
+//! `tag` names the log ([`LOCAL`], [`QUEUE`]) so an entry of one never verifies in the other.
+//! Changing, inserting or removing an entry breaks the chain at that entry; cutting entries off
+//! the end needs the head kept elsewhere (the local store keeps it sealed).
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-const TAG: &[u8] = b"countersign/audit/v1\0";
+/// The tag of the approver's local log.
+pub const LOCAL: &[u8] = b"countersign/audit/v1\0";
+/// The tag of the queue's log.
+pub const QUEUE: &[u8] = b"countersign/queue-audit/v1\0";
 
 /// One entry as stored and exported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,9 +44,16 @@ pub struct ChainReport {
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The hash of an entry, from its fields and its predecessor's hash.
-pub fn entry_hash(prev_hash: &[u8; 32], seq: u64, at: i64, kind: &str, body: &str) -> [u8; 32] {
+pub fn entry_hash(
+    tag: &[u8],
+    prev_hash: &[u8; 32],
+    seq: u64,
+    at: i64,
+    kind: &str,
+    body: &str,
+) -> [u8; 32] {
     let mut hasher = Sha256::new();
-    hasher.update(TAG);
+    hasher.update(tag);
     hasher.update(prev_hash);
     hasher.update(seq.to_be_bytes());
     hasher.update(at.to_be_bytes());
@@ -55,7 +65,7 @@ pub fn entry_hash(prev_hash: &[u8; 32], seq: u64, at: i64, kind: &str, body: &st
 }
 
 /// Walks `entries` in order and names the first that breaks the chain.
-pub fn verify_chain(entries: &[AuditEntry]) -> Result<ChainReport, ChainBreak> {
+pub fn verify_chain(tag: &[u8], entries: &[AuditEntry]) -> Result<ChainReport, ChainBreak> {
     let mut prev = [0u8; 32];
     for (index, entry) in entries.iter().enumerate() {
         let expected_seq = index as u64 + 1;
@@ -72,7 +82,7 @@ pub fn verify_chain(entries: &[AuditEntry]) -> Result<ChainReport, ChainBreak> {
         if decode(&entry.prev_hash) != Some(prev) {
             return Err(fail("its previous-hash does not match the entry before it"));
         }
-        let computed = entry_hash(&prev, entry.seq, entry.at, &entry.kind, &entry.body);
+        let computed = entry_hash(tag, &prev, entry.seq, entry.at, &entry.kind, &entry.body);
         if decode(&entry.hash) != Some(computed) {
             return Err(fail("its contents do not match its hash"));
         }
@@ -81,7 +91,8 @@ pub fn verify_chain(entries: &[AuditEntry]) -> Result<ChainReport, ChainBreak> {
     Ok(ChainReport { entries: entries.len() as u64, head: hex::encode(prev) })
 }
 
-pub(crate) fn decode(text: &str) -> Option<[u8; 32]> {
+/// A hash written as 64 hex digits.
+pub fn decode(text: &str) -> Option<[u8; 32]> {
     let bytes = hex::decode(text).ok()?;
     bytes.try_into().ok()
 }
@@ -95,7 +106,7 @@ mod tests {
         (1..=n)
             .map(|seq| {
                 let body = format!("{{\"n\":{seq}}}");
-                let hash = entry_hash(&prev, seq, 1000 + seq as i64, "test", &body);
+                let hash = entry_hash(LOCAL, &prev, seq, 1000 + seq as i64, "test", &body);
                 let entry = AuditEntry {
                     seq,
                     at: 1000 + seq as i64,
@@ -112,21 +123,21 @@ mod tests {
 
     #[test]
     fn intact_chain_verifies() {
-        assert_eq!(verify_chain(&chain(5)).map(|r| r.entries), Ok(5));
+        assert_eq!(verify_chain(LOCAL, &chain(5)).map(|r| r.entries), Ok(5));
     }
 
     #[test]
     fn fail_altered_removed_or_reordered() {
         let mut altered = chain(5);
         altered[2].body = "{\"n\":99}".into();
-        assert_eq!(verify_chain(&altered).map_err(|b| b.seq), Err(3));
+        assert_eq!(verify_chain(LOCAL, &altered).map_err(|b| b.seq), Err(3));
 
         let mut removed = chain(5);
         removed.remove(1);
-        assert_eq!(verify_chain(&removed).map_err(|b| b.seq), Err(2));
+        assert_eq!(verify_chain(LOCAL, &removed).map_err(|b| b.seq), Err(2));
 
         let mut swapped = chain(5);
         swapped.swap(3, 4);
-        assert_eq!(verify_chain(&swapped).map_err(|b| b.seq), Err(4));
+        assert_eq!(verify_chain(LOCAL, &swapped).map_err(|b| b.seq), Err(4));
     }
 }
