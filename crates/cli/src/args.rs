@@ -245,6 +245,12 @@ pub enum QueueCommand {
         queue_dir: PathBuf,
         #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8443")]
         listen: std::net::SocketAddr,
+        /// A `postgres://` URL; the default is a SQLite file in the queue folder.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+        /// The queue's own policy file (an approver's local policy may be stricter).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
     },
     /// Connect to a queue with its pin and ask for its health: the onboarding connection test.
     Ping {

@@ -667,16 +667,35 @@ async fn erase(context: &Context, yes: bool) -> Result<Outcome, Failure> {
 
 async fn queue(command: QueueCommand) -> Result<Outcome, Failure> {
     match command {
-        QueueCommand::Serve { queue_dir, listen } => {
+        QueueCommand::Serve { queue_dir, listen, database, policy } => {
             std::fs::create_dir_all(&queue_dir)
                 .map_err(|e| Failure::other(format!("{}: {e}", queue_dir.display())))?;
             let identity = countersign_queue::tls::Identity::load_or_create(&queue_dir)
                 .map_err(|e| Failure::other(e.to_string()))?;
-            let running = countersign_queue::server::start(listen, &identity)
+            let db = match &database {
+                Some(url) => countersign_queue::db::Db::connect(url).await,
+                None => countersign_queue::db::Db::sqlite_in(&queue_dir).await,
+            }
+            .map_err(|e| Failure::other(e.to_string()))?;
+            let policy = match &policy {
+                Some(path) => Policy::from_json(&read_limited("policy", path, MAX_POLICY_BYTES)?)?,
+                None => Policy::default(),
+            };
+            let rules =
+                countersign_queue::model::QueueRules { policy, tokens: TokenList::shipped()? };
+            let admin_key = countersign_queue::model::bootstrap(&db)
+                .await
+                .map_err(|e| Failure::other(e.message))?;
+            let api = countersign_queue::api::ApiState::new(db, rules, Default::default());
+            let running = countersign_queue::server::start(listen, &identity, api)
                 .await
                 .map_err(|e| Failure::other(e.to_string()))?;
             outln!("url: {}", running.url());
             outln!("pin-sha256: {}", running.pin);
+            if let Some(key) = admin_key {
+                // Shown once: the queue keeps only its hash.
+                outln!("admin-api-key: {key}");
+            }
             wait_for_stop().await;
             running.stop();
             Ok(Outcome::Done)

@@ -3,9 +3,18 @@
 //! It serves JSON under `/v1` over TLS 1.3 only (rustls), with a key it makes on first start
 //! and whose SubjectPublicKeyInfo SHA-256 it prints as the pin clients configure.
 //!
-//! Limitation: this is the first part of the queue. It has its TLS identity, its listener and
-//! its health endpoint; storage, roles, requests and approvals are not built yet.
+//! - [`tls`]: the key, the certificate and the pin;
+//! - [`db`]: SQLite or PostgreSQL through sqlx;
+//! - [`model`]: members, API keys, sessions, vaults, requests, approvals, the audit chain;
+//! - [`api`]: the routes, authentication and per-key rate limits;
+//! - [`server`]: the TLS listener.
+//!
+//! Limitation: the live event stream (SSE) and an IP allowlist are not built yet.
 
+pub mod api;
+pub mod db;
+pub mod error;
+pub mod model;
 pub mod server;
 pub mod tls;
 
@@ -20,6 +29,8 @@ pub enum QueueError {
     Tls(String),
     #[error("listen: {0}")]
     Listen(String),
+    #[error("database: {0}")]
+    Database(String),
 }
 
 impl QueueError {

@@ -13,6 +13,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::{routes, ApiState, MAX_BODY_BYTES};
 use crate::tls::Identity;
 use crate::QueueError;
 
@@ -28,6 +29,12 @@ pub struct Counters {
 #[derive(Clone)]
 struct AppState {
     counters: Arc<Counters>,
+}
+
+impl axum::extract::FromRef<(AppState, ApiState)> for AppState {
+    fn from_ref(state: &(AppState, ApiState)) -> Self {
+        state.0.clone()
+    }
 }
 
 /// A running queue server; dropping it (or calling [`Running::stop`]) stops the listener.
@@ -57,14 +64,18 @@ impl Drop for Running {
 }
 
 /// Binds `listen` and serves until stopped.
-pub async fn start(listen: SocketAddr, identity: &Identity) -> Result<Running, QueueError> {
+pub async fn start(
+    listen: SocketAddr,
+    identity: &Identity,
+    api: ApiState,
+) -> Result<Running, QueueError> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| QueueError::Listen(format!("{listen}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| QueueError::Listen(e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config()?);
     let counters = Arc::new(Counters::default());
-    let router = router(AppState { counters: counters.clone() });
+    let router = router(AppState { counters: counters.clone() }, api);
     let (stop, mut stopped) = watch::channel(false);
 
     let handshakes = counters.clone();
@@ -101,11 +112,17 @@ pub async fn start(listen: SocketAddr, identity: &Identity) -> Result<Running, Q
     Ok(Running { addr, pin: identity.pin(), counters, stop })
 }
 
-fn router(state: AppState) -> Router {
-    Router::new()
+fn router(state: AppState, api: ApiState) -> Router {
+    routes()
+        .with_state(api)
         .route("/v1/health", get(health))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
-        .with_state(state)
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state, count_requests))
+}
+
+async fn not_found() -> crate::error::ApiError {
+    crate::error::ApiError::not_found("this path")
 }
 
 async fn count_requests(

@@ -20,10 +20,22 @@ fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+/// A queue server with a fresh SQLite database, on loopback.
+async fn start(identity: &Identity) -> (server::Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = countersign_queue::db::Db::sqlite_in(dir.path()).await.unwrap();
+    let rules = countersign_queue::model::QueueRules {
+        policy: countersign_core::policy::Policy::default(),
+        tokens: countersign_core::tokens::TokenList::shipped().unwrap(),
+    };
+    let api = countersign_queue::api::ApiState::new(db, rules, Default::default());
+    (server::start(loopback(), identity, api).await.unwrap(), dir)
+}
+
 #[tokio::test]
 async fn the_pinned_server_answers() {
     let identity = Identity::ephemeral().unwrap();
-    let running = server::start(loopback(), &identity).await.unwrap();
+    let (running, _db) = start(&identity).await;
     let client = QueueClient::new(&running.url(), Pins::parse(&[&running.pin]).unwrap()).unwrap();
     let health = client.health().await.unwrap();
     assert_eq!(health["status"], "ok");
@@ -35,7 +47,7 @@ async fn fail_a_server_with_another_key_gets_no_request_byte() {
     let pinned = Identity::ephemeral().unwrap();
     let impostor = Identity::ephemeral().unwrap();
     assert_ne!(pinned.pin(), impostor.pin());
-    let running = server::start(loopback(), &impostor).await.unwrap();
+    let (running, _db) = start(&impostor).await;
 
     let client = QueueClient::new(&running.url(), Pins::parse(&[&pinned.pin()]).unwrap()).unwrap();
     let error = client.health().await.unwrap_err().to_string();
@@ -48,7 +60,7 @@ async fn fail_a_server_with_another_key_gets_no_request_byte() {
 async fn the_second_pin_serves_a_rotation() {
     let old = Identity::ephemeral().unwrap();
     let new = Identity::ephemeral().unwrap();
-    let running = server::start(loopback(), &new).await.unwrap();
+    let (running, _db) = start(&new).await;
     let pins = Pins::parse(&[&old.pin(), &new.pin()]).unwrap();
     let client = QueueClient::new(&running.url(), pins).unwrap();
     assert_eq!(client.health().await.unwrap()["status"], "ok");

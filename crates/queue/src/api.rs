@@ -1,0 +1,250 @@
+//! The `/v1` routes: authentication, rate limits, body parsing, and the handlers that call
+//! [`crate::model`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::model::{self, Member, QueueRules, Role};
+
+/// Requests bodies larger than this are refused.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Per-API-key rate limit: a token bucket.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self { per_second: 50.0, burst: 100.0 }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Buckets(Mutex<HashMap<String, (f64, Instant)>>);
+
+impl Buckets {
+    /// Takes one token from `key`'s bucket, or says how many seconds until one is there.
+    fn take(&self, key: &str, limit: RateLimit) -> Result<(), u64> {
+        let Ok(mut buckets) = self.0.lock() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let (tokens, last) = buckets.entry(key.to_owned()).or_insert((limit.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * limit.per_second).min(limit.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / limit.per_second).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// Everything a handler needs.
+#[derive(Clone)]
+#[expect(missing_debug_implementations, reason = "holds a pool and buckets; nothing to show")]
+pub struct ApiState {
+    pub db: Db,
+    pub rules: Arc<QueueRules>,
+    pub limit: RateLimit,
+    buckets: Arc<Buckets>,
+}
+
+impl ApiState {
+    pub fn new(db: Db, rules: QueueRules, limit: RateLimit) -> Self {
+        Self { db, rules: Arc::new(rules), limit, buckets: Arc::default() }
+    }
+
+    fn limit(&self, key_hash: &str) -> Result<(), ApiError> {
+        self.buckets.take(key_hash, self.limit).map_err(|seconds| {
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests for this API key; wait and retry",
+            );
+            error.retry_after = Some(seconds);
+            error
+        })
+    }
+
+    /// The caller behind `Authorization: Bearer …`, after the rate limit.
+    async fn caller(&self, headers: &HeaderMap) -> Result<Member, ApiError> {
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::unauthorized("Authorization: send `Bearer <session token>`")
+            })?;
+        let (member, key_hash) = model::session(&self.db, token).await?;
+        self.limit(&key_hash)?;
+        Ok(member)
+    }
+}
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/session", post(open_session))
+        .route("/v1/members", post(add_member).get(list_members))
+        .route("/v1/members/{id}/api-keys", post(new_api_key))
+        .route("/v1/vaults", post(set_vault).get(list_vaults))
+        .route("/v1/requests", post(submit).get(list_requests))
+        .route("/v1/requests/{id}", get(get_request))
+        .route("/v1/requests/{id}/approvals", post(approve))
+        .route("/v1/requests/{id}/rejections", post(reject))
+        .route("/v1/requests/{id}/execution", post(execute))
+        .route("/v1/audit", get(audit))
+        .route("/v1/openapi.json", get(openapi))
+}
+
+/// Parses a JSON object body, refusing duplicate keys at any depth.
+fn body(bytes: &Bytes) -> Result<Value, ApiError> {
+    countersign_core::request::check_unique_keys(bytes)
+        .map_err(|e| ApiError::bad_request(format!("body: {}", e.problem)))?;
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("body: must be a JSON object"));
+    }
+    Ok(value)
+}
+
+type Answer = Result<Json<Value>, ApiError>;
+
+async fn open_session(State(state): State<ApiState>, bytes: Bytes) -> Answer {
+    let body = body(&bytes)?;
+    let key = body
+        .get("apiKey")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("apiKey: is missing"))?;
+    state.limit(&model::secret_hash(key))?;
+    let (token, expires_at, member) = model::open_session(&state.db, key).await?;
+    Ok(Json(json!({ "token": token, "expiresAt": expires_at, "member": member.view() })))
+}
+
+async fn add_member(State(state): State<ApiState>, headers: HeaderMap, bytes: Bytes) -> Answer {
+    state.caller(&headers).await?.require(&[Role::Admin])?;
+    Ok(Json(model::add_member(&state.db, &body(&bytes)?).await?.view()))
+}
+
+async fn list_members(State(state): State<ApiState>, headers: HeaderMap) -> Answer {
+    state.caller(&headers).await?.require(&[Role::Admin])?;
+    let members: Vec<Value> = model::members(&state.db).await?.iter().map(Member::view).collect();
+    Ok(Json(json!({ "members": members })))
+}
+
+async fn new_api_key(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
+    state.caller(&headers).await?.require(&[Role::Admin])?;
+    Ok(Json(json!({ "member": id, "apiKey": model::new_api_key(&state.db, &id).await? })))
+}
+
+async fn set_vault(State(state): State<ApiState>, headers: HeaderMap, bytes: Bytes) -> Answer {
+    state.caller(&headers).await?.require(&[Role::Admin])?;
+    Ok(Json(model::vault_view(&model::set_vault(&state.db, &body(&bytes)?).await?)))
+}
+
+async fn list_vaults(State(state): State<ApiState>, headers: HeaderMap) -> Answer {
+    state.caller(&headers).await?;
+    let vaults: Vec<Value> =
+        model::vaults(&state.db).await?.iter().map(model::vault_view).collect();
+    Ok(Json(json!({ "vaults": vaults })))
+}
+
+async fn submit(State(state): State<ApiState>, headers: HeaderMap, bytes: Bytes) -> Answer {
+    let caller = state.caller(&headers).await?;
+    Ok(Json(model::submit(&state.db, &state.rules, &caller, &body(&bytes)?).await?))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    vault: Option<String>,
+    state: Option<String>,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn list_requests(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Answer {
+    state.caller(&headers).await?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("limit: from 1 to 500"));
+    }
+    let after = query.after.unwrap_or(0).max(0);
+    Ok(Json(
+        model::list(&state.db, query.vault.as_deref(), query.state.as_deref(), after, limit)
+            .await?,
+    ))
+}
+
+async fn get_request(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
+    state.caller(&headers).await?;
+    Ok(Json(model::request_view(&state.db, &id).await?))
+}
+
+async fn approve(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Answer {
+    let caller = state.caller(&headers).await?;
+    Ok(Json(model::approve(&state.db, &caller, &id, &body(&bytes)?).await?))
+}
+
+async fn reject(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Answer {
+    let caller = state.caller(&headers).await?;
+    Ok(Json(model::reject(&state.db, &caller, &id, &body(&bytes)?).await?))
+}
+
+async fn execute(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Answer {
+    let caller = state.caller(&headers).await?;
+    Ok(Json(model::mark_executed(&state.db, &caller, &id, &body(&bytes)?).await?))
+}
+
+async fn audit(State(state): State<ApiState>, headers: HeaderMap) -> Answer {
+    state.caller(&headers).await?.require(&[Role::Admin, Role::Viewer, Role::Approver])?;
+    let entries = model::audit_entries(&state.db).await?;
+    Ok(Json(json!({ "entries": entries })))
+}
+
+async fn openapi() -> Json<Value> {
+    Json(serde_json::from_str(include_str!("../openapi.json")).unwrap_or(Value::Null))
+}

@@ -1,0 +1,120 @@
+//! Storage through sqlx's `Any` driver: SQLite by default, PostgreSQL for a `postgres://` URL.
+//!
+//! One schema serves both: only TEXT and BIGINT columns, `$n` placeholders written in
+//! ascending order (SQLite numbers named parameters by first appearance), and every change in
+//! one transaction, begun `IMMEDIATE` on SQLite and `SERIALIZABLE` on PostgreSQL.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Transaction};
+
+use crate::QueueError;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS members (id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, \
+     address TEXT, created_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS api_keys (key_hash TEXT PRIMARY KEY, member_id TEXT NOT NULL, \
+     created_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sessions (token_hash TEXT PRIMARY KEY, member_id TEXT NOT NULL, \
+     key_hash TEXT NOT NULL, expires_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS vaults (id TEXT PRIMARY KEY, chain_id BIGINT NOT NULL, address TEXT NOT NULL, \
+     safe_version TEXT NOT NULL, owners TEXT NOT NULL, threshold BIGINT NOT NULL, next_nonce TEXT NOT NULL, \
+     updated_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, vault_id TEXT NOT NULL, seq BIGINT NOT NULL, \
+     state TEXT NOT NULL, transaction_json TEXT NOT NULL, safe_tx_hash TEXT NOT NULL, nonce TEXT NOT NULL, \
+     initiator_id TEXT NOT NULL, initiator_address TEXT NOT NULL, initiator_signature TEXT NOT NULL, \
+     created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, reason TEXT, executed_tx TEXT, signatures TEXT)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS requests_seq ON requests (seq)",
+    "CREATE TABLE IF NOT EXISTS approvals (request_id TEXT NOT NULL, owner TEXT NOT NULL, member_id TEXT NOT NULL, \
+     signature TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (request_id, owner))",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS audit (seq BIGINT PRIMARY KEY, at BIGINT NOT NULL, kind TEXT NOT NULL, \
+     body TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)",
+];
+
+/// Which database the URL named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The queue's database.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+impl Db {
+    /// The SQLite file `queue.db` in `dir`.
+    pub async fn sqlite_in(dir: &Path) -> Result<Self, QueueError> {
+        let url = format!("sqlite://{}?mode=rwc", dir.join("queue.db").display());
+        Self::connect(&url).await
+    }
+
+    /// Connects to `sqlite://…` or `postgres://…` and creates the schema if needed.
+    pub async fn connect(url: &str) -> Result<Self, QueueError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(QueueError::Database(
+                "the database URL must start with sqlite: or postgres://".into(),
+            ));
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            });
+        let pool = options.connect(url).await.map_err(db_error)?;
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&pool).await.map_err(db_error)?;
+        }
+        Ok(Self { pool, backend })
+    }
+
+    /// A write transaction that holds off other writers until it ends.
+    pub async fn begin(&self) -> Result<Transaction<'static, Any>, QueueError> {
+        let statement = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        };
+        self.pool.begin_with(statement).await.map_err(db_error)
+    }
+}
+
+pub fn db_error(error: sqlx::Error) -> QueueError {
+    QueueError::Database(error.to_string())
+}
+
+/// Whether a PostgreSQL error asks for the transaction to be retried (40001, 40P01).
+pub fn is_retryable(error: &QueueError) -> bool {
+    matches!(error, QueueError::Database(text) if text.contains("40001") || text.contains("40P01")
+        || text.contains("could not serialize") || text.contains("deadlock"))
+}
+
+pub fn text(row: &AnyRow, column: &str) -> String {
+    sqlx::Row::try_get::<String, _>(row, column).unwrap_or_default()
+}
+
+pub fn optional_text(row: &AnyRow, column: &str) -> Option<String> {
+    sqlx::Row::try_get::<Option<String>, _>(row, column).ok().flatten()
+}
+
+pub fn int(row: &AnyRow, column: &str) -> i64 {
+    sqlx::Row::try_get::<i64, _>(row, column).unwrap_or_default()
+}
