@@ -192,6 +192,16 @@ case("fail_multisend_step_to_zero_address_is_the_safe",
      ])),
      {"verdict": "refused", "refusals": ["admin_operation"], "places": ["batch[0]"]},
      vault=vault("1.5.0"))
+case("fail_batch_step_to_zero_on_130_is_a_burn",
+     "MultiSendCallOnly 1.3.0 calls the zero address for a step addressed to it: 1000 ETH would be "
+     "burned, not kept by the Safe (found by an attack review).",
+     request(CALL_ONLY_130, op=1, data=batch([(0, ZERO, 1000 * 10**18, "0x")])),
+     {"verdict": "refused", "refusals": ["zero_address_call"], "lines": ["burned"]})
+case("ok_batch_step_to_zero_on_150_is_the_safe",
+     "MultiSendCallOnly 1.5.0 sends a step addressed to zero to the Safe: a value transfer to "
+     "itself, shown as such.",
+     request(CALL_ONLY_150, op=1, data=batch([(0, ZERO, 10**18, "0x")])),
+     {"verdict": "ok", "lines": ["the Safe itself"]}, vault=vault("1.5.0"))
 case("fail_non_canonical_approve",
      "An unlimited approve with one trailing byte: tokens ignore the byte, so it is refused "
      "rather than shown raw.",

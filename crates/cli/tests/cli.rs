@@ -552,3 +552,32 @@ fn queue_serve_prints_url_and_pin_and_ping_checks_the_pin() {
     assert!(stderr(&wrong).contains("pin"), "{}", stderr(&wrong));
     assert!(status.success(), "the server stops cleanly on SIGTERM");
 }
+
+#[test]
+fn fail_token_look_alikes_and_address_labels() {
+    let home = Home::new();
+    let s3 = repo("cases/ok_usdc_transfer/request.json");
+    for entry in [
+        r#"{"chainId":1,"address":"0x2222222222222222222222222222222222222222","symbol":"ETH","decimals":18}"#,
+        r#"{"chainId":1,"address":"0x2222222222222222222222222222222222222222","symbol":"DAl","decimals":18}"#,
+        r#"{"chainId":1,"address":"0x2222222222222222222222222222222222222222","symbol":"U5DC","decimals":6}"#,
+    ] {
+        let list = home.file("tokens.json", &format!(r#"{{"tokens":[{entry}]}}"#));
+        let args = [
+            "--token-list",
+            list.to_str().unwrap(),
+            "inspect",
+            s3.to_str().unwrap(),
+            "--chain-id",
+            "1",
+            "--safe-version",
+            "1.3.0",
+            "--no-store",
+        ];
+        assert_eq!(home.run(&args).status.code(), Some(2), "{entry}");
+    }
+    home.with_store();
+    let other = "0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359";
+    assert_eq!(home.run(&["key", "new", "--label", other]).status.code(), Some(2));
+    assert_eq!(home.run(&["key", "new", "--label", " "]).status.code(), Some(2));
+}

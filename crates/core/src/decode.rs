@@ -38,10 +38,10 @@ pub struct Call {
     pub operation: Operation,
     /// The address as written in the transaction or batch step.
     pub to: Address,
-    /// The address the call reaches. The same as `to`, except for a batch step addressed to
-    /// the zero address: MultiSend 1.5.0 sends those to `address(this)`, which under
-    /// delegatecall is the Safe itself, so Countersign treats them as the Safe for every
-    /// MultiSend version (safe-smart-account PR #695).
+    /// The address the call reaches. The same as `to`, except for a step addressed to the zero
+    /// address in a batch run by an official MultiSend or MultiSendCallOnly of Safe 1.5.0 or
+    /// later, which sends such steps to `address(this)`: under delegatecall, the Safe itself
+    /// (safe-smart-account PR #695). Older and unknown MultiSends call the zero address.
     pub target: Address,
     pub value: U256,
     pub data: Bytes,
@@ -214,17 +214,19 @@ impl Call {
     }
 }
 
-/// Decodes the outer call of a Safe transaction made by `safe`.
-pub fn decode_call(safe: Address, tx: &SafeTx) -> Call {
-    let context = Context { safe };
-    context.call(String::new(), tx.operation, tx.to, tx.value, tx.data.clone(), 0)
+/// Decodes the outer call of a Safe transaction made by `safe` on `chain_id`.
+pub fn decode_call(safe: Address, chain_id: u64, tx: &SafeTx) -> Call {
+    let context = Context { safe, chain_id };
+    context.call(String::new(), tx.operation, tx.to, tx.value, tx.data.clone(), 0, false)
 }
 
 struct Context {
     safe: Address,
+    chain_id: u64,
 }
 
 impl Context {
+    #[expect(clippy::too_many_arguments, reason = "one batch step's fields and where it sits")]
     fn call(
         &self,
         path: String,
@@ -233,8 +235,9 @@ impl Context {
         value: U256,
         data: Bytes,
         depth: usize,
+        zero_is_safe: bool,
     ) -> Call {
-        let target = if depth > 0 && to.is_zero() { self.safe } else { to };
+        let target = if zero_is_safe && to.is_zero() { self.safe } else { to };
         let action = self.action(&path, operation, target, &data, depth);
         Call { path, operation, to, target, value, data, action }
     }
@@ -254,7 +257,7 @@ impl Context {
             return Action::Raw { selector: None, note: RawNote::NoSelector };
         };
         if selector == multiSendCall::SELECTOR {
-            return self.multi_send(path, operation, data, depth);
+            return self.multi_send(path, operation, to, data, depth);
         }
         if let Some(action) = admin_action(selector, data, to == self.safe) {
             return action;
@@ -266,7 +269,14 @@ impl Context {
             .unwrap_or(Action::Raw { selector: Some(selector), note: RawNote::UnknownSelector })
     }
 
-    fn multi_send(&self, path: &str, operation: Operation, data: &[u8], depth: usize) -> Action {
+    fn multi_send(
+        &self,
+        path: &str,
+        operation: Operation,
+        executor: Address,
+        data: &[u8],
+        depth: usize,
+    ) -> Action {
         let selector = Some(multiSendCall::SELECTOR);
         if operation != Operation::DELEGATECALL {
             return Action::Raw { selector, note: RawNote::MultiSendByCall };
@@ -278,7 +288,11 @@ impl Context {
             let note = RawNote::NonCanonical { function: "multiSend" };
             return Action::Raw { selector, note };
         };
-        match self.batch(path, &call.transactions, depth + 1) {
+        // The batch runs in the MultiSend at `executor`; from 1.5.0 it sends steps addressed
+        // to zero to the Safe.
+        let zero_is_safe = crate::policy::multisend_version(self.chain_id, &executor)
+            .is_some_and(|version| version >= crate::version::SafeVersion::V1_5_0);
+        match self.batch(path, &call.transactions, depth + 1, zero_is_safe) {
             Ok(calls) => Action::MultiSend { calls },
             Err(problem) => Action::Raw { selector, note: RawNote::MalformedBatch { problem } },
         }
@@ -286,7 +300,13 @@ impl Context {
 
     /// MultiSend's packed encoding (MultiSend.sol, `multiSend`): for each step, operation
     /// (1 byte), to (20 bytes), value (32 bytes), data length (32 bytes), data.
-    fn batch(&self, path: &str, packed: &[u8], depth: usize) -> Result<Vec<Call>, String> {
+    fn batch(
+        &self,
+        path: &str,
+        packed: &[u8],
+        depth: usize,
+        zero_is_safe: bool,
+    ) -> Result<Vec<Call>, String> {
         let mut calls = Vec::new();
         let mut rest = packed;
         while !rest.is_empty() {
@@ -294,7 +314,7 @@ impl Context {
             let (step, after) = split_step(rest).map_err(|e| format!("step {index}: {e}"))?;
             let prefix = if path.is_empty() { String::new() } else { format!("{path}.") };
             let step_path = format!("{prefix}batch[{index}]");
-            calls.push(self.call(step_path, step.0, step.1, step.2, step.3, depth));
+            calls.push(self.call(step_path, step.0, step.1, step.2, step.3, depth, zero_is_safe));
             rest = after;
         }
         if calls.is_empty() {

@@ -66,7 +66,9 @@ fn describe_into(
 
 /// One sentence for one call, without its batch steps.
 pub fn sentence(call: &Call, chain_id: u64, tokens: &TokenList) -> String {
-    let to = if call.target == call.to {
+    let to = if call.target == call.to && call.to.is_zero() {
+        format!("the zero address {} (value sent there is burned)", checksummed(&call.to))
+    } else if call.target == call.to {
         checksummed(&call.to)
     } else {
         format!(

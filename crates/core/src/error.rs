@@ -22,8 +22,12 @@ impl InputError {
 pub fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        if c.is_control() || bidi {
+        // Bidirectional marks and overrides, zero-width and other invisible format characters,
+        // and line or paragraph separators.
+        let invisible = matches!(c,
+            '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}' | '\u{feff}');
+        if c.is_control() || invisible {
             out.extend(c.escape_unicode());
         } else {
             out.push(c);

@@ -47,7 +47,7 @@ pub fn calldata(data: &[u8]) {
         refund_receiver: Default::default(),
         nonce: Default::default(),
     };
-    let call = crate::decode::decode_call(safe, &tx);
+    let call = crate::decode::decode_call(safe, 1, &tx);
     let _ = call.walk().len();
 }
 

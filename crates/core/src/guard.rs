@@ -62,6 +62,7 @@ pub enum Refusal {
     OpenIncidents { count: usize },
     NotAnOwner { signer: Address },
     NonCanonicalCall { place: String, function: &'static str },
+    ZeroAddressCall { place: String },
 }
 
 /// `ok` when nothing refuses, `refused` otherwise.
@@ -118,7 +119,7 @@ pub fn review_hashed(
     tokens: &TokenList,
     history: &History,
 ) -> Review {
-    let call = decode_call(vault.address, &request.tx);
+    let call = decode_call(vault.address, vault.chain_id, &request.tx);
     let mut review = Review {
         vault: vault.clone(),
         request,
@@ -220,6 +221,9 @@ impl Review {
             check_action(call, policy, safe, &mut refusals, &mut warnings);
             check_version(call, version, &mut refusals);
             note_tokens(call, tokens, chain_id, &mut warnings);
+            if call.target.is_zero() && (!call.value.is_zero() || !call.data.is_empty()) {
+                refusals.push(Refusal::ZeroAddressCall { place: place.clone() });
+            }
             if !call.value.is_zero() && !call.data.is_empty() && call.target != safe {
                 warnings.push(Warning::NativeValueWithCall { place, value: call.value });
             }
@@ -421,6 +425,7 @@ impl Refusal {
             Self::OpenIncidents { .. } => "open_incident",
             Self::NotAnOwner { .. } => "not_an_owner",
             Self::NonCanonicalCall { .. } => "non_canonical_call",
+            Self::ZeroAddressCall { .. } => "zero_address_call",
         }
     }
 }
@@ -536,6 +541,11 @@ impl fmt::Display for Refusal {
                 "{place} calls {function} with arguments that are not in canonical ABI form \
                  (extra bytes or dirty padding): the contract may read them differently from \
                  what is shown"
+            ),
+            Self::ZeroAddressCall { place } => write!(
+                f,
+                "{place} sends value or calldata to the zero address, where value is burned; \
+                 only MultiSend 1.5.0 and later redirect such steps to the Safe"
             ),
         }
     }

@@ -22,9 +22,10 @@ use serde_json::Value;
 
 use crate::address::{checksummed, parse_address};
 use crate::decode::AdminKind;
+use crate::version::SafeVersion;
 use crate::InputError;
 
-const OFFICIAL_CALL_ONLY: &str = include_str!("../data/multisend_call_only.json");
+const DEPLOYMENTS: &str = include_str!("../data/multisend_deployments.json");
 
 /// Policy files larger than this are refused.
 pub const MAX_POLICY_BYTES: usize = 256 * 1024;
@@ -162,37 +163,63 @@ fn parse_depth(value: &Value) -> Result<u64, InputError> {
 }
 
 #[derive(Deserialize)]
-struct OfficialFile {
-    deployments: Vec<OfficialEntry>,
+struct DeploymentsFile {
+    deployments: Vec<Deployment>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct OfficialEntry {
+struct Deployment {
+    contract: String,
+    version: String,
     chain_id: u64,
     addresses: Vec<Address>,
 }
 
-/// Whether `target` is an official MultiSendCallOnly deployment on `chain_id`, according to the
-/// extract of `@safe-global/safe-deployments` shipped in `data/`.
+/// (is MultiSendCallOnly, chain id) → deployed addresses with their Safe release.
+type DeploymentTable = BTreeMap<(bool, u64), Vec<(Address, SafeVersion)>>;
+
+/// The table from the shipped extract of `@safe-global/safe-deployments`.
+fn deployments() -> &'static DeploymentTable {
+    static TABLE: std::sync::OnceLock<DeploymentTable> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let file: DeploymentsFile =
+            serde_json::from_str(DEPLOYMENTS).unwrap_or(DeploymentsFile { deployments: vec![] });
+        let mut table = DeploymentTable::new();
+        for entry in file.deployments {
+            let Ok(version) = SafeVersion::parse("version", &entry.version) else {
+                continue;
+            };
+            let call_only = entry.contract == "MultiSendCallOnly";
+            let slot = table.entry((call_only, entry.chain_id)).or_default();
+            slot.extend(entry.addresses.into_iter().map(|a| (a, version)));
+        }
+        table
+    })
+}
+
+/// Whether `target` is an official MultiSendCallOnly deployment on `chain_id`.
 pub fn is_official(chain_id: u64, target: &Address) -> bool {
-    official_call_only(chain_id).contains(target)
+    deployments().get(&(true, chain_id)).is_some_and(|list| list.iter().any(|(a, _)| a == target))
 }
 
 /// The official MultiSendCallOnly deployments on `chain_id`.
 pub fn official_call_only(chain_id: u64) -> BTreeSet<Address> {
-    static TABLE: std::sync::OnceLock<BTreeMap<u64, BTreeSet<Address>>> =
-        std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let file: OfficialFile = serde_json::from_str(OFFICIAL_CALL_ONLY)
-            .unwrap_or(OfficialFile { deployments: vec![] });
-        let mut table: BTreeMap<u64, BTreeSet<Address>> = BTreeMap::new();
-        for entry in file.deployments {
-            table.entry(entry.chain_id).or_default().extend(entry.addresses);
-        }
-        table
-    });
-    table.get(&chain_id).cloned().unwrap_or_default()
+    deployments()
+        .get(&(true, chain_id))
+        .map(|list| list.iter().map(|(a, _)| *a).collect())
+        .unwrap_or_default()
+}
+
+/// The Safe release of an official MultiSend or MultiSendCallOnly deployment, if `target` is one.
+pub fn multisend_version(chain_id: u64, target: &Address) -> Option<SafeVersion> {
+    [true, false].into_iter().find_map(|call_only| {
+        deployments()
+            .get(&(call_only, chain_id))?
+            .iter()
+            .find(|(a, _)| a == target)
+            .map(|(_, v)| *v)
+    })
 }
 
 #[cfg(test)]
@@ -207,6 +234,20 @@ mod tests {
         assert!(is_official(1, &v130) && is_official(1, &v141) && is_official(42161, &v141));
         assert!(!is_official(1, &Address::ZERO));
         assert!(Policy::default().trusts_delegatecall(8453, &v141));
+        let multisend_130 = address!("A238CBeb142c10Ef7Ad8442C6D1f9E89e07e7761");
+        assert!(
+            !is_official(1, &multisend_130),
+            "MultiSend (not CallOnly) is not trusted by default"
+        );
+        assert_eq!(
+            multisend_version(1, &multisend_130).map(|v| v.to_string()),
+            Some("1.3.0".into())
+        );
+        let call_only_150 = address!("A83c336B20401Af773B6219BA5027174338D1836");
+        assert_eq!(
+            multisend_version(1, &call_only_150).map(|v| v.to_string()),
+            Some("1.5.0".into())
+        );
     }
 
     #[test]

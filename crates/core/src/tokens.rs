@@ -61,6 +61,10 @@ impl TokenList {
         let mut list = Self::default();
         for (index, entry) in file.tokens.into_iter().enumerate() {
             let token = entry.into_token(index)?;
+            if list.get(token.chain_id, &token.address).is_some() {
+                let problem = "this contract is listed twice";
+                return Err(InputError::new(format!("tokens[{index}].address"), problem));
+            }
             list.insert(token);
         }
         Ok(list)
@@ -88,9 +92,13 @@ impl TokenList {
                 }
                 continue;
             }
-            let taken = self.by_key.values().any(|t| {
-                t.chain_id == token.chain_id && t.symbol.eq_ignore_ascii_case(&token.symbol)
-            });
+            let looks = skeleton(&token.symbol);
+            let native = native_symbol(token.chain_id).is_some_and(|n| skeleton(n) == looks);
+            let taken = native
+                || self
+                    .by_key
+                    .values()
+                    .any(|t| t.chain_id == token.chain_id && skeleton(&t.symbol) == looks);
             if taken {
                 let problem = format!(
                     "symbol {} is already listed for another contract on chain {}",
@@ -146,6 +154,23 @@ impl TokenEntry {
             decimals,
         })
     }
+}
+
+/// A symbol reduced to what a reader tells apart at a glance: lower case, letters and digits
+/// only, with look-alikes folded (`I`, `l`, `1` → `l`; `O`, `0` → `o`; `S`, `5` → `s`; `B`, `8`
+/// → `b`), so `DAl`, `U5DC` or `USDC.` cannot pose as `DAI` or `USDC`.
+fn skeleton(symbol: &str) -> String {
+    symbol
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| match c.to_ascii_lowercase() {
+            'i' | '1' | '|' => 'l',
+            '0' => 'o',
+            '5' => 's',
+            '8' => 'b',
+            other => other,
+        })
+        .collect()
 }
 
 /// The native asset of a chain, for the chains Countersign names.

@@ -59,7 +59,12 @@ impl SoftwareSigner {
     pub fn from_keystore(path: &Path, password: &SecretString) -> Result<Self, KeyError> {
         let text = read_at_most(path, 64 * 1024 + 1)?;
         check_keystore_cost(&text)?;
-        let bytes = eth_keystore::decrypt_key(path, password.expose().as_bytes())
+        // Decrypt the very bytes that were checked, from a private copy, so a file swapped in
+        // between the check and the decryption is never read.
+        let copy = tempfile::tempdir().map_err(|e| KeyError::Keystore(e.to_string()))?;
+        let checked = copy.path().join("keystore.json");
+        std::fs::write(&checked, &text).map_err(|e| KeyError::Keystore(e.to_string()))?;
+        let bytes = eth_keystore::decrypt_key(&checked, password.expose().as_bytes())
             .map_err(|e| KeyError::Keystore(keystore_problem(&e)))?;
         Self::from_secret(&SecretBytes::new(bytes))
     }
@@ -108,27 +113,26 @@ pub fn check_keystore_cost(text: &[u8]) -> Result<(), KeyError> {
     };
     let params = &crypto["kdfparams"];
     let number = |name: &str| params.get(name).and_then(serde_json::Value::as_u64);
-    match crypto["kdf"].as_str() {
-        Some("scrypt") => {
-            let within = number("n").is_some_and(|n| n <= 1 << 20)
-                && number("r").is_some_and(|r| r <= 16)
-                && number("p").is_some_and(|p| p <= 16);
-            if within {
-                Ok(())
-            } else {
-                bad("scrypt parameters above n 2^20, r 16, p 16")
-            }
-        }
-        Some("pbkdf2") => {
-            let within = number("c").is_some_and(|c| c <= 10_000_000);
-            if within {
-                Ok(())
-            } else {
-                bad("pbkdf2 iteration count above 10,000,000")
-            }
-        }
-        _ => bad("kdf must be scrypt or pbkdf2"),
+    if !matches!(crypto["kdf"].as_str(), Some("scrypt" | "pbkdf2")) {
+        return bad("kdf must be scrypt or pbkdf2");
     }
+    // The decryptor picks the KDF from which parameters are present, not from "kdf", so every
+    // parameter present is bounded, whatever "kdf" says.
+    if params.get("dklen").is_some_and(|d| d.as_u64() != Some(32)) {
+        return bad("kdfparams.dklen must be 32");
+    }
+    if params.get("c").is_some() && !number("c").is_some_and(|c| (1..=10_000_000).contains(&c)) {
+        return bad("pbkdf2 iteration count must be 1 to 10,000,000");
+    }
+    for (name, max) in [("n", 1u64 << 20), ("r", 16), ("p", 16)] {
+        if params.get(name).is_some() && !number(name).is_some_and(|v| (1..=max).contains(&v)) {
+            return bad("scrypt parameters must be at most n 2^20, r 16, p 16");
+        }
+    }
+    if params.get("c").is_none() && params.get("n").is_none() {
+        return bad("kdfparams has neither scrypt (n, r, p) nor pbkdf2 (c) parameters");
+    }
+    Ok(())
 }
 
 fn read_at_most(path: &Path, limit: u64) -> Result<Vec<u8>, KeyError> {

@@ -143,6 +143,15 @@ fn fail_keystore_with_absurd_kdf_cost() {
     assert!(countersign_signers::software::check_keystore_cost(file).is_err());
     let file = br#"{"crypto":{"kdf":"argon9"}}"#;
     assert!(countersign_signers::software::check_keystore_cost(file).is_err());
+    // "kdf" says scrypt but the parameters are PBKDF2's: the decryptor would run PBKDF2.
+    let file =
+        br#"{"crypto":{"kdf":"scrypt","kdfparams":{"c":4294967295,"n":2,"r":1,"p":1,"dklen":32}}}"#;
+    assert!(countersign_signers::software::check_keystore_cost(file).is_err());
+    let file = br#"{"crypto":{"kdf":"scrypt","kdfparams":{"n":8192,"r":8,"p":1,"dklen":16}}}"#;
+    assert!(
+        countersign_signers::software::check_keystore_cost(file).is_err(),
+        "dklen 16 would panic the decryptor"
+    );
 }
 
 #[test]

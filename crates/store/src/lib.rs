@@ -173,7 +173,10 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tripwire::init_ledgers(&store.sealer, &mut tx).await?;
-        let body = serde_json::json!({ "protection": kind.name(), "storeId": store_id });
+        let policy_value: serde_json::Value = serde_json::from_str(&policy).unwrap_or_default();
+        let body = serde_json::json!({
+            "protection": kind.name(), "storeId": store_id, "policy": policy_value,
+        });
         store.audit_in(&mut tx, "store_created", &body).await?;
         tx.commit().await?;
         let Self { pool, sealer, store_id, protection, path } = store;
@@ -310,6 +313,28 @@ impl Store {
             }
             None => (0, [0u8; 32]),
         };
+        // The log must end where the sealed head says before it grows: otherwise the next
+        // entry would cover up entries removed or rewritten by hand.
+        let head = sqlx::query("SELECT value FROM meta WHERE name = 'audit_head'")
+            .fetch_optional(&mut **tx)
+            .await?;
+        match head {
+            Some(row) => {
+                let sealed = self.sealer.open(HEAD, &row.get::<Vec<u8>, _>("value"))?;
+                if sealed.expose() != format!("{prev_seq}:{}", hex::encode(prev_hash)).as_bytes() {
+                    let detail =
+                        "the audit log does not end at its sealed head: entries were removed or \
+                                  rewritten outside Countersign; nothing more is written";
+                    return Err(StoreError::Corrupt { detail: detail.into() });
+                }
+            }
+            None if prev_seq == 0 => {}
+            None => {
+                return Err(StoreError::Corrupt {
+                    detail: "the sealed audit head is missing".into(),
+                })
+            }
+        }
         let seq = prev_seq + 1;
         let at = now();
         let body = canonical_json(body);

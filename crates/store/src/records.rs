@@ -114,6 +114,12 @@ impl Store {
             return Err(StoreError::Duplicate { what: format!("key {}", checksummed(&address)) });
         }
         if let Some(label) = label {
+            let address_like = label.trim_start_matches("0x").len() == 40
+                && label.trim_start_matches("0x").bytes().all(|b| b.is_ascii_hexdigit());
+            if label.trim().is_empty() || address_like || label.chars().any(char::is_control) {
+                let problem = "a label is a visible name that is not itself an address";
+                return Err(InputError::new("label", problem).into());
+            }
             let taken = sqlx::query("SELECT 1 FROM keys WHERE label = ?")
                 .bind(label)
                 .fetch_optional(&mut *tx)
@@ -199,7 +205,8 @@ impl Store {
             .bind(sealed)
             .execute(&mut *tx)
             .await?;
-        self.audit_in(&mut tx, "vault_added", &body).await?;
+        let entry = serde_json::json!({ "vaultId": id, "record": body });
+        self.audit_in(&mut tx, "vault_added", &entry).await?;
         tx.commit().await?;
         tracing::info!(vault = %id, "vault pinned");
         Ok(())
@@ -231,7 +238,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let change = serde_json::json!({
-            "vault": id, "from": previous.map(|n| n.to_string()), "to": next.to_string()
+            "vaultId": id, "from": previous.map(|n| n.to_string()), "to": next.to_string(),
+            "record": body,
         });
         self.audit_in(&mut tx, "vault_next_nonce", &change).await?;
         tx.commit().await?;
@@ -247,7 +255,7 @@ impl Store {
         let row = row.ok_or_else(|| StoreError::NotFound {
             what: format!("vault {} on chain {chain_id}", checksummed(address)),
         })?;
-        self.open_vault(&id, &row.get::<Vec<u8>, _>("sealed_record"))
+        self.open_vault(&id, &row.get::<Vec<u8>, _>("sealed_record")).await
     }
 
     /// Every pinned vault, optionally only those at `address` (on any chain).
@@ -259,7 +267,8 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let record = self
-                .open_vault(&row.get::<String, _>("id"), &row.get::<Vec<u8>, _>("sealed_record"))?;
+                .open_vault(&row.get::<String, _>("id"), &row.get::<Vec<u8>, _>("sealed_record"))
+                .await?;
             if address.is_none_or(|a| *a == record.address) {
                 out.push(record);
             }
@@ -267,10 +276,17 @@ impl Store {
         Ok(out)
     }
 
-    fn open_vault(&self, id: &str, sealed: &[u8]) -> Result<VaultRecord, StoreError> {
+    async fn open_vault(&self, id: &str, sealed: &[u8]) -> Result<VaultRecord, StoreError> {
         let plain = self
             .sealer
             .open(Place { table: "vaults", column: "sealed_record", row: id }, sealed)?;
+        let logged =
+            self.last_logged("kind IN ('vault_added', 'vault_next_nonce')", Some(id)).await?;
+        self.matches_log(
+            plain.expose(),
+            logged.as_ref().map(|body| &body["record"]),
+            "a vault record",
+        )?;
         let row: VaultRow =
             serde_json::from_slice(plain.expose()).map_err(|_| corrupt("a vault record"))?;
         Ok(row.into_record()?)
@@ -290,7 +306,45 @@ impl Store {
             return Err(StoreError::Corrupt { detail: problem.into() });
         };
         let plain = self.sealer.open(POLICY, &row.get::<Vec<u8>, _>("sealed_body"))?;
+        let logged = self.last_logged("kind IN ('store_created', 'policy_set')", None).await?;
+        self.matches_log(
+            plain.expose(),
+            logged.as_ref().map(|body| &body["policy"]),
+            "the policy",
+        )?;
         Ok(Policy::from_json(plain.expose())?)
+    }
+
+    /// The body of the newest audit entry that matches `condition` (and names `vault_id`).
+    async fn last_logged(
+        &self,
+        condition: &str,
+        vault_id: Option<&str>,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let pattern =
+            vault_id.map(|id| format!("%\"vaultId\":\"{id}\"%")).unwrap_or_else(|| "%".into());
+        let query = format!(
+            "SELECT body FROM audit WHERE {condition} AND body LIKE ? ORDER BY seq DESC LIMIT 1"
+        );
+        let row = sqlx::query(&query).bind(pattern).fetch_optional(&self.pool).await?;
+        Ok(row.and_then(|row| serde_json::from_str(&row.get::<String, _>("body")).ok()))
+    }
+
+    /// A sealed record must equal what the audit log last recorded for it: putting an older
+    /// sealed value back into its row is then found, unless the log is rolled back too, which
+    /// the sealed audit head catches at the next write.
+    fn matches_log(
+        &self,
+        plain: &[u8],
+        logged: Option<&serde_json::Value>,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        let stored: serde_json::Value = serde_json::from_slice(plain).map_err(|_| corrupt(what))?;
+        if logged != Some(&stored) {
+            let detail = format!("{what} differs from its last change in the audit log; it was replaced outside Countersign");
+            return Err(StoreError::Corrupt { detail });
+        }
+        Ok(())
     }
 
     pub async fn set_policy(&self, policy: &Policy) -> Result<(), StoreError> {
@@ -306,7 +360,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        self.audit_in(&mut tx, "policy_set", &body).await?;
+        self.audit_in(&mut tx, "policy_set", &serde_json::json!({ "policy": body })).await?;
         tx.commit().await?;
         tracing::info!("policy replaced");
         Ok(())

@@ -71,18 +71,58 @@ impl Ledger {
         Place { table: "meta", column: "value", row: self.meta_name() }
     }
 
+    /// Every row's immutable columns, in insertion order, with their storage types.
     fn rows_query(self) -> &'static str {
         match self {
             Self::Signatures => {
-                "SELECT vault_id || '/' || nonce || '/' || safe_tx_hash || '/' || signer || '/' || \
-                 signed_at AS k FROM signatures ORDER BY rowid"
+                "SELECT vault_id AS a, nonce AS b, safe_tx_hash AS c, signer AS d, signed_at AS e, \
+                 typeof(vault_id) || typeof(nonce) || typeof(safe_tx_hash) || typeof(signer) || \
+                 typeof(signed_at) AS types FROM signatures ORDER BY rowid"
             }
             Self::Incidents => {
-                "SELECT id || '/' || vault_id || '/' || kind || '/' || opened_at AS k FROM incidents \
-                 ORDER BY rowid"
+                "SELECT id AS a, vault_id AS b, kind AS c, '' AS d, opened_at AS e, \
+                 typeof(id) || typeof(vault_id) || typeof(kind) || 'text' || typeof(opened_at) AS types \
+                 FROM incidents ORDER BY rowid"
             }
         }
     }
+}
+
+/// One ledger row, read with its columns' types checked: the text the ledger hashes is the
+/// text the tripwire filters on, so a value stored under another type cannot match one and
+/// not the other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LedgerRow {
+    columns: [String; 4],
+    at: i64,
+}
+
+impl LedgerRow {
+    fn key(&self) -> String {
+        let [a, b, c, d] = &self.columns;
+        format!("{a}/{b}/{c}/{d}/{}", self.at)
+    }
+}
+
+async fn ledger_rows(
+    conn: &mut SqliteConnection,
+    ledger: Ledger,
+) -> Result<Vec<LedgerRow>, StoreError> {
+    let rows = sqlx::query(ledger.rows_query()).fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|row| {
+            let types: String = row.try_get("types").unwrap_or_default();
+            if types != "texttexttexttextinteger" {
+                return Err(tampered("records"));
+            }
+            let column =
+                |name: &str| row.try_get::<String, _>(name).map_err(|_| tampered("records"));
+            Ok(LedgerRow {
+                columns: [column("a")?, column("b")?, column("c")?, column("d")?],
+                at: row.try_get("e").map_err(|_| tampered("records"))?,
+            })
+        })
+        .collect()
 }
 
 fn extend(head: [u8; 32], key: &str) -> [u8; 32] {
@@ -134,7 +174,7 @@ async fn verified_ledger(
     sealer: &Sealer,
     conn: &mut SqliteConnection,
     ledger: Ledger,
-) -> Result<(u64, [u8; 32]), StoreError> {
+) -> Result<Vec<LedgerRow>, StoreError> {
     let what = match ledger {
         Ledger::Signatures => "signature records",
         Ledger::Incidents => "incident records",
@@ -147,15 +187,15 @@ async fn verified_ledger(
     let plain = sealer.open(ledger.place(), &sealed.get::<Vec<u8>, _>("value"))?;
     let text = String::from_utf8_lossy(plain.expose()).into_owned();
 
-    let rows = sqlx::query(ledger.rows_query()).fetch_all(&mut *conn).await?;
+    let rows = ledger_rows(conn, ledger).await?;
     let mut head = [0u8; 32];
     for row in &rows {
-        head = extend(head, &row.get::<String, _>("k"));
+        head = extend(head, &row.key());
     }
     if text != format!("{}:{}", rows.len(), hex::encode(head)) {
         return Err(tampered(what));
     }
-    Ok((rows.len() as u64, head))
+    Ok(rows)
 }
 
 impl Store {
@@ -248,7 +288,7 @@ impl Store {
             .bind(sealed)
             .execute(&mut *tx)
             .await?;
-        let key = format!("{id}/{vault}/{kind}/{opened_at}");
+        let key = format!("{id}/{vault}/{kind}//{opened_at}");
         let (count, head) =
             verified_ledger_after_insert(&self.sealer, &mut tx, Ledger::Incidents, &key).await?;
         write_ledger(&self.sealer, &mut tx, Ledger::Incidents, count, head).await?;
@@ -307,8 +347,8 @@ async fn verified_ledger_after_insert(
     new_key: &str,
 ) -> Result<(u64, [u8; 32]), StoreError> {
     // Recompute over every row but the newest, which must be the one just inserted.
-    let rows = sqlx::query(ledger.rows_query()).fetch_all(&mut *conn).await?;
-    let keys: Vec<String> = rows.iter().map(|r| r.get::<String, _>("k")).collect();
+    let rows = ledger_rows(conn, ledger).await?;
+    let keys: Vec<String> = rows.iter().map(LedgerRow::key).collect();
     if keys.last().map(String::as_str) != Some(new_key) {
         return Err(tampered("records"));
     }
@@ -336,22 +376,25 @@ async fn history_in(
     vault: &VaultRecord,
     nonce: U256,
 ) -> Result<History, StoreError> {
-    verified_ledger(sealer, conn, Ledger::Signatures).await?;
+    let rows = verified_ledger(sealer, conn, Ledger::Signatures).await?;
     let id = vault_id(vault.chain_id, &vault.address);
-    let rows = sqlx::query(
-        "SELECT safe_tx_hash, signer, sealed_detail FROM signatures WHERE vault_id = ? AND nonce = ?",
-    )
-    .bind(&id)
-    .bind(nonce.to_string())
-    .fetch_all(&mut *conn)
-    .await?;
+    let nonce_text = nonce.to_string();
     let mut signed_for_nonce = Vec::new();
-    for row in rows {
-        let hash: String = row.get("safe_tx_hash");
-        let signer: String = row.get("signer");
-        let key = format!("{id}/{nonce}/{hash}/{signer}");
+    for row in rows.iter().filter(|r| r.columns[0] == id && r.columns[1] == nonce_text) {
+        let [_, _, hash, signer] = &row.columns;
+        let detail = sqlx::query(
+            "SELECT sealed_detail FROM signatures WHERE vault_id = ? AND nonce = ? AND safe_tx_hash = ? AND signer = ?",
+        )
+        .bind(&id)
+        .bind(&nonce_text)
+        .bind(hash)
+        .bind(signer)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| tampered("signature records"))?;
+        let key = format!("{id}/{nonce_text}/{hash}/{signer}");
         let place = Place { table: "signatures", column: "sealed_detail", row: &key };
-        sealer.open(place, &row.get::<Vec<u8>, _>("sealed_detail"))?;
+        sealer.open(place, &detail.get::<Vec<u8>, _>("sealed_detail"))?;
         let hash: B256 = hash.parse().map_err(|_| tampered("signature records"))?;
         if !signed_for_nonce.contains(&hash) {
             signed_for_nonce.push(hash);
@@ -360,7 +403,7 @@ async fn history_in(
     let open_incidents = incidents_in(sealer, conn)
         .await?
         .iter()
-        .filter(|i| i.vault_id == id && i.note.is_none())
+        .filter(|incident| incident.vault_id == id && incident.note.is_none())
         .count();
     Ok(History { signed_for_nonce, open_incidents })
 }
@@ -369,13 +412,23 @@ async fn incidents_in(
     sealer: &Sealer,
     conn: &mut SqliteConnection,
 ) -> Result<Vec<Incident>, StoreError> {
-    verified_ledger(sealer, conn, Ledger::Incidents).await?;
-    let rows = sqlx::query(
-        "SELECT id, vault_id, kind, opened_at, sealed_detail, cleared_at, sealed_note FROM incidents ORDER BY opened_at, id",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(|row| open_incident_row(sealer, row)).collect()
+    let rows = verified_ledger(sealer, conn, Ledger::Incidents).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for ledger_row in &rows {
+        let [id, vault_id, kind, _] = &ledger_row.columns;
+        let row = sqlx::query("SELECT id, vault_id, kind, opened_at, sealed_detail, cleared_at, sealed_note FROM incidents WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| tampered("incident records"))?;
+        let incident = open_incident_row(sealer, &row)?;
+        if &incident.vault_id != vault_id || &incident.kind != kind {
+            return Err(tampered("incident records"));
+        }
+        out.push(incident);
+    }
+    out.sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));
+    Ok(out)
 }
 
 fn open_incident_row(

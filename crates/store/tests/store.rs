@@ -352,3 +352,56 @@ async fn fail_incomplete_store_file_is_refused_and_left_alone() {
     assert!(matches!(opened, Err(StoreError::Corrupt { .. })));
     assert_eq!(std::fs::metadata(dir.path().join(DB_FILE)).unwrap().len(), 0, "nothing written");
 }
+
+#[tokio::test]
+async fn fail_a_signature_row_stored_under_another_type_is_found() {
+    let (dir, store) = signed_store().await;
+    let mut db = raw(dir.path()).await;
+    for statement in [
+        "PRAGMA foreign_keys = OFF",
+        "CREATE TABLE s2 (vault_id TEXT NOT NULL, nonce TEXT NOT NULL, safe_tx_hash TEXT NOT NULL, \
+         signer TEXT NOT NULL, signed_at INTEGER NOT NULL, sealed_detail BLOB NOT NULL, \
+         PRIMARY KEY (vault_id, nonce, safe_tx_hash, signer))",
+        "INSERT INTO s2 (rowid, vault_id, nonce, safe_tx_hash, signer, signed_at, sealed_detail) \
+         SELECT rowid, vault_id, CAST(nonce AS BLOB), safe_tx_hash, signer, signed_at, sealed_detail FROM signatures",
+        "DROP TABLE signatures",
+        "ALTER TABLE s2 RENAME TO signatures",
+    ] {
+        sqlx::query(statement).execute(&mut db).await.unwrap();
+    }
+    assert!(
+        store.history(&vault(), U256::from(5)).await.is_err(),
+        "a BLOB nonce must not hide the row"
+    );
+}
+
+#[tokio::test]
+async fn fail_an_older_sealed_policy_put_back_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
+    let loose = Policy { allow_gas_refunds: true, ..Policy::default() };
+    store.set_policy(&loose).await.unwrap();
+    let mut db = raw(dir.path()).await;
+    let old: Vec<u8> = sqlx::Row::get(
+        &sqlx::query("SELECT sealed_body FROM policy").fetch_one(&mut db).await.unwrap(),
+        "sealed_body",
+    );
+    store.set_policy(&Policy::default()).await.unwrap();
+    sqlx::query("UPDATE policy SET sealed_body = ?").bind(old).execute(&mut db).await.unwrap();
+    assert!(store.policy().await.is_err(), "the log says the strict policy is the last one set");
+}
+
+#[tokio::test]
+async fn fail_writing_after_the_log_was_cut_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
+    for n in 0..3 {
+        store.audit("note", &serde_json::json!({ "n": n })).await.unwrap();
+    }
+    let mut db = raw(dir.path()).await;
+    sqlx::query("DELETE FROM audit WHERE seq = 4").execute(&mut db).await.unwrap();
+    assert!(
+        store.audit("note", &serde_json::json!({})).await.is_err(),
+        "a new entry must not paper over the cut"
+    );
+}
