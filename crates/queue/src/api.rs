@@ -64,15 +64,24 @@ pub struct ApiState {
     pub rules: Arc<QueueRules>,
     pub limit: RateLimit,
     buckets: Arc<Buckets>,
+    /// Requests answered with 429, for operators and tests.
+    pub rate_limited: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ApiState {
     pub fn new(db: Db, rules: QueueRules, limit: RateLimit) -> Self {
-        Self { db, rules: Arc::new(rules), limit, buckets: Arc::default() }
+        Self {
+            db,
+            rules: Arc::new(rules),
+            limit,
+            buckets: Arc::default(),
+            rate_limited: Arc::default(),
+        }
     }
 
     fn limit(&self, key_hash: &str) -> Result<(), ApiError> {
         self.buckets.take(key_hash, self.limit).map_err(|seconds| {
+            self.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut error = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",

@@ -758,6 +758,18 @@ pub async fn approve(
     let signature = parse_signature(&signature_text)?;
 
     let mut tx = store.begin().await?;
+    // A retry of an approval already recorded answers as the first did, even once the
+    // request has moved on (the first answer may have been lost on the way back).
+    let repeat =
+        sqlx::query("SELECT owner FROM approvals WHERE request_id = $1 AND signature = $2")
+            .bind(id.to_owned())
+            .bind(signature.to_hex())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+    if repeat.is_some() {
+        return request_view_in(&mut tx, id).await;
+    }
     let row = open_request(&mut tx, id).await?;
     let safe_tx_hash = B256::from_str(&text(&row, "safe_tx_hash")).unwrap_or_default();
     if claimed != safe_tx_hash {
@@ -793,11 +805,8 @@ pub async fn approve(
             ),
         ));
     };
-    if Some(owner) != caller.address {
-        return Err(ApiError::forbidden(
-            "signature: approvals are submitted by the owner who signed them",
-        ));
-    }
+    // The signature proves the owner's consent, so an approver may relay another approver's
+    // signature; the approval is recorded under the member whose address signed it.
     if text(&row, "initiator_address") == checksummed(&owner) {
         return Err(ApiError::unprocessable(
             "self_approval",

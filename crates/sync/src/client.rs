@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use serde_json::{json, Value};
+
 use crate::pin::{client_config, Pins};
 
 /// Why talking to the queue failed.
@@ -9,8 +11,8 @@ use crate::pin::{client_config, Pins};
 pub enum ClientError {
     #[error("the queue's TLS key matches no pin, or the connection failed: {0}")]
     Connect(String),
-    #[error("the queue answered {status}: {message}")]
-    Status { status: u16, message: String },
+    #[error("the queue answered {status} {code}: {message}")]
+    Status { status: u16, code: String, message: String },
     #[error("the queue's answer could not be read: {0}")]
     Body(String),
     #[error("client setup: {0}")]
@@ -37,20 +39,107 @@ impl QueueClient {
         Ok(Self { base: base_url.trim_end_matches('/').to_owned(), http })
     }
 
-    /// `GET /v1/health`.
-    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
-        let response = self
-            .http
-            .get(format!("{}/v1/health", self.base))
-            .send()
-            .await
-            .map_err(|e| ClientError::Connect(error_chain(&e)))?;
-        let status = response.status();
-        if !status.is_success() {
-            let message = response.text().await.unwrap_or_default();
-            return Err(ClientError::Status { status: status.as_u16(), message });
+    /// `GET /v1/health`, without a session: the onboarding connection test.
+    pub async fn health(&self) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::GET, "/v1/health", None, None).await
+    }
+
+    /// `POST /v1/session`: a short-lived session for an API key.
+    pub async fn session(&self, api_key: &str) -> Result<Session, ClientError> {
+        let body = json!({ "apiKey": api_key });
+        let reply = self.send(reqwest::Method::POST, "/v1/session", None, Some(&body)).await?;
+        let token = reply["token"].as_str().unwrap_or_default().to_owned();
+        Ok(Session { client: self.clone(), token, member: reply["member"].clone() })
+    }
+
+    /// Sends one request, retrying on 429 (after its Retry-After) and on 5xx and transient
+    /// connection failures (exponential backoff with jitter from 200 ms, at most [`RETRIES`]
+    /// attempts). A pin mismatch is never retried.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut request = self.http.request(method.clone(), format!("{}{path}", self.base));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let wait = match request.send().await {
+                Ok(response) if attempt < RETRIES && response.status().as_u16() == 429 => {
+                    retry_after(&response).unwrap_or_else(|| backoff(attempt))
+                }
+                Ok(response) if attempt < RETRIES && response.status().is_server_error() => {
+                    backoff(attempt)
+                }
+                Ok(response) => return read_reply(response).await,
+                Err(error) if attempt < RETRIES && is_transient(&error) => backoff(attempt),
+                Err(error) => return Err(ClientError::Connect(error_chain(&error))),
+            };
+            tracing::warn!(path, attempt, wait_ms = wait.as_millis() as u64, "retrying the queue");
+            tokio::time::sleep(wait).await;
         }
-        response.json().await.map_err(|e| ClientError::Body(e.to_string()))
+    }
+}
+
+/// Attempts per request, the first included.
+pub const RETRIES: u32 = 5;
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 200u64 << attempt.saturating_sub(1).min(6);
+    let jitter = rand::random::<u64>() % (base / 2 + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let header = response.headers().get(reqwest::header::RETRY_AFTER)?;
+    let seconds: u64 = header.to_str().ok()?.parse().ok()?;
+    Some(Duration::from_secs(seconds.min(30)))
+}
+
+/// Connection refused or reset, or a timeout, may pass; a TLS failure (a wrong pin) will not.
+fn is_transient(error: &reqwest::Error) -> bool {
+    let text = error_chain(error);
+    (error.is_connect() || error.is_timeout())
+        && !(text.contains("certificate") || text.contains("pin") || text.contains("TLS"))
+}
+
+async fn read_reply(response: reqwest::Response) -> Result<Value, ClientError> {
+    let status = response.status();
+    let body: Value = response.json().await.map_err(|e| ClientError::Body(e.to_string()))?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    Err(ClientError::Status {
+        status: status.as_u16(),
+        code: body["code"].as_str().unwrap_or("unknown").to_owned(),
+        message: body["message"].as_str().unwrap_or_default().to_owned(),
+    })
+}
+
+/// An authenticated session on one queue.
+#[derive(Debug, Clone)]
+pub struct Session {
+    client: QueueClient,
+    token: String,
+    /// The member the queue says this session belongs to.
+    pub member: Value,
+}
+
+impl Session {
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.client.send(reqwest::Method::GET, path, Some(&self.token), None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.client.send(reqwest::Method::POST, path, Some(&self.token), Some(body)).await
     }
 }
 

@@ -1,0 +1,438 @@
+//! The queue end to end over TLS on loopback: a 2-of-4 vault, an initiator, approvers, every
+//! refusal with its own code, the threshold, rejection, execution, cursors, the audit chain
+//! and the per-key rate limit. Runs against SQLite, and against PostgreSQL when
+//! COUNTERSIGN_TEST_POSTGRES_URL names a server (the README's test command starts one).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
+use std::sync::atomic::Ordering;
+
+use alloy_primitives::{address, Address, B256};
+use countersign_core::intent::intent_digest;
+use countersign_core::request::SafeTxRequest;
+use countersign_core::secret::SecretString;
+use countersign_core::signature::OwnerSignature;
+use countersign_core::signer::Signer;
+use countersign_core::vault::VaultRecord;
+use countersign_core::version::SafeVersion;
+use countersign_queue::api::{ApiState, RateLimit};
+use countersign_queue::db::Db;
+use countersign_queue::model::{self, QueueRules};
+use countersign_queue::server;
+use countersign_queue::tls::Identity;
+use countersign_signers::software::SoftwareSigner;
+use countersign_sync::client::{ClientError, QueueClient, Session};
+use countersign_sync::pin::Pins;
+use serde_json::{json, Value};
+
+const SAFE: Address = address!("111CEEee040739fD91D29C34C33E6B3E112F2177");
+
+fn key(byte: u8) -> SoftwareSigner {
+    SoftwareSigner::from_hex(&SecretString::new(hex_of(byte))).unwrap()
+}
+
+fn hex_of(byte: u8) -> String {
+    format!("{byte:02x}").repeat(32)
+}
+
+struct Queue {
+    running: server::Running,
+    api: ApiState,
+    admin_key: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The databases to run against: SQLite always, PostgreSQL when configured.
+async fn databases() -> Vec<(String, Db, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut out = vec![("sqlite".to_owned(), Db::sqlite_in(dir.path()).await.unwrap(), dir)];
+    match std::env::var("COUNTERSIGN_TEST_POSTGRES_URL") {
+        Ok(url) => {
+            sqlx::any::install_default_drivers();
+            let admin = sqlx::AnyPool::connect(&url).await.unwrap();
+            let name = format!("cs_{}", hex::encode(rand_bytes()));
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+            let (base, _) = url.rsplit_once('/').unwrap();
+            let db = Db::connect(&format!("{base}/{name}")).await.unwrap();
+            out.push(("postgres".to_owned(), db, tempfile::tempdir().unwrap()));
+        }
+        Err(_) if std::env::var("COUNTERSIGN_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+            panic!("COUNTERSIGN_REQUIRE_POSTGRES=1 but COUNTERSIGN_TEST_POSTGRES_URL is not set");
+        }
+        Err(_) => eprintln!("PostgreSQL suite skipped: COUNTERSIGN_TEST_POSTGRES_URL is not set"),
+    }
+    out
+}
+
+fn rand_bytes() -> [u8; 8] {
+    rand::random()
+}
+
+async fn start(db: Db, dir: tempfile::TempDir, limit: RateLimit) -> Queue {
+    let rules = QueueRules {
+        policy: countersign_core::policy::Policy::default(),
+        tokens: countersign_core::tokens::TokenList::shipped().unwrap(),
+    };
+    let admin_key = model::bootstrap(&db).await.unwrap().unwrap();
+    let api = ApiState::new(db, rules, limit);
+    let identity = Identity::ephemeral().unwrap();
+    let running =
+        server::start("127.0.0.1:0".parse().unwrap(), &identity, api.clone()).await.unwrap();
+    Queue { running, api, admin_key, _dir: dir }
+}
+
+impl Queue {
+    fn client(&self) -> QueueClient {
+        QueueClient::new(&self.running.url(), Pins::parse(&[&self.running.pin]).unwrap()).unwrap()
+    }
+
+    async fn session(&self, api_key: &str) -> Session {
+        self.client().session(api_key).await.unwrap()
+    }
+
+    /// Adds a member and returns a session for it.
+    async fn member(
+        &self,
+        admin: &Session,
+        id: &str,
+        role: &str,
+        address: Option<Address>,
+    ) -> Session {
+        let body = json!({ "id": id, "name": id, "role": role, "address": address.map(|a| a.to_checksum(None)) });
+        admin.post("/v1/members", &body).await.unwrap();
+        let key = admin.post(&format!("/v1/members/{id}/api-keys"), &json!({})).await.unwrap();
+        self.session(key["apiKey"].as_str().unwrap()).await
+    }
+}
+
+fn code(result: Result<Value, ClientError>) -> String {
+    match result {
+        Err(ClientError::Status { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn transaction(file: &str) -> Value {
+    let path = format!("{}/../../tests/cases/{file}/request.json", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn safe_tx_hash(tx: &Value) -> B256 {
+    let request = SafeTxRequest::from_json(tx.to_string().as_bytes()).unwrap();
+    VaultRecord::new(1, SAFE, SafeVersion::V1_3_0).domain().hashes(&request.tx).safe_tx
+}
+
+fn submission(id: &str, tx: &Value, signer: &SoftwareSigner, created_at: u64) -> Value {
+    let digest = intent_digest(1, id, SAFE, safe_tx_hash(tx), created_at);
+    let signature = signer.sign_digest(&digest).unwrap();
+    json!({ "id": id, "chainId": 1, "transaction": tx, "createdAt": created_at,
+            "initiatorSignature": signature.to_hex() })
+}
+
+fn approval(hash: B256, signer: &SoftwareSigner) -> Value {
+    json!({ "safeTxHash": hash.to_string(), "signature": signer.sign_digest(&hash).unwrap().to_hex() })
+}
+
+/// The same signature with s replaced by n − s and v flipped: valid, but high-s.
+fn high_s(signature: &OwnerSignature) -> String {
+    use k256::elliptic_curve::ops::Neg;
+    let bytes = signature.as_bytes();
+    let parsed = k256::ecdsa::Signature::from_slice(&bytes[..64]).unwrap();
+    let (r, s) = parsed.split_scalars();
+    let flipped =
+        k256::ecdsa::Signature::from_scalars(r.to_bytes(), (*s).neg().to_bytes()).unwrap();
+    let mut out = flipped.to_bytes().to_vec();
+    out.push(if bytes[64] == 27 { 28 } else { 27 });
+    format!("0x{}", hex::encode(out))
+}
+
+/// Another valid low-s signature by the same key over `hash`, with a random nonce.
+fn second_signature(byte: u8, hash: &B256, address: Address) -> OwnerSignature {
+    use k256::ecdsa::signature::hazmat::RandomizedPrehashSigner;
+    let signing = k256::ecdsa::SigningKey::from_slice(&hex::decode(hex_of(byte)).unwrap()).unwrap();
+    let signature: k256::ecdsa::Signature =
+        signing.sign_prehash_with_rng(&mut rand::rngs::OsRng, hash.as_slice()).unwrap();
+    let signature = signature.normalize_s().unwrap_or(signature);
+    let (r, s) = (signature.r().to_bytes(), signature.s().to_bytes());
+    (0..2)
+        .filter_map(|id| OwnerSignature::from_parts(r.into(), s.into(), id).ok())
+        .find(|candidate| candidate.recover(hash).ok() == Some(address))
+        .unwrap()
+}
+
+/// A low-s signature whose r is no point's x coordinate, so nothing recovers from it.
+fn unrecoverable(hash: &B256) -> String {
+    for r in 1u8..=255 {
+        let mut bytes = [0u8; 65];
+        bytes[31] = r;
+        bytes[63] = 1;
+        bytes[64] = 27;
+        if let Ok(signature) = OwnerSignature::from_bytes(&bytes) {
+            if signature.recover(hash).is_err() {
+                return signature.to_hex();
+            }
+        }
+    }
+    panic!("no unrecoverable r below 256");
+}
+
+#[tokio::test]
+async fn two_of_four_vault_from_submission_to_execution() {
+    for (backend, db, dir) in databases().await {
+        flow(&backend, start(db, dir, RateLimit::default()).await).await;
+    }
+}
+
+async fn flow(backend: &str, queue: Queue) {
+    let (initiator, alice, bob, other_owner, carol) =
+        (key(0x11), key(0x22), key(0x33), key(0x44), key(0x55));
+    let admin = queue.session(&queue.admin_key).await;
+    let owners: Vec<String> = [&alice, &bob, &initiator, &other_owner]
+        .iter()
+        .map(|k| k.address().to_checksum(None))
+        .collect();
+    admin
+        .post(
+            "/v1/vaults",
+            &json!({ "chainId": 1, "address": SAFE.to_checksum(None), "safeVersion": "1.3.0",
+                                     "owners": owners, "threshold": 2, "nextNonce": "5" }),
+        )
+        .await
+        .unwrap();
+    let init = queue.member(&admin, "init", "initiator", Some(initiator.address())).await;
+    let alice_s = queue.member(&admin, "alice", "approver", Some(alice.address())).await;
+    let bob_s = queue.member(&admin, "bob", "approver", Some(bob.address())).await;
+    queue.member(&admin, "ivan", "approver", Some(initiator.address())).await;
+    queue.member(&admin, "carol", "approver", Some(carol.address())).await;
+    let viewer = queue.member(&admin, "vic", "viewer", None).await;
+
+    // Submission and its refusals.
+    let tx = transaction("ok_usdc_transfer");
+    let hash = safe_tx_hash(&tx);
+    let created = now();
+    assert_eq!(
+        code(alice_s.post("/v1/requests", &submission("r1", &tx, &alice, created)).await),
+        "forbidden"
+    );
+    assert_eq!(
+        code(init.post("/v1/requests", &submission("r1", &tx, &alice, created)).await),
+        "bad_intent_signature"
+    );
+    assert_eq!(
+        code(init.post("/v1/requests", &submission("r1", &tx, &initiator, created - 3600)).await),
+        "stale_request"
+    );
+    let mut wrong_claim = tx.clone();
+    wrong_claim["safeTxHash"] = json!(B256::repeat_byte(9).to_string());
+    assert_eq!(
+        code(init.post("/v1/requests", &submission("r0", &wrong_claim, &initiator, created)).await),
+        "hash_mismatch"
+    );
+    let refused = transaction("fail_delegatecall_untrusted");
+    assert_eq!(
+        code(init.post("/v1/requests", &submission("r0", &refused, &initiator, created)).await),
+        "guard_refused"
+    );
+    let mut other_vault = tx.clone();
+    other_vault["safe"] = json!("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed");
+    assert_eq!(
+        code(init.post("/v1/requests", &submission("r0", &other_vault, &initiator, created)).await),
+        "unknown_vault"
+    );
+    let mut bad_field = submission("r0", &tx, &initiator, created);
+    bad_field["transaction"]["value"] = json!(true);
+    let bad = init.post("/v1/requests", &bad_field).await;
+    assert!(
+        matches!(&bad, Err(ClientError::Status { status: 400, message, .. }) if message.contains("value")),
+        "{bad:?}"
+    );
+
+    let submitted =
+        init.post("/v1/requests", &submission("r1", &tx, &initiator, created)).await.unwrap();
+    assert_eq!(submitted["state"], "pending", "{backend}");
+    assert_eq!(submitted["safeTxHash"], hash.to_string());
+    assert_eq!(
+        code(init.post("/v1/requests", &submission("r1", &tx, &initiator, created)).await),
+        "duplicate_request"
+    );
+
+    // Approvals and their refusals.
+    let path = "/v1/requests/r1/approvals";
+    let first = approval(hash, &alice);
+    assert_eq!(alice_s.post(path, &first).await.unwrap()["approvals"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        alice_s.post(path, &first).await.unwrap()["approvals"].as_array().unwrap().len(),
+        1,
+        "a retry is idempotent"
+    );
+    let other_k = second_signature(0x22, &hash, alice.address());
+    assert_eq!(
+        code(
+            alice_s
+                .post(
+                    path,
+                    &json!({ "safeTxHash": hash.to_string(), "signature": other_k.to_hex() })
+                )
+                .await
+        ),
+        "duplicate_approval"
+    );
+    assert_eq!(
+        code(bob_s.post(path, &approval(B256::repeat_byte(1), &bob)).await),
+        "hash_mismatch"
+    );
+    assert_eq!(
+        code(
+            bob_s
+                .post(
+                    path,
+                    &json!({ "safeTxHash": hash.to_string(), "signature": unrecoverable(&hash) })
+                )
+                .await
+        ),
+        "bad_signature"
+    );
+    assert_eq!(code(bob_s.post(path, &approval(hash, &carol)).await), "not_an_owner");
+    assert_eq!(code(bob_s.post(path, &approval(hash, &other_owner)).await), "not_an_approver");
+    assert_eq!(code(bob_s.post(path, &approval(hash, &initiator)).await), "self_approval");
+    let bob_sig = bob.sign_digest(&hash).unwrap();
+    assert_eq!(
+        code(
+            bob_s
+                .post(
+                    path,
+                    &json!({ "safeTxHash": hash.to_string(), "signature": high_s(&bob_sig) })
+                )
+                .await
+        ),
+        "high_s_signature"
+    );
+    assert_eq!(
+        code(
+            bob_s
+                .post(path, &json!({ "safeTxHash": hash.to_string(), "signature": "0x1234" }))
+                .await
+        ),
+        "malformed_signature"
+    );
+    assert_eq!(code(viewer.post(path, &approval(hash, &bob)).await), "forbidden");
+
+    // The threshold: signatures in ascending owner order, each recovering to its owner.
+    let approved = bob_s.post(path, &approval(hash, &bob)).await.unwrap();
+    assert_eq!(approved["state"], "approved", "{backend}");
+    let joined =
+        hex::decode(approved["signatures"].as_str().unwrap().trim_start_matches("0x")).unwrap();
+    assert_eq!(joined.len(), 130);
+    let signers: Vec<Address> = joined
+        .chunks(65)
+        .map(|c| OwnerSignature::from_bytes(c).unwrap().recover(&hash).unwrap())
+        .collect();
+    let mut expected = vec![alice.address(), bob.address()];
+    expected.sort();
+    assert_eq!(signers, expected);
+    assert_eq!(
+        bob_s.post(path, &approval(hash, &bob)).await.unwrap()["state"],
+        "approved",
+        "a retry after the threshold"
+    );
+    assert_eq!(code(alice_s.post(path, &approval(hash, &initiator)).await), "request_closed");
+
+    // Execution, then a rejection of a second request.
+    let executed = init
+        .post(
+            "/v1/requests/r1/execution",
+            &json!({ "transactionHash": B256::repeat_byte(7).to_string() }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(executed["state"], "executed");
+    let tx2 = transaction("ok_native_transfer");
+    init.post("/v1/requests", &submission("r2", &tx2, &initiator, now())).await.unwrap();
+    assert_eq!(
+        code(bob_s.post("/v1/requests/r2/rejections", &json!({ "reason": " " })).await),
+        "invalid_field"
+    );
+    let rejected = bob_s
+        .post("/v1/requests/r2/rejections", &json!({ "reason": "not on the payroll" }))
+        .await
+        .unwrap();
+    assert_eq!(rejected["state"], "rejected");
+    assert_eq!(
+        code(
+            alice_s.post("/v1/requests/r2/approvals", &approval(safe_tx_hash(&tx2), &alice)).await
+        ),
+        "request_closed"
+    );
+
+    // Listing by cursor sees each change once.
+    let all = viewer.get("/v1/requests?after=0").await.unwrap();
+    assert_eq!(all["requests"].as_array().unwrap().len(), 2);
+    let cursor = all["cursor"].as_i64().unwrap();
+    assert!(viewer.get(&format!("/v1/requests?after={cursor}")).await.unwrap()["requests"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let pending = viewer.get("/v1/requests?state=pending").await.unwrap();
+    assert!(pending["requests"].as_array().unwrap().is_empty());
+    assert_eq!(code(viewer.get("/v1/requests?state=bogus").await), "invalid_field");
+
+    // The audit chain holds, and a changed entry is found.
+    let report = model::verify_audit(&queue.api.db).await.unwrap();
+    assert!(report.is_ok(), "{backend}: {report:?}");
+    sqlx::query("UPDATE audit SET body = '{}' WHERE seq = 3")
+        .execute(&queue.api.db.pool)
+        .await
+        .unwrap();
+    let broken = model::verify_audit(&queue.api.db).await.unwrap().unwrap_err();
+    assert_eq!(broken.seq, 3, "{backend}");
+}
+
+#[tokio::test]
+async fn rate_limited_clients_back_off_and_get_through() {
+    let (_, db, dir) = databases().await.remove(0);
+    let queue = start(db, dir, RateLimit { per_second: 2.0, burst: 2.0 }).await;
+    let admin = queue.session(&queue.admin_key).await;
+    for _ in 0..6 {
+        admin.get("/v1/vaults").await.unwrap();
+    }
+    assert!(queue.api.rate_limited.load(Ordering::Relaxed) > 0, "some requests were answered 429");
+}
+
+#[tokio::test]
+async fn fail_bad_bodies_get_a_code_and_change_nothing() {
+    let (_, db, dir) = databases().await.remove(0);
+    let queue = start(db, dir, RateLimit::default()).await;
+    let admin = queue.session(&queue.admin_key).await;
+    let before = model::audit_entries(&queue.api.db).await.unwrap().len();
+    assert_eq!(
+        code(
+            admin.post("/v1/members", &json!({ "id": "a b", "name": "x", "role": "viewer" })).await
+        ),
+        "invalid_field"
+    );
+    assert_eq!(
+        code(admin.post("/v1/members", &json!({ "id": "ok", "name": "x", "role": "boss" })).await),
+        "invalid_field"
+    );
+    assert_eq!(code(admin.post("/v1/vaults", &json!({ "chainId": 1 })).await), "invalid_field");
+    let big = json!({ "id": "x".repeat(300 * 1024) });
+    assert!(admin.post("/v1/members", &big).await.is_err(), "bodies over 256 KiB are refused");
+    assert_eq!(
+        model::audit_entries(&queue.api.db).await.unwrap().len(),
+        before,
+        "nothing was written"
+    );
+    assert_eq!(
+        code(queue.client().session("csk_not-a-key").await.map(|s| s.member)),
+        "unauthorized"
+    );
+}
