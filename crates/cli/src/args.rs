@@ -155,7 +155,7 @@ pub enum KeyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum VaultCommand {
-    /// Pin a vault record: chain, Safe address, Safe version, and what else is known.
+    /// Pin a vault record: chain, Safe address, Safe version, owners, threshold, next nonce.
     Add {
         #[arg(long, value_name = "N")]
         chain_id: u64,

@@ -446,6 +446,13 @@ async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Fail
             if chain_id == 0 {
                 return Err(Failure::input("chainId: must be a positive chain id"));
             }
+            // Signing checks the key against the owners and the threshold, so a record
+            // without them would turn that check off.
+            if owners.is_empty() || threshold.is_none() {
+                return Err(Failure::input(
+                    "owner: pin the vault's owners (--owner, once per owner) and its --threshold",
+                ));
+            }
             let address = parse_address("address", &address)?.address;
             let mut record = VaultRecord::new(
                 chain_id,
@@ -603,7 +610,7 @@ async fn audit(context: &Context, command: AuditCommand) -> Result<Outcome, Fail
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let result = verify_chain(LOCAL, &entries).and_then(|report| match head {
-                Some(head) if !head.eq_ignore_ascii_case(&report.head) => {
+                Some(head) if !head.trim_start_matches("0x").eq_ignore_ascii_case(&report.head) => {
                     let problem = format!(
                         "the file ends at entry {} whose hash is not the given head: entries \
                          were cut off or the file is another log",
@@ -643,7 +650,7 @@ fn report_chain(
 ) -> Outcome {
     match result {
         Ok(report) => {
-            outln!("The audit chain holds: {} entries, head {}", report.entries, report.head);
+            outln!("The audit chain holds: {} entries, head 0x{}", report.entries, report.head);
             Outcome::Done
         }
         Err(broken) => {
@@ -670,6 +677,12 @@ async fn queue(command: QueueCommand) -> Result<Outcome, Failure> {
         QueueCommand::Serve { queue_dir, listen, database, policy } => {
             std::fs::create_dir_all(&queue_dir)
                 .map_err(|e| Failure::other(format!("{}: {e}", queue_dir.display())))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&queue_dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| Failure::other(format!("{}: {e}", queue_dir.display())))?;
+            }
             let identity = countersign_queue::tls::Identity::load_or_create(&queue_dir)
                 .map_err(|e| Failure::other(e.to_string()))?;
             let db = match &database {
@@ -705,7 +718,7 @@ async fn queue(command: QueueCommand) -> Result<Outcome, Failure> {
             let pins = countersign_sync::pin::Pins::parse(&texts)
                 .map_err(|e| Failure::input(e.to_string()))?;
             let client = countersign_sync::client::QueueClient::new(&url, pins)
-                .map_err(|e| Failure::input(format!("url: {e}")))?;
+                .map_err(|e| Failure::input(e.to_string()))?;
             let health = client.health().await.map_err(|e| Failure::other(e.to_string()))?;
             outln!("The queue at {url} answered with the pinned key: {}", health["status"]);
             Ok(Outcome::Done)

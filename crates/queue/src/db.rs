@@ -49,9 +49,19 @@ pub struct Db {
 }
 
 impl Db {
-    /// The SQLite file `queue.db` in `dir`.
+    /// The SQLite file `queue.db` in `dir`, created readable by its owner only (SQLite gives
+    /// its `-wal` and `-shm` files the same mode).
     pub async fn sqlite_in(dir: &Path) -> Result<Self, QueueError> {
-        let url = format!("sqlite://{}?mode=rwc", dir.join("queue.db").display());
+        let path = dir.join("queue.db");
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        options.open(&path).map_err(|e| QueueError::Database(format!("{}: {e}", path.display())))?;
+        let url = format!("sqlite://{}?mode=rwc", path.display());
         Self::connect(&url).await
     }
 

@@ -28,6 +28,9 @@ pub struct QueueClient {
 
 impl QueueClient {
     pub fn new(base_url: &str, pins: Pins) -> Result<Self, ClientError> {
+        if !base_url.starts_with("https://") {
+            return Err(ClientError::Setup("url: the queue is reached over https:// only".into()));
+        }
         let tls = client_config(pins).map_err(|e| ClientError::Setup(e.to_string()))?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
