@@ -89,9 +89,29 @@ pub enum Command {
     /// The local hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// The reference approval queue (first part: TLS identity, pin and health).
+    /// The reference approval queue: serve it, administer it, connect to it, submit to it.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Fetch the queue's changes into the local store and check every request again.
+    Sync,
+    /// The synced requests, from the local store (works offline).
+    List,
+    /// One synced request, reviewed against the local vault record and policy.
+    Show { id: String },
+    /// Review, sign and send an approval of a synced request.
+    Approve {
+        id: String,
+        #[command(flatten)]
+        key: KeyChoice,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Reject a synced request on the queue, saying why.
+    Reject {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
     /// Delete the local store and its keyring entry.
     Erase {
         /// Confirm: this destroys every key in the store.
@@ -252,6 +272,38 @@ pub enum QueueCommand {
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
     },
+    /// Store the connection to a queue (sealed): URL, pins, API key, the initiators to trust.
+    Connect {
+        #[arg(long)]
+        url: String,
+        #[arg(long = "pin", value_name = "BASE64", required = true)]
+        pins: Vec<String>,
+        #[arg(long, value_name = "FILE")]
+        api_key_file: PathBuf,
+        /// An initiator address whose requests this approver accepts; repeat for each.
+        #[arg(long = "initiator", value_name = "ADDRESS", required = true)]
+        initiators: Vec<String>,
+    },
+    /// Sign the intent of a Safe transaction with a local key and submit it (initiators).
+    Submit {
+        file: PathBuf,
+        /// The request id: 1 to 64 of A-Z a-z 0-9 - _.
+        #[arg(long)]
+        id: String,
+        #[arg(long, value_name = "N")]
+        chain_id: u64,
+        #[command(flatten)]
+        key: KeyChoice,
+    },
+    /// Set a vault record on the queue (admins).
+    #[command(subcommand)]
+    Vault(QueueVaultCommand),
+    /// Add a member to the queue (admins).
+    #[command(subcommand)]
+    Member(QueueMemberCommand),
+    /// Make an API key for a member (admins); printed once.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(QueueApiKeyCommand),
     /// Connect to a queue with its pin and ask for its health: the onboarding connection test.
     Ping {
         #[arg(long)]
@@ -259,5 +311,63 @@ pub enum QueueCommand {
         /// The queue's SPKI SHA-256 pin, base64; repeat once for a rotation.
         #[arg(long = "pin", value_name = "BASE64", required = true)]
         pins: Vec<String>,
+    },
+}
+
+/// How an admin command reaches the queue.
+#[derive(Debug, Args, Clone)]
+pub struct AdminConnection {
+    #[arg(long)]
+    pub url: String,
+    #[arg(long = "pin", value_name = "BASE64", required = true)]
+    pub pins: Vec<String>,
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueVaultCommand {
+    Add {
+        #[command(flatten)]
+        connection: AdminConnection,
+        #[arg(long, value_name = "N")]
+        chain_id: u64,
+        #[arg(long, value_name = "ADDRESS")]
+        address: String,
+        #[arg(long, value_name = "X.Y.Z")]
+        safe_version: String,
+        #[arg(long = "owner", value_name = "ADDRESS", required = true)]
+        owners: Vec<String>,
+        #[arg(long, value_name = "N")]
+        threshold: u32,
+        #[arg(long, value_name = "N")]
+        next_nonce: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueMemberCommand {
+    Add {
+        #[command(flatten)]
+        connection: AdminConnection,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        /// initiator, approver, viewer or admin.
+        #[arg(long)]
+        role: String,
+        #[arg(long, value_name = "ADDRESS")]
+        address: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueApiKeyCommand {
+    New {
+        #[command(flatten)]
+        connection: AdminConnection,
+        /// The member id.
+        member: String,
     },
 }

@@ -46,7 +46,16 @@ pub async fn run(cli: Cli) -> Result<Outcome, Failure> {
         Command::Policy(command) => policy(&context, command).await,
         Command::Incident(command) => incident(&context, command).await,
         Command::Audit(command) => audit(&context, command).await,
-        Command::Queue(command) => queue(command).await,
+        Command::Queue(command) => queue(&context, command).await,
+        Command::Sync => crate::queue_commands::run_sync(&context).await,
+        Command::List => crate::queue_commands::list(&context).await,
+        Command::Show { id } => crate::queue_commands::show(&context, &id).await,
+        Command::Approve { id, key, yes } => {
+            crate::queue_commands::approve(&context, &id, &key, yes).await
+        }
+        Command::Reject { id, reason } => {
+            crate::queue_commands::reject(&context, &id, &reason).await
+        }
         Command::Erase { yes } => erase(&context, yes).await,
     }
 }
@@ -273,8 +282,8 @@ async fn pinned_vault(store: &Store, request: &SafeTxRequest) -> Result<VaultRec
     }
 }
 
-struct TerminalPrompt {
-    yes: bool,
+pub(crate) struct TerminalPrompt {
+    pub(crate) yes: bool,
 }
 
 #[async_trait]
@@ -305,7 +314,10 @@ impl Prompt for TerminalPrompt {
     }
 }
 
-async fn software_signer(store: &Store, choice: &KeyChoice) -> Result<SoftwareSigner, Failure> {
+pub(crate) async fn software_signer(
+    store: &Store,
+    choice: &KeyChoice,
+) -> Result<SoftwareSigner, Failure> {
     let address = choose_key(store, choice).await?;
     let secret = store.key_secret(&address).await?;
     SoftwareSigner::from_secret(&secret)
@@ -672,8 +684,17 @@ async fn erase(context: &Context, yes: bool) -> Result<Outcome, Failure> {
     Ok(Outcome::Done)
 }
 
-async fn queue(command: QueueCommand) -> Result<Outcome, Failure> {
+async fn queue(context: &Context, command: QueueCommand) -> Result<Outcome, Failure> {
     match command {
+        QueueCommand::Connect { url, pins, api_key_file, initiators } => {
+            crate::queue_commands::connect(context, url, pins, &api_key_file, initiators).await
+        }
+        QueueCommand::Submit { file, id, chain_id, key } => {
+            crate::queue_commands::submit(context, &file, &id, chain_id, &key).await
+        }
+        QueueCommand::Vault(command) => crate::queue_commands::vault(command).await,
+        QueueCommand::Member(command) => crate::queue_commands::member(command).await,
+        QueueCommand::ApiKey(command) => crate::queue_commands::api_key_new(command).await,
         QueueCommand::Serve { queue_dir, listen, database, policy } => {
             std::fs::create_dir_all(&queue_dir)
                 .map_err(|e| Failure::other(format!("{}: {e}", queue_dir.display())))?;

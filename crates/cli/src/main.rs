@@ -19,6 +19,7 @@ mod args;
 mod commands;
 mod context;
 mod failure;
+mod queue_commands;
 mod report;
 
 use std::process::ExitCode;

@@ -581,3 +581,197 @@ fn fail_token_look_alikes_and_address_labels() {
     assert_eq!(home.run(&["key", "new", "--label", other]).status.code(), Some(2));
     assert_eq!(home.run(&["key", "new", "--label", " "]).status.code(), Some(2));
 }
+
+/// The README's walkthrough: a queue, an admin, an initiator and two approvers, each with their
+/// own store, take a request from submitted to approved by hand.
+#[test]
+fn queue_walkthrough_from_submitted_to_approved() {
+    use std::io::{BufRead, BufReader};
+
+    let admin = Home::new();
+    let queue_dir = admin.dir.path().join("queue");
+    let mut server = bin()
+        .args([
+            "queue",
+            "serve",
+            "--queue-dir",
+            queue_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let mut next =
+        |prefix: &str| lines.next().unwrap().unwrap().strip_prefix(prefix).unwrap().to_owned();
+    let (url, pin, admin_key) = (next("url: "), next("pin-sha256: "), next("admin-api-key: "));
+    let admin_key_file = admin.file("admin.key", &admin_key);
+    let conn = [
+        "--url",
+        url.as_str(),
+        "--pin",
+        pin.as_str(),
+        "--api-key-file",
+        admin_key_file.to_str().unwrap(),
+    ];
+
+    // Three people, each with a store and a key.
+    let people: Vec<(Home, String)> = (0..3)
+        .map(|_| {
+            let home = Home::new();
+            home.file("passphrase", "a long test passphrase\n");
+            assert_ok(&home.run(&["init", "--passphrase"]));
+            let address = stdout(&home.run(&["key", "new"])).trim().to_owned();
+            (home, address)
+        })
+        .collect();
+    let (initiator, alice, bob) = (&people[0], &people[1], &people[2]);
+    let owners = [alice.1.as_str(), bob.1.as_str(), initiator.1.as_str()];
+
+    let mut add = vec!["queue", "vault", "add"];
+    add.extend(conn);
+    add.extend([
+        "--chain-id",
+        "1",
+        "--address",
+        SAFE,
+        "--safe-version",
+        "1.3.0",
+        "--threshold",
+        "2",
+        "--next-nonce",
+        "5",
+    ]);
+    for owner in owners {
+        add.extend(["--owner", owner]);
+    }
+    assert_ok(&admin.run(&add));
+    for (id, role, (home, address)) in
+        [("init", "initiator", initiator), ("alice", "approver", alice), ("bob", "approver", bob)]
+    {
+        let mut member = vec!["queue", "member", "add"];
+        member.extend(conn);
+        member.extend(["--id", id, "--name", id, "--role", role, "--address", address]);
+        assert_ok(&admin.run(&member));
+        let mut key = vec!["queue", "api-key", "new"];
+        key.extend(conn);
+        key.push(id);
+        let api_key = stdout(&admin.run(&key)).trim().to_owned();
+        let key_file = home.file("api.key", &api_key);
+        let mut pin_vault = vec![
+            "vault",
+            "add",
+            "--chain-id",
+            "1",
+            "--address",
+            SAFE,
+            "--safe-version",
+            "1.3.0",
+            "--threshold",
+            "2",
+            "--next-nonce",
+            "5",
+        ];
+        for owner in owners {
+            pin_vault.extend(["--owner", owner]);
+        }
+        assert_ok(&home.run(&pin_vault));
+        let connect = home.run(&[
+            "queue",
+            "connect",
+            "--url",
+            &url,
+            "--pin",
+            &pin,
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+            "--initiator",
+            &initiator.1,
+        ]);
+        assert_ok(&connect);
+    }
+
+    let request = repo("cases/ok_usdc_transfer/request.json");
+    assert_ok(&initiator.0.run(&[
+        "queue",
+        "submit",
+        request.to_str().unwrap(),
+        "--id",
+        "payroll-1",
+        "--chain-id",
+        "1",
+    ]));
+    for (home, _) in [alice, bob] {
+        assert_ok(&home.run(&["sync"]));
+        assert!(stdout(&home.run(&["list"])).contains("payroll-1  pending"));
+        let shown = home.run(&["show", "payroll-1"]);
+        assert_ok(&shown);
+        assert!(stdout(&shown).contains("Transfer 1500 USDC"));
+    }
+    let first = alice.0.run(&["approve", "payroll-1", "--yes"]);
+    assert_ok(&first);
+    assert!(stdout(&first).contains("pending with 1 approval"), "{}", stdout(&first));
+    let second = bob.0.run(&["approve", "payroll-1", "--yes"]);
+    assert_ok(&second);
+    assert!(stdout(&second).contains("approved with 2 approval"), "{}", stdout(&second));
+    assert_ok(&alice.0.run(&["sync"]));
+    assert!(stdout(&alice.0.run(&["list"])).contains("payroll-1  approved"));
+
+    // A request whose intent is signed by someone this approver did not pin is marked.
+    let other = repo("cases/ok_native_transfer/request.json");
+    assert_ok(&initiator.0.run(&[
+        "queue",
+        "submit",
+        other.to_str().unwrap(),
+        "--id",
+        "p2",
+        "--chain-id",
+        "1",
+    ]));
+    let untrusted = Home::new();
+    untrusted.file("passphrase", "a long test passphrase\n");
+    assert_ok(&untrusted.run(&["init", "--passphrase"]));
+    assert_ok(&untrusted.run(&["key", "new"]));
+    let mut pin_vault = vec![
+        "vault",
+        "add",
+        "--chain-id",
+        "1",
+        "--address",
+        SAFE,
+        "--safe-version",
+        "1.3.0",
+        "--threshold",
+        "2",
+        "--next-nonce",
+        "5",
+    ];
+    for owner in owners {
+        pin_vault.extend(["--owner", owner]);
+    }
+    assert_ok(&untrusted.run(&pin_vault));
+    let bob_key = bob.0.dir.path().join("api.key");
+    let connect = untrusted.run(&[
+        "queue",
+        "connect",
+        "--url",
+        &url,
+        "--pin",
+        &pin,
+        "--api-key-file",
+        bob_key.to_str().unwrap(),
+        "--initiator",
+        SAFE,
+    ]);
+    assert_ok(&connect);
+    let synced = untrusted.run(&["sync"]);
+    assert_eq!(synced.status.code(), Some(1));
+    assert!(stdout(&synced).contains("MARKED p2"), "{}", stdout(&synced));
+    let refused = untrusted.run(&["approve", "p2", "--yes"]);
+    assert_eq!(refused.status.code(), Some(1));
+
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    server.wait().unwrap();
+}

@@ -60,7 +60,9 @@ impl Db {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        options.open(&path).map_err(|e| QueueError::Database(format!("{}: {e}", path.display())))?;
+        options
+            .open(&path)
+            .map_err(|e| QueueError::Database(format!("{}: {e}", path.display())))?;
         let url = format!("sqlite://{}?mode=rwc", path.display());
         Self::connect(&url).await
     }

@@ -10,6 +10,7 @@
 //! transaction, so the log and the data cannot disagree.
 
 pub mod keywrap;
+mod queue;
 mod records;
 pub mod seal;
 mod tripwire;
@@ -24,6 +25,7 @@ use countersign_core::InputError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
+pub use queue::CachedRequest;
 pub use records::KeyInfo;
 pub use tripwire::{Incident, Recorded};
 
@@ -406,6 +408,11 @@ fn canonical_json(value: &serde_json::Value) -> String {
     let sorted: serde_json::Value =
         serde_json::from_str(&value.to_string()).unwrap_or(serde_json::Value::Null);
     sorted.to_string()
+}
+
+/// Unix time in seconds, as the store writes it.
+pub fn unix_now() -> i64 {
+    now()
 }
 
 pub(crate) fn now() -> i64 {

@@ -2,8 +2,10 @@
 //! identity proven by its SubjectPublicKeyInfo SHA-256 matching a configured pin, not by a
 //! certificate authority or a host name.
 //!
-//! Limitation: this is the first part of the client. It connects, pins and asks for the
-//! queue's health; sessions, sync and approvals are not built yet.
+//! - [`pin`]: the pinned verifier and the TLS configuration;
+//! - [`client`]: sessions and requests with retries;
+//! - [`sync`]: the queue copied into the local store and checked again there.
 
 pub mod client;
 pub mod pin;
+pub mod sync;

@@ -1,0 +1,345 @@
+//! The commands that talk to an approval queue: connect, submit, administer, sync, list, show,
+//! approve, reject.
+
+use std::path::Path;
+
+use alloy_primitives::Address;
+use countersign_core::address::{checksummed, parse_address};
+use countersign_core::guard::{review, Review};
+use countersign_core::intent::{check_request_id, intent_digest};
+use countersign_core::policy::Policy;
+use countersign_core::request::{parse_object, JsonObject, SafeTxRequest, MAX_REQUEST_BYTES};
+use countersign_core::secret::SecretString;
+use countersign_core::signer::{Signer, SignerError};
+use countersign_core::tokens::TokenList;
+use countersign_core::version::SafeVersion;
+use countersign_store::{CachedRequest, Recorded, Store};
+use countersign_sync::client::Session;
+use countersign_sync::pin::Pins;
+use countersign_sync::sync::{sync, Connection};
+use serde_json::{json, Value};
+
+use crate::args::{
+    AdminConnection, KeyChoice, QueueApiKeyCommand, QueueMemberCommand, QueueVaultCommand,
+};
+use crate::commands::{software_signer, TerminalPrompt};
+use crate::context::{read_limited, read_small_text, Context};
+use crate::failure::{Failure, Outcome};
+use crate::report;
+
+fn client_failure(error: impl std::fmt::Display) -> Failure {
+    Failure::other(error.to_string())
+}
+
+fn api_key(path: &Path) -> Result<SecretString, Failure> {
+    let text = read_small_text(path).map_err(|e| Failure::input(format!("api-key-file: {e}")))?;
+    Ok(SecretString::new(text.lines().next().unwrap_or_default().trim().to_owned()))
+}
+
+async fn admin_session(connection: &AdminConnection) -> Result<Session, Failure> {
+    let connection = Connection {
+        url: connection.url.clone(),
+        pins: connection.pins.clone(),
+        api_key: api_key(&connection.api_key_file)?,
+        initiators: Vec::new(),
+    };
+    connection.session().await.map_err(client_failure)
+}
+
+async fn stored_connection(store: &Store) -> Result<Connection, Failure> {
+    let (secret, _) = store.queue_config().await?.ok_or_else(|| {
+        Failure::input("queue: no queue is connected; run `countersign queue connect`")
+    })?;
+    Connection::from_secret(&secret).map_err(client_failure)
+}
+
+pub async fn connect(
+    context: &Context,
+    url: String,
+    pins: Vec<String>,
+    key_file: &Path,
+    initiators: Vec<String>,
+) -> Result<Outcome, Failure> {
+    let texts: Vec<&str> = pins.iter().map(String::as_str).collect();
+    Pins::parse(&texts).map_err(|e| Failure::input(e.to_string()))?;
+    let initiators = initiators
+        .iter()
+        .enumerate()
+        .map(|(i, a)| parse_address(&format!("initiator[{i}]"), a).map(|p| p.address))
+        .collect::<Result<Vec<Address>, _>>()?;
+    let connection = Connection { url, pins, api_key: api_key(key_file)?, initiators };
+    let session = connection.session().await.map_err(client_failure)?;
+    let store = context.open_store().await?;
+    store.set_queue_config(&connection.to_secret()).await?;
+    outln!(
+        "Connected to {} as {} ({}).",
+        connection.url,
+        session.member["id"],
+        session.member["role"]
+    );
+    Ok(Outcome::Done)
+}
+
+pub async fn submit(
+    context: &Context,
+    file: &Path,
+    id: &str,
+    chain_id: u64,
+    choice: &KeyChoice,
+) -> Result<Outcome, Failure> {
+    check_request_id("id", id)?;
+    let input = read_limited("request", file, MAX_REQUEST_BYTES)?;
+    let object = parse_object(&input)?;
+    let request = SafeTxRequest::from_object(&object)?;
+    let store = context.open_store().await?;
+    let vault = store.vault(chain_id, &request.safe).await?;
+    let hash = vault.domain().hashes(&request.tx).safe_tx;
+    let signer = software_signer(&store, choice).await?;
+    let created_at = countersign_store::unix_now() as u64;
+    let digest = intent_digest(chain_id, id, request.safe, hash, created_at);
+    let signature = signer.sign_digest(&digest).map_err(|e| Failure::other(e.to_string()))?;
+    let body = json!({
+        "id": id, "chainId": chain_id, "createdAt": created_at, "initiatorSignature": signature.to_hex(),
+        "transaction": Value::Object(object.0.into_iter().collect()),
+    });
+    let session = stored_connection(&store).await?.session().await.map_err(client_failure)?;
+    let view = session.post("/v1/requests", &body).await.map_err(client_failure)?;
+    store.audit("submitted", &json!({ "id": id, "safeTxHash": hash.to_string() })).await?;
+    outln!("Submitted {id}: {} (safeTxHash {hash})", view["state"]);
+    Ok(Outcome::Done)
+}
+
+pub async fn vault(command: QueueVaultCommand) -> Result<Outcome, Failure> {
+    let QueueVaultCommand::Add {
+        connection,
+        chain_id,
+        address,
+        safe_version,
+        owners,
+        threshold,
+        next_nonce,
+    } = command;
+    SafeVersion::parse("safeVersion", &safe_version)?;
+    let session = admin_session(&connection).await?;
+    let body = json!({ "chainId": chain_id, "address": address, "safeVersion": safe_version,
+                       "owners": owners, "threshold": threshold, "nextNonce": next_nonce });
+    let vault = session.post("/v1/vaults", &body).await.map_err(client_failure)?;
+    outln!("{vault}");
+    Ok(Outcome::Done)
+}
+
+pub async fn member(command: QueueMemberCommand) -> Result<Outcome, Failure> {
+    let QueueMemberCommand::Add { connection, id, name, role, address } = command;
+    let session = admin_session(&connection).await?;
+    let member = session
+        .post("/v1/members", &json!({ "id": id, "name": name, "role": role, "address": address }))
+        .await
+        .map_err(client_failure)?;
+    outln!("{member}");
+    Ok(Outcome::Done)
+}
+
+pub async fn api_key_new(command: QueueApiKeyCommand) -> Result<Outcome, Failure> {
+    let QueueApiKeyCommand::New { connection, member } = command;
+    let session = admin_session(&connection).await?;
+    let reply = session
+        .post(&format!("/v1/members/{member}/api-keys"), &json!({}))
+        .await
+        .map_err(client_failure)?;
+    // Printed once; the queue keeps only its hash.
+    outln!("{}", reply["apiKey"].as_str().unwrap_or_default());
+    Ok(Outcome::Done)
+}
+
+pub async fn run_sync(context: &Context) -> Result<Outcome, Failure> {
+    let store = context.open_store().await?;
+    let connection = stored_connection(&store).await?;
+    let report = sync(&store, &connection).await.map_err(client_failure)?;
+    outln!("Synced {} change(s).", report.fetched);
+    for (id, why) in &report.marked {
+        outln!("MARKED {id}: {why}; it cannot be signed");
+    }
+    for incident in &report.incidents {
+        outln!("Incident {incident} opened (countersign incident list).");
+    }
+    for difference in &report.vault_differences {
+        outln!("{difference}");
+    }
+    Ok(if report.marked.is_empty() { Outcome::Done } else { Outcome::Refused })
+}
+
+fn marks(cached: &CachedRequest) -> Vec<String> {
+    cached.body["countersign"]["marks"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+pub async fn list(context: &Context) -> Result<Outcome, Failure> {
+    let store = context.open_store().await?;
+    let requests = store.cached_requests().await?;
+    if requests.is_empty() {
+        outln!("No synced requests (countersign sync).");
+    }
+    for cached in requests {
+        let body = &cached.body;
+        let approvals = body["approvals"].as_array().map(Vec::len).unwrap_or(0);
+        let mark = if marks(&cached).is_empty() { "" } else { "  MARKED" };
+        outln!(
+            "{}  {}  chain {}  {}  nonce {}  approvals {approvals}{mark}",
+            cached.id,
+            body["state"].as_str().unwrap_or("?"),
+            body["chainId"],
+            body["safe"].as_str().unwrap_or("?"),
+            body["nonce"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(Outcome::Done)
+}
+
+/// The local review of a cached request: our vault record, our policy, our history.
+async fn local_review(
+    store: &Store,
+    cached: &CachedRequest,
+    tokens: &TokenList,
+) -> Result<Review, Failure> {
+    let Some(object) = cached.body["transaction"].as_object() else {
+        return Err(Failure::other(format!(
+            "request {}: no transaction in the synced copy",
+            cached.id
+        )));
+    };
+    let request = SafeTxRequest::from_object(&JsonObject(object.clone().into_iter().collect()))?;
+    let vault = store.vault(cached.body["chainId"].as_u64().unwrap_or(0), &request.safe).await?;
+    let policy: Policy = store.policy().await?;
+    let history = store.history(&vault, request.tx.nonce).await?;
+    Ok(review(request, &vault, &policy, tokens, &history))
+}
+
+async fn cached(store: &Store, id: &str) -> Result<CachedRequest, Failure> {
+    store.cached_request(id).await?.ok_or_else(|| {
+        Failure::input(format!("id: no synced request {id}; run `countersign sync`"))
+    })
+}
+
+pub async fn show(context: &Context, id: &str) -> Result<Outcome, Failure> {
+    let store = context.open_store().await?;
+    let tokens = context.tokens()?;
+    let cached = cached(&store, id).await?;
+    let review = local_review(&store, &cached, &tokens).await?;
+    outln!("Request {id} on the queue: {}", cached.body["state"].as_str().unwrap_or("?"));
+    for mark in marks(&cached) {
+        outln!("MARKED: {mark}; it cannot be signed");
+    }
+    out!("{}", report::review_text(&review, &tokens));
+    for approval in cached.body["approvals"].as_array().cloned().unwrap_or_default() {
+        outln!(
+            "Approved by {} ({})",
+            approval["owner"].as_str().unwrap_or("?"),
+            approval["memberId"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(if review.refusals.is_empty() && marks(&cached).is_empty() {
+        Outcome::Done
+    } else {
+        Outcome::Refused
+    })
+}
+
+pub async fn approve(
+    context: &Context,
+    id: &str,
+    choice: &KeyChoice,
+    yes: bool,
+) -> Result<Outcome, Failure> {
+    let store = context.open_store().await?;
+    let tokens = context.tokens()?;
+    let cached = cached(&store, id).await?;
+    let signer = software_signer(&store, choice).await?;
+    let mut review = local_review(&store, &cached, &tokens).await?;
+    review.check_signer(signer.address());
+    let shown = report::audit_body(&review, &tokens);
+    store.audit("inspected", &shown).await?;
+    let marked = marks(&cached);
+    if !marked.is_empty() {
+        out!("{}", report::review_text(&review, &tokens));
+        for mark in marked {
+            outln!("MARKED: {mark}; it cannot be signed");
+        }
+        return Ok(Outcome::Refused);
+    }
+    if cached.body["safeTxHash"].as_str() != Some(review.hashes.safe_tx.to_string().as_str()) {
+        return Err(Failure::other(
+            "the synced safeTxHash differs from ours; run `countersign sync`",
+        ));
+    }
+    if let Some(tripwire) = review.tripwire() {
+        let detail = json!({ "reason": tripwire.to_string(), "shown": shown });
+        let incident = store.open_incident(&review.vault, "tripwire", &detail).await?;
+        out!("{}", report::review_text(&review, &tokens));
+        eprintln!("Incident {incident} opened: signing on this vault is blocked until a person clears it.");
+        return Ok(Outcome::Refused);
+    }
+    let shown_review = review.clone();
+    let checked = match review.into_checked() {
+        Ok(checked) => checked,
+        Err(refused) => {
+            out!("{}", report::review_text(&refused.0, &tokens));
+            return Ok(Outcome::Refused);
+        }
+    };
+    out!("{}", report::review_text(&shown_review, &tokens));
+    let signature = match signer.sign(&checked, &TerminalPrompt { yes }).await {
+        Ok(signature) => signature,
+        Err(SignerError::Declined) => {
+            store.audit("declined", &shown).await?;
+            eprintln!("Not signed: declined.");
+            return Ok(Outcome::Refused);
+        }
+        Err(error) => return Err(Failure::other(error.to_string())),
+    };
+    let hash = checked.hashes().safe_tx;
+    let recorded = store
+        .record_signature(
+            checked.vault(),
+            checked.request().tx.nonce,
+            hash,
+            shown_review.is_rejection(),
+            signer.address(),
+            &signature,
+            &shown,
+        )
+        .await?;
+    if let Recorded::Refused(reasons) = recorded {
+        for reason in reasons {
+            outln!("  - [{}] {reason}", reason.code());
+        }
+        eprintln!("Not sent: the signature was discarded.");
+        return Ok(Outcome::Refused);
+    }
+    outln!("\nStep 1 of 2: signed by {}.", checksummed(&signer.address()));
+    let session = stored_connection(&store).await?.session().await.map_err(client_failure)?;
+    let body = json!({ "safeTxHash": hash.to_string(), "signature": signature.to_hex() });
+    let reply = session
+        .post(&format!("/v1/requests/{id}/approvals"), &body)
+        .await
+        .map_err(client_failure)?;
+    let approvals = reply["approvals"].as_array().map(Vec::len).unwrap_or(0);
+    outln!("Step 2 of 2: the queue recorded the approval; the request is {} with {approvals} approval(s).", reply["state"].as_str().unwrap_or("?"));
+    Ok(Outcome::Done)
+}
+
+pub async fn reject(context: &Context, id: &str, reason: &str) -> Result<Outcome, Failure> {
+    let store = context.open_store().await?;
+    let session = stored_connection(&store).await?.session().await.map_err(client_failure)?;
+    let reply = session
+        .post(&format!("/v1/requests/{id}/rejections"), &json!({ "reason": reason }))
+        .await
+        .map_err(client_failure)?;
+    store.audit("rejected", &json!({ "id": id, "reason": reason })).await?;
+    outln!(
+        "The queue recorded the rejection; the request is {}.",
+        reply["state"].as_str().unwrap_or("?")
+    );
+    Ok(Outcome::Done)
+}

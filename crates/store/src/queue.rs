@@ -1,0 +1,110 @@
+//! The queue connection (URL, pins, API key, pinned initiators) and the offline copy of the
+//! queue's requests, all sealed.
+
+use countersign_core::secret::SecretBytes;
+use sqlx::Row;
+
+use crate::seal::Place;
+use crate::{Store, StoreError};
+
+const CONFIG: Place<'static> = Place { table: "queue_config", column: "sealed_config", row: "1" };
+
+/// One cached request: the queue's view as last synced, and the hash of its payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedRequest {
+    pub id: String,
+    pub seq: i64,
+    pub payload_hash: String,
+    pub body: serde_json::Value,
+}
+
+impl Store {
+    /// Replaces the queue connection. The config holds the API key: it is only ever sealed.
+    pub async fn set_queue_config(&self, config: &SecretBytes) -> Result<(), StoreError> {
+        let sealed = self.sealer.seal(CONFIG, config.expose())?;
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM queue_config").execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM queue_requests").execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO queue_config (id, cursor, sealed_config) VALUES (1, 0, ?)")
+            .bind(sealed)
+            .execute(&mut *tx)
+            .await?;
+        self.audit_in(&mut tx, "queue_connected", &serde_json::json!({})).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The sealed queue connection and the sync cursor, if a queue is configured.
+    pub async fn queue_config(&self) -> Result<Option<(SecretBytes, i64)>, StoreError> {
+        let row = sqlx::query("SELECT cursor, sealed_config FROM queue_config WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let config = self.sealer.open(CONFIG, &row.get::<Vec<u8>, _>("sealed_config"))?;
+        Ok(Some((config, row.get("cursor"))))
+    }
+
+    pub async fn cached_request(&self, id: &str) -> Result<Option<CachedRequest>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, seq, payload_hash, sealed_body FROM queue_requests WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| self.open_cached(&row)).transpose()
+    }
+
+    pub async fn cached_requests(&self) -> Result<Vec<CachedRequest>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, seq, payload_hash, sealed_body FROM queue_requests ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| self.open_cached(row)).collect()
+    }
+
+    fn open_cached(&self, row: &sqlx::sqlite::SqliteRow) -> Result<CachedRequest, StoreError> {
+        let id: String = row.get("id");
+        let place = Place { table: "queue_requests", column: "sealed_body", row: &id };
+        let plain = self.sealer.open(place, &row.get::<Vec<u8>, _>("sealed_body"))?;
+        let body = serde_json::from_slice(plain.expose())
+            .map_err(|_| StoreError::Corrupt { detail: format!("cached request {id}") })?;
+        Ok(CachedRequest { id, seq: row.get("seq"), payload_hash: row.get("payload_hash"), body })
+    }
+
+    /// Stores a batch of synced requests and the new cursor in one transaction, so a sync cut
+    /// short resumes from the last batch it finished, without duplicates.
+    pub async fn store_synced(
+        &self,
+        requests: &[CachedRequest],
+        cursor: i64,
+    ) -> Result<(), StoreError> {
+        let mut sealed = Vec::with_capacity(requests.len());
+        for request in requests {
+            let place = Place { table: "queue_requests", column: "sealed_body", row: &request.id };
+            sealed.push(self.sealer.seal(place, request.body.to_string().as_bytes())?);
+        }
+        let mut tx = self.begin().await?;
+        for (request, sealed) in requests.iter().zip(sealed) {
+            sqlx::query(
+                "INSERT INTO queue_requests (id, seq, payload_hash, sealed_body) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, payload_hash = excluded.payload_hash, \
+                 sealed_body = excluded.sealed_body",
+            )
+            .bind(&request.id)
+            .bind(request.seq)
+            .bind(&request.payload_hash)
+            .bind(sealed)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE queue_config SET cursor = ? WHERE id = 1")
+            .bind(cursor)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

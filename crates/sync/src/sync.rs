@@ -1,0 +1,282 @@
+//! Syncing the queue into the local store: fetch by cursor, then decode, hash and check every
+//! request again against the vault record pinned locally, never against what the queue says.
+//!
+//! A request is *marked* (shown, never signable) when its safeTxHash differs from ours, its
+//! intent signature does not recover to a pinned initiator, its payload changed since an
+//! earlier sync, its vault is not pinned here, or it cannot be read. The first three open an
+//! incident on the vault, which blocks signing there until a person clears it. Marks stay.
+
+use std::str::FromStr;
+
+use alloy_primitives::{keccak256, Address, B256};
+use countersign_core::address::checksummed;
+use countersign_core::intent::intent_digest;
+use countersign_core::request::{JsonObject, SafeTxRequest};
+use countersign_core::secret::{SecretBytes, SecretString};
+use countersign_core::signature::OwnerSignature;
+use countersign_core::vault::VaultRecord;
+use countersign_store::{CachedRequest, Store, StoreError};
+use serde_json::{json, Value};
+
+use crate::client::{ClientError, QueueClient, Session};
+use crate::pin::Pins;
+
+/// Where the queue is, how it is recognised, and whose requests count.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub url: String,
+    pub pins: Vec<String>,
+    pub api_key: SecretString,
+    /// Addresses whose intent signatures this approver accepts.
+    pub initiators: Vec<Address>,
+}
+
+/// Why a sync stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("the queue connection: {0}")]
+    Config(String),
+}
+
+/// What a sync did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub fetched: usize,
+    /// `(request id, why)` for every request marked in this sync.
+    pub marked: Vec<(String, String)>,
+    pub incidents: Vec<String>,
+    /// Differences between the queue's vault records and the pinned ones; nothing changed.
+    pub vault_differences: Vec<String>,
+}
+
+impl Connection {
+    pub fn client(&self) -> Result<QueueClient, SyncError> {
+        let pins: Vec<&str> = self.pins.iter().map(String::as_str).collect();
+        let pins = Pins::parse(&pins).map_err(|e| SyncError::Config(e.to_string()))?;
+        Ok(QueueClient::new(&self.url, pins)?)
+    }
+
+    pub async fn session(&self) -> Result<Session, SyncError> {
+        Ok(self.client()?.session(self.api_key.expose()).await?)
+    }
+
+    /// The sealed form kept in the local store.
+    pub fn to_secret(&self) -> SecretBytes {
+        let value = json!({
+            "url": self.url, "pins": self.pins, "apiKey": self.api_key.expose(),
+            "initiators": self.initiators.iter().map(checksummed).collect::<Vec<_>>(),
+        });
+        SecretBytes::new(value.to_string().into_bytes())
+    }
+
+    pub fn from_secret(secret: &SecretBytes) -> Result<Self, SyncError> {
+        let value: Value = serde_json::from_slice(secret.expose())
+            .map_err(|e| SyncError::Config(e.to_string()))?;
+        let strings = |name: &str| -> Vec<String> {
+            value[name]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default()
+        };
+        Ok(Self {
+            url: value["url"].as_str().unwrap_or_default().to_owned(),
+            pins: strings("pins"),
+            api_key: SecretString::new(value["apiKey"].as_str().unwrap_or_default().to_owned()),
+            initiators: strings("initiators")
+                .iter()
+                .filter_map(|a| Address::from_str(a).ok())
+                .collect(),
+        })
+    }
+}
+
+/// Fetches every change after the stored cursor, checks it, and stores it sealed.
+pub async fn sync(store: &Store, connection: &Connection) -> Result<SyncReport, SyncError> {
+    let (_, mut cursor) = store
+        .queue_config()
+        .await?
+        .ok_or_else(|| SyncError::Config("no queue is connected".into()))?;
+    let session = connection.session().await?;
+    let mut report = SyncReport::default();
+    loop {
+        let page = session.get(&format!("/v1/requests?after={cursor}&limit=500")).await?;
+        let views = page["requests"].as_array().cloned().unwrap_or_default();
+        let mut batch = Vec::with_capacity(views.len());
+        for view in views {
+            batch.push(check(store, connection, view, &mut report).await?);
+        }
+        report.fetched += batch.len();
+        cursor = page["cursor"].as_i64().unwrap_or(cursor);
+        store.store_synced(&batch, cursor).await?;
+        if page["more"] != json!(true) {
+            break;
+        }
+    }
+    compare_vaults(store, &session, &mut report).await?;
+    tracing::info!(fetched = report.fetched, marked = report.marked.len(), "queue synced");
+    Ok(report)
+}
+
+/// The checks for one request; returns what to store, with `countersign.marks`.
+async fn check(
+    store: &Store,
+    connection: &Connection,
+    view: Value,
+    report: &mut SyncReport,
+) -> Result<CachedRequest, SyncError> {
+    let id = view["id"].as_str().unwrap_or_default().to_owned();
+    let previous = store.cached_request(&id).await?;
+    let mut marks: Vec<String> = previous
+        .as_ref()
+        .and_then(|p| p.body["countersign"]["marks"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m.as_str().map(str::to_owned))
+        .collect();
+    let payload_hash = payload_hash(&view);
+    let mut alarms = Vec::new();
+
+    if previous.as_ref().is_some_and(|p| p.payload_hash != payload_hash) {
+        alarms.push("its payload changed between two syncs".to_owned());
+    }
+    let parsed = parse(&view);
+    let vault = match &parsed {
+        Ok(request) => {
+            match store.vault(view["chainId"].as_u64().unwrap_or(0), &request.safe).await {
+                Ok(vault) => Some(vault),
+                Err(StoreError::NotFound { .. }) => {
+                    marks.push("its vault is not pinned on this machine".to_owned());
+                    None
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(problem) => {
+            marks.push(format!("it cannot be read: {problem}"));
+            None
+        }
+    };
+    let mut ours = None;
+    if let (Ok(request), Some(vault)) = (&parsed, &vault) {
+        let hash = vault.domain().hashes(&request.tx).safe_tx;
+        ours = Some(hash);
+        if view["safeTxHash"].as_str() != Some(hash.to_string().as_str()) {
+            alarms.push(format!(
+                "the queue claims safeTxHash {} but its fields hash to {hash}",
+                view["safeTxHash"]
+            ));
+        }
+        if let Err(problem) = check_intent(&view, vault, hash, &connection.initiators) {
+            alarms.push(problem);
+        }
+    }
+    for alarm in &alarms {
+        if let Some(vault) = &vault {
+            let detail = json!({ "request": id, "reason": alarm });
+            let incident = store.open_incident(vault, "queue", &detail).await?;
+            report.incidents.push(incident);
+        }
+        marks.push(alarm.clone());
+    }
+    for mark in marks.iter().skip(previous_mark_count(&previous)) {
+        report.marked.push((id.clone(), mark.clone()));
+    }
+    marks.dedup();
+    let mut body = view;
+    body["countersign"] = json!({ "marks": marks, "safeTxHash": ours.map(|h| h.to_string()) });
+    let seq = body["seq"].as_i64().unwrap_or(0);
+    Ok(CachedRequest { id, seq, payload_hash, body })
+}
+
+fn previous_mark_count(previous: &Option<CachedRequest>) -> usize {
+    previous
+        .as_ref()
+        .and_then(|p| p.body["countersign"]["marks"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+/// The request's payload as the initiator fixed it: id, chain, transaction, creation time,
+/// intent signature. Approvals and state are allowed to change; these are not.
+fn payload_hash(view: &Value) -> String {
+    let payload = json!({
+        "id": view["id"], "chainId": view["chainId"], "transaction": view["transaction"],
+        "createdAt": view["createdAt"], "initiatorSignature": view["initiatorSignature"],
+    });
+    keccak256(payload.to_string()).to_string()
+}
+
+fn parse(view: &Value) -> Result<SafeTxRequest, String> {
+    let Some(object) = view["transaction"].as_object() else {
+        return Err("transaction: missing".into());
+    };
+    SafeTxRequest::from_object(&JsonObject(object.clone().into_iter().collect()))
+        .map_err(|e| e.to_string())
+}
+
+fn check_intent(
+    view: &Value,
+    vault: &VaultRecord,
+    hash: B256,
+    initiators: &[Address],
+) -> Result<(), String> {
+    let id = view["id"].as_str().unwrap_or_default();
+    let created_at = view["createdAt"].as_u64().unwrap_or(0);
+    let digest = intent_digest(vault.chain_id, id, vault.address, hash, created_at);
+    let signature = OwnerSignature::parse_hex(
+        "initiatorSignature",
+        view["initiatorSignature"].as_str().unwrap_or_default(),
+    )
+    .map_err(|e| format!("its intent signature is malformed: {e}"))?;
+    let signer = signature
+        .recover(&digest)
+        .map_err(|_| "its intent signature recovers to no address".to_owned())?;
+    if !initiators.contains(&signer) {
+        return Err(format!(
+            "its intent signature recovers to {}, which is not a pinned initiator",
+            checksummed(&signer)
+        ));
+    }
+    Ok(())
+}
+
+async fn compare_vaults(
+    store: &Store,
+    session: &Session,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    let remote = session.get("/v1/vaults").await?;
+    for theirs in remote["vaults"].as_array().cloned().unwrap_or_default() {
+        let chain = theirs["chainId"].as_u64().unwrap_or(0);
+        let Ok(address) = Address::from_str(theirs["address"].as_str().unwrap_or_default()) else {
+            continue;
+        };
+        let Ok(ours) = store.vault(chain, &address).await else {
+            continue;
+        };
+        let owners: Vec<String> = ours.owners.iter().map(checksummed).collect();
+        let mut differences = Vec::new();
+        if theirs["safeVersion"] != json!(ours.version.to_string()) {
+            differences
+                .push(format!("version {} (pinned {})", theirs["safeVersion"], ours.version));
+        }
+        if theirs["owners"] != json!(owners) {
+            differences.push(format!("owners {} (pinned {owners:?})", theirs["owners"]));
+        }
+        if theirs["threshold"] != json!(ours.threshold) {
+            differences
+                .push(format!("threshold {} (pinned {:?})", theirs["threshold"], ours.threshold));
+        }
+        if !differences.is_empty() {
+            report.vault_differences.push(format!(
+                "the queue's record of {} on chain {chain} differs: {}; the pinned record is unchanged",
+                checksummed(&address),
+                differences.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
