@@ -304,6 +304,9 @@ pub enum QueueCommand {
     /// Make an API key for a member (admins); printed once.
     #[command(subcommand, name = "api-key")]
     ApiKey(QueueApiKeyCommand),
+    /// The queue's own audit log, read from its database.
+    #[command(subcommand)]
+    Audit(QueueAuditCommand),
     /// Connect to a queue with its pin and ask for its health: the onboarding connection test.
     Ping {
         #[arg(long)]
@@ -369,5 +372,16 @@ pub enum QueueApiKeyCommand {
         connection: AdminConnection,
         /// The member id.
         member: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueAuditCommand {
+    /// Verify the queue's hash chain; names the first bad entry.
+    Verify {
+        #[arg(long = "queue-dir", value_name = "DIR")]
+        queue_dir: PathBuf,
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
     },
 }

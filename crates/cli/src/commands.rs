@@ -695,6 +695,23 @@ async fn queue(context: &Context, command: QueueCommand) -> Result<Outcome, Fail
         QueueCommand::Vault(command) => crate::queue_commands::vault(command).await,
         QueueCommand::Member(command) => crate::queue_commands::member(command).await,
         QueueCommand::ApiKey(command) => crate::queue_commands::api_key_new(command).await,
+        QueueCommand::Audit(crate::args::QueueAuditCommand::Verify { queue_dir, database }) => {
+            if database.is_none() && !queue_dir.join("queue.db").is_file() {
+                return Err(Failure::input(format!(
+                    "queue-dir: no queue.db in {}",
+                    queue_dir.display()
+                )));
+            }
+            let db = match &database {
+                Some(url) => countersign_queue::db::Db::connect(url).await,
+                None => countersign_queue::db::Db::sqlite_in(&queue_dir).await,
+            }
+            .map_err(|e| Failure::other(e.to_string()))?;
+            let result = countersign_queue::model::verify_audit(&db)
+                .await
+                .map_err(|e| Failure::other(e.message))?;
+            Ok(report_chain(result))
+        }
         QueueCommand::Serve { queue_dir, listen, database, policy } => {
             std::fs::create_dir_all(&queue_dir)
                 .map_err(|e| Failure::other(format!("{}: {e}", queue_dir.display())))?;

@@ -1,0 +1,202 @@
+//! The sync against a queue that lies: a payload changed between two syncs and a wrong claimed
+//! hash are marked and open incidents; a queue restarted in the middle is survived.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
+use alloy_primitives::{address, Address, B256};
+use countersign_core::intent::intent_digest;
+use countersign_core::request::SafeTxRequest;
+use countersign_core::secret::SecretString;
+use countersign_core::signer::Signer;
+use countersign_core::vault::VaultRecord;
+use countersign_core::version::SafeVersion;
+use countersign_queue::api::ApiState;
+use countersign_queue::db::Db;
+use countersign_queue::model::{self, QueueRules};
+use countersign_queue::server;
+use countersign_queue::tls::Identity;
+use countersign_signers::software::SoftwareSigner;
+use countersign_store::keywrap::Protection;
+use countersign_store::Store;
+use countersign_sync::sync::{sync, Connection};
+use serde_json::{json, Value};
+
+const SAFE: Address = address!("111CEEee040739fD91D29C34C33E6B3E112F2177");
+
+fn key(byte: u8) -> SoftwareSigner {
+    SoftwareSigner::from_hex(&SecretString::new(format!("{byte:02x}").repeat(32))).unwrap()
+}
+
+fn vault(owners: &[Address]) -> VaultRecord {
+    let mut record = VaultRecord::new(1, SAFE, SafeVersion::V1_3_0);
+    record.owners = owners.to_vec();
+    record.threshold = Some(2);
+    record.next_nonce = Some(alloy_primitives::U256::from(5));
+    record
+}
+
+fn transaction(file: &str) -> Value {
+    let path = format!("{}/../../tests/cases/{file}/request.json", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn rules() -> QueueRules {
+    QueueRules {
+        policy: Default::default(),
+        tokens: countersign_core::tokens::TokenList::shipped().unwrap(),
+    }
+}
+
+struct World {
+    db: Db,
+    identity: Identity,
+    running: server::Running,
+    store: Store,
+    connection: Connection,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn world() -> World {
+    let queue_dir = tempfile::tempdir().unwrap();
+    let db = Db::sqlite_in(queue_dir.path()).await.unwrap();
+    let admin_key = model::bootstrap(&db).await.unwrap().unwrap();
+    let identity = Identity::ephemeral().unwrap();
+    let running = server::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity,
+        ApiState::new(db.clone(), rules(), Default::default()),
+    )
+    .await
+    .unwrap();
+    let (initiator, alice, bob) = (key(0x11), key(0x22), key(0x33));
+    let owners = [alice.address(), bob.address(), initiator.address()];
+
+    let admin = Connection {
+        url: running.url(),
+        pins: vec![running.pin.clone()],
+        api_key: SecretString::new(admin_key),
+        initiators: vec![],
+    };
+    let admin = admin.session().await.unwrap();
+    let owner_texts: Vec<String> = owners.iter().map(|o| o.to_checksum(None)).collect();
+    admin.post("/v1/vaults", &json!({ "chainId": 1, "address": SAFE.to_checksum(None), "safeVersion": "1.3.0", "owners": owner_texts, "threshold": 2, "nextNonce": "5" })).await.unwrap();
+    let mut keys = Vec::new();
+    for (id, role, address) in
+        [("init", "initiator", initiator.address()), ("alice", "approver", alice.address())]
+    {
+        admin.post("/v1/members", &json!({ "id": id, "name": id, "role": role, "address": address.to_checksum(None) })).await.unwrap();
+        keys.push(
+            admin.post(&format!("/v1/members/{id}/api-keys"), &json!({})).await.unwrap()["apiKey"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let init = Connection {
+        url: running.url(),
+        pins: vec![running.pin.clone()],
+        api_key: SecretString::new(keys[0].clone()),
+        initiators: vec![],
+    };
+    let init = init.session().await.unwrap();
+    for (id, file) in
+        [("r1", "ok_usdc_transfer"), ("r2", "ok_native_transfer"), ("r3", "ok_transfer_from")]
+    {
+        let tx = transaction(file);
+        let request = SafeTxRequest::from_json(tx.to_string().as_bytes()).unwrap();
+        let hash = vault(&owners).domain().hashes(&request.tx).safe_tx;
+        let created =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let signature = initiator.sign_digest(&intent_digest(1, id, SAFE, hash, created)).unwrap();
+        init.post("/v1/requests", &json!({ "id": id, "chainId": 1, "transaction": tx, "createdAt": created, "initiatorSignature": signature.to_hex() })).await.unwrap();
+    }
+
+    let local_dir = tempfile::tempdir().unwrap();
+    let store = Store::create(
+        local_dir.path(),
+        Protection::Passphrase(SecretString::new("long passphrase".into())),
+    )
+    .await
+    .unwrap();
+    store.add_vault(&vault(&owners)).await.unwrap();
+    let connection = Connection {
+        url: running.url(),
+        pins: vec![running.pin.clone()],
+        api_key: SecretString::new(keys[1].clone()),
+        initiators: vec![initiator.address()],
+    };
+    store.set_queue_config(&connection.to_secret()).await.unwrap();
+    World { db, identity, running, store, connection, _dirs: (queue_dir, local_dir) }
+}
+
+async fn marks(store: &Store, id: &str) -> Vec<Value> {
+    store.cached_request(id).await.unwrap().unwrap().body["countersign"]["marks"]
+        .as_array()
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn fail_a_lying_queue_is_marked_and_opens_incidents() {
+    let world = world().await;
+    let first = sync(&world.store, &world.connection).await.unwrap();
+    assert_eq!(first.fetched, 3);
+    assert!(first.marked.is_empty(), "{:?}", first.marked);
+
+    // The queue changes r1's payload and claims a wrong hash for r2, bumping both to resync.
+    sqlx::query("UPDATE requests SET transaction_json = replace(transaction_json, '\"nonce\":5', '\"nonce\":6'), seq = seq + 100 WHERE id = 'r1'")
+        .execute(&world.db.pool).await.unwrap();
+    sqlx::query("UPDATE requests SET safe_tx_hash = $1, seq = seq + 200 WHERE id = 'r2'")
+        .bind(B256::repeat_byte(0xee).to_string())
+        .execute(&world.db.pool)
+        .await
+        .unwrap();
+    let second = sync(&world.store, &world.connection).await.unwrap();
+    let marked: Vec<&str> = second.marked.iter().map(|(id, _)| id.as_str()).collect();
+    assert!(marked.contains(&"r1") && marked.contains(&"r2"), "{:?}", second.marked);
+    assert!(marks(&world.store, "r1")
+        .await
+        .iter()
+        .any(|m| m.as_str().unwrap().contains("payload changed")));
+    assert!(marks(&world.store, "r2")
+        .await
+        .iter()
+        .any(|m| m.as_str().unwrap().contains("claims safeTxHash")));
+    assert!(marks(&world.store, "r3").await.is_empty());
+    assert!(second.incidents.len() >= 2);
+    let history = world.store.history(&vault(&[]), alloy_primitives::U256::from(5)).await.unwrap();
+    assert!(history.open_incidents >= 2, "signing on the vault is blocked");
+
+    // Marks stay, even if the queue puts the old payload back.
+    let third = sync(&world.store, &world.connection).await.unwrap();
+    assert_eq!(third.fetched, 0);
+    assert!(!marks(&world.store, "r1").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_queue_restart_mid_sync_is_survived_without_duplicates() {
+    let world = world().await;
+    let addr = world.running.addr;
+    world.running.stop();
+    drop(world.running);
+    let db = world.db.clone();
+    let identity = world.identity;
+    let restarted = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        server::start(addr, &identity, ApiState::new(db, rules(), Default::default()))
+            .await
+            .unwrap()
+    });
+    let report = sync(&world.store, &world.connection).await.unwrap();
+    let _server = restarted.await.unwrap();
+    assert_eq!(report.fetched, 3);
+    assert_eq!(world.store.cached_requests().await.unwrap().len(), 3);
+    let again = sync(&world.store, &world.connection).await.unwrap();
+    assert_eq!(again.fetched, 0, "the cursor was stored with the batch");
+    assert_eq!(world.store.cached_requests().await.unwrap().len(), 3);
+}
