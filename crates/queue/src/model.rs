@@ -711,17 +711,31 @@ pub async fn list(
     }
     .map_err(db)?;
     let more = rows.len() as i64 > limit;
-    let mut out = Vec::new();
-    let mut cursor = after;
-    for row in rows.iter().take(limit as usize) {
-        cursor = int(row, "seq");
-        if state.is_some_and(|s| s != effective_state(row)) {
-            continue;
+    let page: Vec<&AnyRow> = rows.iter().take(limit as usize).collect();
+    let cursor = page.last().map(|row| int(row, "seq")).unwrap_or(after);
+    let shown: Vec<&AnyRow> =
+        page.into_iter().filter(|row| state.is_none_or(|s| s == effective_state(row))).collect();
+    // One query for the approvals of the whole page.
+    let mut by_request: std::collections::HashMap<String, Vec<AnyRow>> = Default::default();
+    if !shown.is_empty() {
+        let marks: Vec<String> = (1..=shown.len()).map(|n| format!("${n}")).collect();
+        let statement = format!(
+            "SELECT request_id, owner, member_id, signature, created_at FROM approvals \
+             WHERE request_id IN ({}) ORDER BY owner",
+            marks.join(", ")
+        );
+        let mut query = sqlx::query(&statement);
+        for row in &shown {
+            query = query.bind(text(row, "id"));
         }
-        let approvals = sqlx::query("SELECT owner, member_id, signature, created_at FROM approvals WHERE request_id = $1 ORDER BY owner")
-            .bind(text(row, "id")).fetch_all(&store.pool).await.map_err(db)?;
-        out.push(view_of(row, &approvals));
+        for approval in query.fetch_all(&store.pool).await.map_err(db)? {
+            by_request.entry(text(&approval, "request_id")).or_default().push(approval);
+        }
     }
+    let out: Vec<Value> = shown
+        .iter()
+        .map(|row| view_of(row, by_request.get(&text(row, "id")).map(Vec::as_slice).unwrap_or(&[])))
+        .collect();
     Ok(json!({ "requests": out, "cursor": cursor, "more": more }))
 }
 

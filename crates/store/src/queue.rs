@@ -56,6 +56,16 @@ impl Store {
         row.map(|row| self.open_cached(&row)).transpose()
     }
 
+    /// The id and payload hash of every cached request, without opening any sealed body.
+    pub async fn cached_payload_hashes(
+        &self,
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let rows = sqlx::query("SELECT id, payload_hash FROM queue_requests")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|row| (row.get("id"), row.get("payload_hash"))).collect())
+    }
+
     pub async fn cached_requests(&self) -> Result<Vec<CachedRequest>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, seq, payload_hash, sealed_body FROM queue_requests ORDER BY seq",

@@ -102,13 +102,11 @@ pub async fn sync(store: &Store, connection: &Connection) -> Result<SyncReport, 
         .ok_or_else(|| SyncError::Config("no queue is connected".into()))?;
     let session = connection.session().await?;
     let mut report = SyncReport::default();
+    let mut vaults = VaultCache::default();
     loop {
         let page = session.get(&format!("/v1/requests?after={cursor}&limit=500")).await?;
         let views = page["requests"].as_array().cloned().unwrap_or_default();
-        let mut batch = Vec::with_capacity(views.len());
-        for view in views {
-            batch.push(check(store, connection, view, &mut report).await?);
-        }
+        let batch = check_page(store, connection, views, &mut vaults, &mut report).await?;
         report.fetched += batch.len();
         cursor = page["cursor"].as_i64().unwrap_or(cursor);
         store.store_synced(&batch, cursor).await?;
@@ -121,15 +119,91 @@ pub async fn sync(store: &Store, connection: &Connection) -> Result<SyncReport, 
     Ok(report)
 }
 
-/// The checks for one request; returns what to store, with `countersign.marks`.
-async fn check(
+/// Pinned vault records looked up once per sync.
+#[derive(Default)]
+struct VaultCache(std::collections::HashMap<(u64, Address), Option<VaultRecord>>);
+
+impl VaultCache {
+    async fn get(
+        &mut self,
+        store: &Store,
+        chain_id: u64,
+        address: Address,
+    ) -> Result<Option<VaultRecord>, SyncError> {
+        if let Some(found) = self.0.get(&(chain_id, address)) {
+            return Ok(found.clone());
+        }
+        let found = match store.vault(chain_id, &address).await {
+            Ok(vault) => Some(vault),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(error) => return Err(error.into()),
+        };
+        self.0.insert((chain_id, address), found.clone());
+        Ok(found)
+    }
+}
+
+/// One request between the checks: what was found so far.
+struct Pending {
+    view: Value,
+    id: String,
+    previous: Option<CachedRequest>,
+    marks: Vec<String>,
+    alarms: Vec<String>,
+    vault: Option<VaultRecord>,
+    ours: Option<B256>,
+    intent: Option<(OwnerSignature, B256)>,
+}
+
+/// The checks for one page. Intent signatures are recovered on two threads at once, the
+/// rest in order.
+async fn check_page(
     store: &Store,
     connection: &Connection,
-    view: Value,
+    views: Vec<Value>,
+    vaults: &mut VaultCache,
     report: &mut SyncReport,
-) -> Result<CachedRequest, SyncError> {
-    let id = view["id"].as_str().unwrap_or_default().to_owned();
-    let previous = store.cached_request(&id).await?;
+) -> Result<Vec<CachedRequest>, SyncError> {
+    let known = store.cached_payload_hashes().await?;
+    let mut pending = Vec::with_capacity(views.len());
+    for view in views {
+        let id = view["id"].as_str().unwrap_or_default().to_owned();
+        let previous = match known.contains_key(&id) {
+            true => store.cached_request(&id).await?,
+            false => None,
+        };
+        pending.push(first_checks(store, view, id, previous, vaults).await?);
+    }
+
+    let intents: Vec<Option<(OwnerSignature, B256)>> = pending.iter().map(|p| p.intent).collect();
+    let recovered = tokio::task::spawn_blocking(move || recover_all(&intents))
+        .await
+        .map_err(|e| SyncError::Config(format!("signature checks stopped: {e}")))?;
+
+    let mut out = Vec::with_capacity(pending.len());
+    for (mut item, signer) in pending.into_iter().zip(recovered) {
+        if item.intent.is_some() {
+            match signer {
+                Some(signer) if connection.initiators.contains(&signer) => {}
+                Some(signer) => item.alarms.push(format!(
+                    "its intent signature recovers to {}, which is not a pinned initiator",
+                    checksummed(&signer)
+                )),
+                None => item.alarms.push("its intent signature recovers to no address".to_owned()),
+            }
+        }
+        out.push(finish(store, item, report).await?);
+    }
+    Ok(out)
+}
+
+async fn first_checks(
+    store: &Store,
+    view: Value,
+    id: String,
+    previous: Option<CachedRequest>,
+    vaults: &mut VaultCache,
+) -> Result<Pending, SyncError> {
     let mut marks: Vec<String> = previous
         .as_ref()
         .and_then(|p| p.body["countersign"]["marks"].as_array().cloned())
@@ -137,48 +211,65 @@ async fn check(
         .iter()
         .filter_map(|m| m.as_str().map(str::to_owned))
         .collect();
-    let payload_hash = payload_hash(&view);
     let mut alarms = Vec::new();
-
-    if previous.as_ref().is_some_and(|p| p.payload_hash != payload_hash) {
+    if previous.as_ref().is_some_and(|p| p.payload_hash != payload_hash(&view)) {
         alarms.push("its payload changed between two syncs".to_owned());
     }
-    let parsed = parse(&view);
-    let vault = match &parsed {
+    let (mut vault, mut ours, mut intent) = (None, None, None);
+    match parse(&view) {
+        Err(problem) => marks.push(format!("it cannot be read: {problem}")),
         Ok(request) => {
-            match store.vault(view["chainId"].as_u64().unwrap_or(0), &request.safe).await {
-                Ok(vault) => Some(vault),
-                Err(StoreError::NotFound { .. }) => {
-                    marks.push("its vault is not pinned on this machine".to_owned());
-                    None
+            vault = vaults.get(store, view["chainId"].as_u64().unwrap_or(0), request.safe).await?;
+            match &vault {
+                None => marks.push("its vault is not pinned on this machine".to_owned()),
+                Some(record) => {
+                    let hash = record.domain().hashes(&request.tx).safe_tx;
+                    ours = Some(hash);
+                    if view["safeTxHash"].as_str() != Some(hash.to_string().as_str()) {
+                        alarms.push(format!(
+                            "the queue claims safeTxHash {} but its fields hash to {hash}",
+                            view["safeTxHash"]
+                        ));
+                    }
+                    match intent_to_check(&view, record, hash) {
+                        Ok(pair) => intent = Some(pair),
+                        Err(problem) => alarms.push(problem),
+                    }
                 }
-                Err(error) => return Err(error.into()),
             }
         }
-        Err(problem) => {
-            marks.push(format!("it cannot be read: {problem}"));
-            None
-        }
-    };
-    let mut ours = None;
-    if let (Ok(request), Some(vault)) = (&parsed, &vault) {
-        let hash = vault.domain().hashes(&request.tx).safe_tx;
-        ours = Some(hash);
-        if view["safeTxHash"].as_str() != Some(hash.to_string().as_str()) {
-            alarms.push(format!(
-                "the queue claims safeTxHash {} but its fields hash to {hash}",
-                view["safeTxHash"]
-            ));
-        }
-        if let Err(problem) = check_intent(&view, vault, hash, &connection.initiators) {
-            alarms.push(problem);
-        }
     }
+    Ok(Pending { view, id, previous, marks, alarms, vault, ours, intent })
+}
+
+fn recover_all(intents: &[Option<(OwnerSignature, B256)>]) -> Vec<Option<Address>> {
+    let half = intents.len().div_ceil(2).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = intents
+            .chunks(half)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|pair| pair.and_then(|(s, d)| s.recover(&d).ok()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
+}
+
+async fn finish(
+    store: &Store,
+    item: Pending,
+    report: &mut SyncReport,
+) -> Result<CachedRequest, SyncError> {
+    let Pending { view, id, previous, mut marks, alarms, vault, ours, .. } = item;
     for alarm in &alarms {
         if let Some(vault) = &vault {
             let detail = json!({ "request": id, "reason": alarm });
-            let incident = store.open_incident(vault, "queue", &detail).await?;
-            report.incidents.push(incident);
+            report.incidents.push(store.open_incident(vault, "queue", &detail).await?);
         }
         marks.push(alarm.clone());
     }
@@ -186,6 +277,7 @@ async fn check(
         report.marked.push((id.clone(), mark.clone()));
     }
     marks.dedup();
+    let payload_hash = payload_hash(&view);
     let mut body = view;
     body["countersign"] = json!({ "marks": marks, "safeTxHash": ours.map(|h| h.to_string()) });
     let seq = body["seq"].as_i64().unwrap_or(0);
@@ -217,30 +309,19 @@ fn parse(view: &Value) -> Result<SafeTxRequest, String> {
         .map_err(|e| e.to_string())
 }
 
-fn check_intent(
+/// The intent signature and the digest it must be over, for the batch recovery.
+fn intent_to_check(
     view: &Value,
     vault: &VaultRecord,
     hash: B256,
-    initiators: &[Address],
-) -> Result<(), String> {
+) -> Result<(OwnerSignature, B256), String> {
     let id = view["id"].as_str().unwrap_or_default();
     let created_at = view["createdAt"].as_u64().unwrap_or(0);
     let digest = intent_digest(vault.chain_id, id, vault.address, hash, created_at);
-    let signature = OwnerSignature::parse_hex(
-        "initiatorSignature",
-        view["initiatorSignature"].as_str().unwrap_or_default(),
-    )
-    .map_err(|e| format!("its intent signature is malformed: {e}"))?;
-    let signer = signature
-        .recover(&digest)
-        .map_err(|_| "its intent signature recovers to no address".to_owned())?;
-    if !initiators.contains(&signer) {
-        return Err(format!(
-            "its intent signature recovers to {}, which is not a pinned initiator",
-            checksummed(&signer)
-        ));
-    }
-    Ok(())
+    let text = view["initiatorSignature"].as_str().unwrap_or_default();
+    let signature = OwnerSignature::parse_hex("initiatorSignature", text)
+        .map_err(|e| format!("its intent signature is malformed: {e}"))?;
+    Ok((signature, digest))
 }
 
 async fn compare_vaults(

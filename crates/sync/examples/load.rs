@@ -1,0 +1,325 @@
+//! The queue's load benchmark: `cargo run --release -p countersign-sync --example load`.
+//!
+//! Everything runs on this machine, over TLS on loopback, against a SQLite queue in a temporary
+//! folder: a server in this process, and a load generator of concurrent clients beside it. It
+//! measures, in one run:
+//!
+//! 1. signature recovery alone on 2 threads (the ceiling for approvals, which each recover one);
+//! 2. approvals: distinct pre-signed approvals over many pending requests, through many API
+//!    keys so the per-key rate limit does not cap the run;
+//! 3. listing: `GET /v1/requests?limit=20`;
+//! 4. a sync of every pending request into a sealed local store (fetch, re-hash, verify the
+//!    intent signature, store), against 2-thread signature verification of as many signatures.
+//!
+//! Sizes come from the environment: LOAD_REQUESTS (default 2000), LOAD_CONCURRENCY (32),
+//! LOAD_LIST_SECONDS (5). Its request loops are bounded in count and stop by themselves.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark stops at the first failure"
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy_primitives::{address, Address, B256, U256};
+use countersign_core::decode::encode_transfer;
+use countersign_core::intent::intent_digest;
+use countersign_core::secret::SecretString;
+use countersign_core::signature::OwnerSignature;
+use countersign_core::signer::Signer;
+use countersign_core::vault::VaultRecord;
+use countersign_core::version::SafeVersion;
+use countersign_queue::api::{ApiState, RateLimit};
+use countersign_queue::db::Db;
+use countersign_queue::model::{self, QueueRules};
+use countersign_queue::server;
+use countersign_queue::tls::Identity;
+use countersign_signers::software::SoftwareSigner;
+use countersign_store::keywrap::Protection;
+use countersign_store::Store;
+use countersign_sync::client::Session;
+use countersign_sync::sync::{sync, Connection};
+use serde_json::{json, Value};
+
+const SAFE: Address = address!("111CEEee040739fD91D29C34C33E6B3E112F2177");
+const USDC: Address = address!("A0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48");
+const OWNERS: u8 = 10;
+const KEYS_PER_APPROVER: usize = 20;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn key(byte: u8) -> SoftwareSigner {
+    SoftwareSigner::from_hex(&SecretString::new(format!("{byte:02x}").repeat(32))).unwrap()
+}
+
+fn tx_json(i: usize) -> Value {
+    let to = Address::with_last_byte((i % 250) as u8 + 1);
+    let data = encode_transfer(to, U256::from(1_000_000u64 + i as u64));
+    json!({ "safe": SAFE.to_checksum(None), "to": USDC.to_checksum(None), "value": "0", "data": data.to_string(),
+            "operation": 0, "safeTxGas": "0", "baseGas": "0", "gasPrice": "0",
+            "gasToken": Address::ZERO.to_checksum(None), "refundReceiver": Address::ZERO.to_checksum(None),
+            "nonce": 5 + (i % 20) })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Runs `jobs` through `concurrency` workers; returns (wall time, sorted latencies).
+async fn drive<F, Fut>(jobs: Vec<Value>, concurrency: usize, work: F) -> (Duration, Vec<Duration>)
+where
+    F: Fn(usize, Value) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let work = Arc::new(work);
+    let queue = Arc::new(tokio::sync::Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>()));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..concurrency {
+        let (queue, work) = (queue.clone(), work.clone());
+        handles.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let Some((index, job)) = queue.lock().await.pop() else { break };
+                let began = Instant::now();
+                work(index, job).await;
+                latencies.push(began.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for handle in handles {
+        all.extend(handle.await.unwrap());
+    }
+    all.sort();
+    (start.elapsed(), all)
+}
+
+/// Signature recoveries per second on `threads` OS threads.
+fn recovery_rate(signatures: &[(OwnerSignature, B256)], threads: usize) -> f64 {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for chunk in signatures.chunks(signatures.len().div_ceil(threads)) {
+            scope.spawn(move || {
+                for (signature, hash) in chunk {
+                    signature.recover(hash).unwrap();
+                }
+            });
+        }
+    });
+    signatures.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let requests = env("LOAD_REQUESTS", 2000);
+    let concurrency = env("LOAD_CONCURRENCY", 32);
+    let list_seconds = env("LOAD_LIST_SECONDS", 5) as u64;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::sqlite_in(dir.path()).await.unwrap();
+    let admin_key = model::bootstrap(&db).await.unwrap().unwrap();
+    let rules = QueueRules {
+        policy: Default::default(),
+        tokens: countersign_core::tokens::TokenList::shipped().unwrap(),
+    };
+    let identity = Identity::ephemeral().unwrap();
+    let running = server::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity,
+        ApiState::new(db.clone(), rules, RateLimit::default()),
+    )
+    .await
+    .unwrap();
+    let connect = |api_key: String| Connection {
+        url: running.url(),
+        pins: vec![running.pin.clone()],
+        api_key: SecretString::new(api_key),
+        initiators: vec![],
+    };
+
+    // Setup: a vault with 10 owners (threshold 10, so requests stay pending), an initiator,
+    // 10 approvers with 20 API keys each.
+    let initiator = key(0xf0);
+    let approvers: Vec<SoftwareSigner> = (1..=OWNERS).map(key).collect();
+    let mut owners: Vec<String> = approvers.iter().map(|k| k.address().to_checksum(None)).collect();
+    owners.push(initiator.address().to_checksum(None));
+    let admin = connect(admin_key).session().await.unwrap();
+    admin
+        .post(
+            "/v1/vaults",
+            &json!({ "chainId": 1, "address": SAFE.to_checksum(None), "safeVersion": "1.3.0",
+        "owners": owners, "threshold": OWNERS, "nextNonce": "5" }),
+        )
+        .await
+        .unwrap();
+    let mut member_keys = Vec::new();
+    for (i, signer) in std::iter::once(&initiator).chain(approvers.iter()).enumerate() {
+        let (id, role) =
+            if i == 0 { ("init".to_owned(), "initiator") } else { (format!("a{i}"), "approver") };
+        admin.post("/v1/members", &json!({ "id": id, "name": id, "role": role, "address": signer.address().to_checksum(None) })).await.unwrap();
+        let count = if i == 0 { 8 } else { KEYS_PER_APPROVER };
+        let mut keys = Vec::new();
+        for _ in 0..count {
+            keys.push(
+                admin.post(&format!("/v1/members/{id}/api-keys"), &json!({})).await.unwrap()
+                    ["apiKey"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        member_keys.push(keys);
+    }
+    let mut vault = VaultRecord::new(1, SAFE, SafeVersion::V1_3_0);
+    vault.owners = approvers.iter().map(|k| k.address()).chain([initiator.address()]).collect();
+    let domain = vault.domain();
+
+    // Submissions (their own measurement is a by-product).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut hashes = Vec::new();
+    let mut submissions = Vec::new();
+    for i in 0..requests {
+        let tx = tx_json(i);
+        let parsed =
+            countersign_core::request::SafeTxRequest::from_json(tx.to_string().as_bytes()).unwrap();
+        let hash = domain.hashes(&parsed.tx).safe_tx;
+        let id = format!("r{i}");
+        let signature = initiator.sign_digest(&intent_digest(1, &id, SAFE, hash, now)).unwrap();
+        hashes.push(hash);
+        submissions.push(json!({ "id": id, "chainId": 1, "transaction": tx, "createdAt": now, "initiatorSignature": signature.to_hex() }));
+    }
+    let init_sessions: Vec<Session> = futures_sessions(&member_keys[0], &connect).await;
+    let sessions = Arc::new(init_sessions);
+    let (submit_time, submit_lat) = drive(submissions, concurrency, move |i, body| {
+        let sessions = sessions.clone();
+        async move {
+            sessions[i % sessions.len()].post("/v1/requests", &body).await.unwrap();
+        }
+    })
+    .await;
+
+    // Pre-signed, distinct approvals: every approver approves every request once.
+    let mut approvals = Vec::new();
+    let mut recoveries = Vec::new();
+    for (a, signer) in approvers.iter().enumerate() {
+        for (r, hash) in hashes.iter().enumerate() {
+            let signature = signer.sign_digest(hash).unwrap();
+            recoveries.push((signature, *hash));
+            approvals.push(json!({ "approver": a, "request": r, "safeTxHash": hash.to_string(), "signature": signature.to_hex() }));
+        }
+    }
+    let recovery_2 = recovery_rate(&recoveries, 2);
+    let mut approver_sessions = Vec::new();
+    for keys in &member_keys[1..] {
+        approver_sessions.push(futures_sessions(keys, &connect).await);
+    }
+    let approver_sessions = Arc::new(approver_sessions);
+    let total_approvals = approvals.len();
+    let (approve_time, approve_lat) = drive(approvals, concurrency, move |i, body| {
+        let sessions = approver_sessions.clone();
+        async move {
+            let a = body["approver"].as_u64().unwrap() as usize;
+            let r = body["request"].as_u64().unwrap();
+            let session = &sessions[a][i % KEYS_PER_APPROVER];
+            session.post(&format!("/v1/requests/r{r}/approvals"), &body).await.unwrap();
+        }
+    })
+    .await;
+
+    // Listing for a fixed time, bounded in count.
+    let list_sessions = Arc::new(approver_sessions_flat(&member_keys, &connect).await);
+    let deadline = Instant::now() + Duration::from_secs(list_seconds);
+    let listed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = listed.clone();
+    let jobs: Vec<Value> = (0..200_000).map(|_| Value::Null).collect();
+    let (list_time, mut list_lat) = drive(jobs, concurrency, move |i, _| {
+        let (sessions, counter) = (list_sessions.clone(), counter.clone());
+        async move {
+            if Instant::now() < deadline {
+                sessions[i % sessions.len()].get("/v1/requests?limit=20").await.unwrap();
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    })
+    .await;
+    let listed = listed.load(std::sync::atomic::Ordering::Relaxed);
+    list_lat.retain(|d| *d > Duration::from_micros(20));
+    list_lat.sort();
+
+    // Sync of every pending request into a fresh sealed store.
+    let local = tempfile::tempdir().unwrap();
+    let store = Store::create(
+        local.path(),
+        Protection::Passphrase(SecretString::new("load benchmark".into())),
+    )
+    .await
+    .unwrap();
+    let mut pinned = vault.clone();
+    pinned.threshold = Some(OWNERS as u32);
+    pinned.next_nonce = Some(U256::from(5));
+    store.add_vault(&pinned).await.unwrap();
+    let connection =
+        Connection { initiators: vec![initiator.address()], ..connect(member_keys[1][0].clone()) };
+    store.set_queue_config(&connection.to_secret()).await.unwrap();
+    let intents: Vec<(OwnerSignature, B256)> = (0..requests)
+        .map(|i| {
+            let d = intent_digest(1, &format!("r{i}"), SAFE, hashes[i], now);
+            (initiator.sign_digest(&d).unwrap(), d)
+        })
+        .collect();
+    let verify_start = Instant::now();
+    recovery_rate(&intents, 2);
+    let verify_time = verify_start.elapsed();
+    let sync_start = Instant::now();
+    let report = sync(&store, &connection).await.unwrap();
+    let sync_time = sync_start.elapsed();
+    assert_eq!(report.fetched, requests);
+    assert!(report.marked.is_empty());
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let approve_rate = total_approvals as f64 / approve_time.as_secs_f64();
+    println!("\n| measurement ({requests} requests, {concurrency} concurrent clients, SQLite, TLS on loopback) | figure |");
+    println!("|---|---:|");
+    println!(
+        "| submissions | {:.0}/s, p99 {:.1} ms |",
+        requests as f64 / submit_time.as_secs_f64(),
+        ms(percentile(&submit_lat, 0.99))
+    );
+    println!("| signature recovery alone, 2 threads | {recovery_2:.0}/s |");
+    println!("| approvals ({total_approvals} distinct) | {approve_rate:.0}/s = {:.2} × recovery (goal ≥ 0.7), p99 {:.1} ms |", approve_rate / recovery_2, ms(percentile(&approve_lat, 0.99)));
+    println!(
+        "| listing, GET /v1/requests?limit=20 | {:.0}/s, p99 {:.1} ms |",
+        listed as f64 / list_time.as_secs_f64(),
+        ms(percentile(&list_lat, 0.99))
+    );
+    println!("| sync of {requests} pending requests | {:.0} ms = {:.2} × {requests} intent verifications on 2 threads ({:.0} ms; goal ≤ 1.3) |", ms(sync_time), sync_time.as_secs_f64() / verify_time.as_secs_f64(), ms(verify_time));
+    running.stop();
+}
+
+async fn futures_sessions(
+    keys: &[String],
+    connect: &impl Fn(String) -> Connection,
+) -> Vec<Session> {
+    let mut out = Vec::new();
+    for key in keys {
+        out.push(connect(key.clone()).session().await.unwrap());
+    }
+    out
+}
+
+async fn approver_sessions_flat(
+    keys: &[Vec<String>],
+    connect: &impl Fn(String) -> Connection,
+) -> Vec<Session> {
+    let mut out = Vec::new();
+    for list in &keys[1..] {
+        out.extend(futures_sessions(list, connect).await);
+    }
+    out
+}
