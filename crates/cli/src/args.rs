@@ -271,6 +271,9 @@ pub enum QueueCommand {
         /// The queue's own policy file (an approver's local policy may be stricter).
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
+        /// Accept connections only from this network (CIDR, like 10.1.0.0/16); repeat for each.
+        #[arg(long = "allow-ip", value_name = "CIDR")]
+        allow_ip: Vec<String>,
     },
     /// Store the connection to a queue (sealed): URL, pins, API key, the initiators to trust.
     Connect {

@@ -712,7 +712,20 @@ async fn queue(context: &Context, command: QueueCommand) -> Result<Outcome, Fail
                 .map_err(|e| Failure::other(e.message))?;
             Ok(report_chain(result))
         }
-        QueueCommand::Serve { queue_dir, listen, database, policy } => {
+        QueueCommand::Serve { queue_dir, listen, database, policy, allow_ip } => {
+            let allow = allow_ip
+                .iter()
+                .enumerate()
+                .map(|(i, net)| {
+                    net.parse::<ipnet::IpNet>()
+                        .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            Failure::input(format!(
+                                "allow-ip[{i}]: {net:?} is not a network like 10.0.0.0/8"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             std::fs::create_dir_all(&queue_dir)
                 .map_err(|e| Failure::other(format!("{}: {e}", queue_dir.display())))?;
             #[cfg(unix)]
@@ -737,7 +750,8 @@ async fn queue(context: &Context, command: QueueCommand) -> Result<Outcome, Fail
             let admin_key = countersign_queue::model::bootstrap(&db)
                 .await
                 .map_err(|e| Failure::other(e.message))?;
-            let api = countersign_queue::api::ApiState::new(db, rules, Default::default());
+            let api = countersign_queue::api::ApiState::new(db, rules, Default::default())
+                .with_allowlist(allow);
             let running = countersign_queue::server::start(listen, &identity, api)
                 .await
                 .map_err(|e| Failure::other(e.to_string()))?;

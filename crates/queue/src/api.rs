@@ -56,6 +56,9 @@ impl Buckets {
     }
 }
 
+/// A session as looked up: its member, its API key's hash, its expiry.
+type CachedSession = (Member, String, i64);
+
 /// Everything a handler needs.
 #[derive(Clone)]
 #[expect(missing_debug_implementations, reason = "holds a pool and buckets; nothing to show")]
@@ -66,6 +69,13 @@ pub struct ApiState {
     buckets: Arc<Buckets>,
     /// Requests answered with 429, for operators and tests.
     pub rate_limited: Arc<std::sync::atomic::AtomicU64>,
+    /// Sessions seen, by token hash, until they expire: members and keys are never removed,
+    /// so a cached session cannot outlive what it stands for.
+    sessions: Arc<Mutex<HashMap<String, CachedSession>>>,
+    /// Request changes, for `GET /v1/events`.
+    pub events: tokio::sync::broadcast::Sender<Value>,
+    /// When not empty, only these networks may connect (checked before the TLS handshake).
+    pub allow: Arc<Vec<ipnet::IpNet>>,
 }
 
 impl ApiState {
@@ -76,7 +86,26 @@ impl ApiState {
             limit,
             buckets: Arc::default(),
             rate_limited: Arc::default(),
+            sessions: Arc::default(),
+            events: tokio::sync::broadcast::channel(1024).0,
+            allow: Arc::default(),
         }
+    }
+
+    /// Only peers in `networks` may connect.
+    pub fn with_allowlist(mut self, networks: Vec<ipnet::IpNet>) -> Self {
+        self.allow = Arc::new(networks);
+        self
+    }
+
+    /// Whether `peer` may connect.
+    pub fn allows(&self, peer: std::net::IpAddr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&peer))
+    }
+
+    fn announce(&self, view: &Value) {
+        let event = json!({ "type": "request", "id": view["id"], "seq": view["seq"], "state": view["state"] });
+        let _ = self.events.send(event);
     }
 
     fn limit(&self, key_hash: &str) -> Result<(), ApiError> {
@@ -101,7 +130,21 @@ impl ApiState {
             .ok_or_else(|| {
                 ApiError::unauthorized("Authorization: send `Bearer <session token>`")
             })?;
-        let (member, key_hash) = model::session(&self.db, token).await?;
+        let token_hash = model::secret_hash(token);
+        let cached = self.sessions.lock().ok().and_then(|cache| cache.get(&token_hash).cloned());
+        let (member, key_hash) = match cached {
+            Some((member, key_hash, expires)) if expires > model::now() => (member, key_hash),
+            _ => {
+                let (member, key_hash, expires) = model::session(&self.db, token).await?;
+                if let Ok(mut cache) = self.sessions.lock() {
+                    if cache.len() > 100_000 {
+                        cache.clear();
+                    }
+                    cache.insert(token_hash, (member.clone(), key_hash.clone(), expires));
+                }
+                (member, key_hash)
+            }
+        };
         self.limit(&key_hash)?;
         Ok(member)
     }
@@ -119,6 +162,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/requests/{id}/rejections", post(reject))
         .route("/v1/requests/{id}/execution", post(execute))
         .route("/v1/audit", get(audit))
+        .route("/v1/events", get(events))
         .route("/v1/openapi.json", get(openapi))
 }
 
@@ -181,7 +225,9 @@ async fn list_vaults(State(state): State<ApiState>, headers: HeaderMap) -> Answe
 
 async fn submit(State(state): State<ApiState>, headers: HeaderMap, bytes: Bytes) -> Answer {
     let caller = state.caller(&headers).await?;
-    Ok(Json(model::submit(&state.db, &state.rules, &caller, &body(&bytes)?).await?))
+    let view = model::submit(&state.db, &state.rules, &caller, &body(&bytes)?).await?;
+    state.announce(&view);
+    Ok(Json(view))
 }
 
 #[derive(Deserialize)]
@@ -225,7 +271,9 @@ async fn approve(
     bytes: Bytes,
 ) -> Answer {
     let caller = state.caller(&headers).await?;
-    Ok(Json(model::approve(&state.db, &caller, &id, &body(&bytes)?).await?))
+    let view = model::approve(&state.db, &caller, &id, &body(&bytes)?).await?;
+    state.announce(&view);
+    Ok(Json(view))
 }
 
 async fn reject(
@@ -235,7 +283,9 @@ async fn reject(
     bytes: Bytes,
 ) -> Answer {
     let caller = state.caller(&headers).await?;
-    Ok(Json(model::reject(&state.db, &caller, &id, &body(&bytes)?).await?))
+    let view = model::reject(&state.db, &caller, &id, &body(&bytes)?).await?;
+    state.announce(&view);
+    Ok(Json(view))
 }
 
 async fn execute(
@@ -245,13 +295,42 @@ async fn execute(
     bytes: Bytes,
 ) -> Answer {
     let caller = state.caller(&headers).await?;
-    Ok(Json(model::mark_executed(&state.db, &caller, &id, &body(&bytes)?).await?))
+    let view = model::mark_executed(&state.db, &caller, &id, &body(&bytes)?).await?;
+    state.announce(&view);
+    Ok(Json(view))
 }
 
 async fn audit(State(state): State<ApiState>, headers: HeaderMap) -> Answer {
     state.caller(&headers).await?.require(&[Role::Admin, Role::Viewer, Role::Approver])?;
     let entries = model::audit_entries(&state.db).await?;
     Ok(Json(json!({ "entries": entries })))
+}
+
+/// `GET /v1/events`: server-sent events, one `request` event per change of a request (its id,
+/// seq and state); a client that falls behind gets a `resync` event and lists by cursor.
+async fn events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<
+    axum::response::sse::Sse<
+        impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+    ApiError,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    state.caller(&headers).await?;
+    let receiver = state.events.subscribe();
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let event = match receiver.recv().await {
+            Ok(value) => Event::default().event("request").data(value.to_string()),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                Event::default().event("resync").data("{}")
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(event), receiver))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 async fn openapi() -> Json<Value> {

@@ -175,7 +175,7 @@ pub async fn verify_audit(store: &Db) -> Result<Result<ChainReport, ChainBreak>,
 
 /// On an empty queue: an admin member and its API key, returned once.
 pub async fn bootstrap(store: &Db) -> Result<Option<String>, ApiError> {
-    let mut tx = store.begin().await?;
+    let (mut tx, _writer) = store.begin().await?;
     let any =
         sqlx::query("SELECT id FROM members LIMIT 1").fetch_optional(&mut *tx).await.map_err(db)?;
     if any.is_some() {
@@ -239,7 +239,7 @@ pub async fn open_session(store: &Db, api_key: &str) -> Result<(String, i64, Mem
     let member = member_from(&row);
     let token = random_token("cst_");
     let expires_at = now() + SESSION_SECONDS;
-    let mut tx = store.begin().await?;
+    let (mut tx, _writer) = store.begin().await?;
     sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
         .bind(now())
         .execute(&mut *tx)
@@ -258,7 +258,7 @@ pub async fn open_session(store: &Db, api_key: &str) -> Result<(String, i64, Mem
 }
 
 /// The member and key hash behind a bearer token.
-pub async fn session(store: &Db, token: &str) -> Result<(Member, String), ApiError> {
+pub async fn session(store: &Db, token: &str) -> Result<(Member, String, i64), ApiError> {
     let row = sqlx::query(
         "SELECT m.id, m.name, m.role, m.address, s.key_hash, s.expires_at FROM sessions s \
          JOIN members m ON m.id = s.member_id WHERE s.token_hash = $1",
@@ -275,7 +275,7 @@ pub async fn session(store: &Db, token: &str) -> Result<(Member, String), ApiErr
             "the session expired; open a new one with POST /v1/session",
         ));
     }
-    Ok((member_from(&row), text(&row, "key_hash")))
+    Ok((member_from(&row), text(&row, "key_hash"), int(&row, "expires_at")))
 }
 
 /// Adds a member (admin only; nobody enrolls themselves).
@@ -298,7 +298,7 @@ pub async fn add_member(store: &Db, body: &Value) -> Result<Member, ApiError> {
             "address: initiators and approvers need a signing address",
         ));
     }
-    let mut tx = store.begin().await?;
+    let (mut tx, _writer) = store.begin().await?;
     let taken = sqlx::query("SELECT id FROM members WHERE id = $1")
         .bind(id.clone())
         .fetch_optional(&mut *tx)
@@ -334,7 +334,7 @@ pub async fn members(store: &Db) -> Result<Vec<Member>, ApiError> {
 
 /// A new API key for a member (admin only), shown once.
 pub async fn new_api_key(store: &Db, member_id: &str) -> Result<String, ApiError> {
-    let mut tx = store.begin().await?;
+    let (mut tx, _writer) = store.begin().await?;
     let exists = sqlx::query("SELECT id FROM members WHERE id = $1")
         .bind(member_id.to_owned())
         .fetch_optional(&mut *tx)
@@ -390,7 +390,7 @@ pub async fn set_vault(store: &Db, body: &Value) -> Result<VaultRecord, ApiError
     let owners_text =
         serde_json::to_string(&record.owners.iter().map(checksummed).collect::<Vec<_>>())
             .unwrap_or_default();
-    let mut tx = store.begin().await?;
+    let (mut tx, _writer) = store.begin().await?;
     sqlx::query("DELETE FROM vaults WHERE id = $1")
         .bind(id.clone())
         .execute(&mut *tx)
@@ -547,7 +547,7 @@ pub async fn submit(
     )?;
 
     let vault_key = vault_id(chain_id, &request.safe);
-    let mut tx = store.begin().await?;
+    let (mut tx, _writer) = store.begin().await?;
     let vault = vault_in(&mut tx, &vault_key).await?;
     let review = review(request.clone(), &vault, &rules.policy, &rules.tokens, &History::default());
     if let Some(mismatch) = review.refusals.iter().find(|r| r.code() == "hash_mismatch") {
@@ -771,7 +771,7 @@ pub async fn approve(
     let signature_text = string_field(body, "signature")?;
     let signature = parse_signature(&signature_text)?;
 
-    let mut tx = store.begin().await?;
+    let (mut tx, _writer) = store.begin().await?;
     // A retry of an approval already recorded answers as the first did, even once the
     // request has moved on (the first answer may have been lost on the way back).
     let repeat =
@@ -925,7 +925,7 @@ pub async fn reject(
     if !reason.chars().any(char::is_alphanumeric) || reason.len() > 1000 {
         return Err(ApiError::bad_request("reason: say why, in at most 1000 characters"));
     }
-    let mut tx = store.begin().await?;
+    let (mut tx, _writer) = store.begin().await?;
     let row = open_request(&mut tx, id).await?;
     let vault = vault_in(&mut tx, &text(&row, "vault_id")).await?;
     if !caller.address.is_some_and(|a| vault.owners.contains(&a)) {
@@ -956,7 +956,7 @@ pub async fn mark_executed(
         "transactionHash",
         &string_field(body, "transactionHash")?,
     )?;
-    let mut tx = store.begin().await?;
+    let (mut tx, _writer) = store.begin().await?;
     let row = sqlx::query("SELECT * FROM requests WHERE id = $1")
         .bind(id.to_owned())
         .fetch_optional(&mut *tx)

@@ -75,6 +75,7 @@ pub async fn start(
     let addr = listener.local_addr().map_err(|e| QueueError::Listen(e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config()?);
     let counters = Arc::new(Counters::default());
+    let allow = api.clone();
     let router = router(AppState { counters: counters.clone() }, api);
     let (stop, mut stopped) = watch::channel(false);
 
@@ -88,6 +89,10 @@ pub async fn start(
             let Ok((stream, peer)) = accepted else {
                 continue;
             };
+            if !allow.allows(peer.ip()) {
+                tracing::warn!(%peer, "connection from outside the allowlist dropped");
+                continue;
+            }
             let acceptor = acceptor.clone();
             let router = router.clone();
             let counters = handshakes.clone();

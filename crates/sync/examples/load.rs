@@ -163,7 +163,7 @@ async fn main() {
         let (id, role) =
             if i == 0 { ("init".to_owned(), "initiator") } else { (format!("a{i}"), "approver") };
         admin.post("/v1/members", &json!({ "id": id, "name": id, "role": role, "address": signer.address().to_checksum(None) })).await.unwrap();
-        let count = if i == 0 { 8 } else { KEYS_PER_APPROVER };
+        let count = KEYS_PER_APPROVER;
         let mut keys = Vec::new();
         for _ in 0..count {
             keys.push(

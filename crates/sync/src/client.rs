@@ -144,6 +144,63 @@ impl Session {
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         self.client.send(reqwest::Method::POST, path, Some(&self.token), Some(body)).await
     }
+
+    /// Opens `GET /v1/events`; read it with [`Events::next`].
+    pub async fn events(&self) -> Result<Events, ClientError> {
+        let response = self
+            .client
+            .http
+            .get(format!("{}/v1/events", self.client.base))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(24 * 3600))
+            .send()
+            .await
+            .map_err(|e| ClientError::Connect(error_chain(&e)))?;
+        if !response.status().is_success() {
+            return Err(read_reply(response)
+                .await
+                .err()
+                .unwrap_or(ClientError::Body("no events".into())));
+        }
+        Ok(Events { response, buffer: String::new() })
+    }
+}
+
+/// A live stream of the queue's server-sent events.
+#[derive(Debug)]
+pub struct Events {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    /// The next event as `(name, data)`, or `None` when the stream ends.
+    pub async fn next(&mut self) -> Result<Option<(String, Value)>, ClientError> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut name = "message".to_owned();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("event:") {
+                        name = value.trim().to_owned();
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        data.push_str(value.trim());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                let data =
+                    serde_json::from_str(&data).map_err(|e| ClientError::Body(e.to_string()))?;
+                return Ok(Some((name, data)));
+            }
+            match self.response.chunk().await.map_err(|e| ClientError::Connect(error_chain(&e)))? {
+                Some(bytes) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                None => return Ok(None),
+            }
+        }
+    }
 }
 
 /// The error and its causes on one line (reqwest hides the TLS reason in its sources).

@@ -436,3 +436,50 @@ async fn fail_bad_bodies_get_a_code_and_change_nothing() {
         "unauthorized"
     );
 }
+
+#[tokio::test]
+async fn events_announce_each_change() {
+    let (_, db, dir) = databases().await.remove(0);
+    let queue = start(db, dir, RateLimit::default()).await;
+    let admin = queue.session(&queue.admin_key).await;
+    let initiator = key(0x11);
+    let owners = vec![key(0x22).address().to_checksum(None), initiator.address().to_checksum(None)];
+    admin
+        .post(
+            "/v1/vaults",
+            &json!({ "chainId": 1, "address": SAFE.to_checksum(None), "safeVersion": "1.3.0",
+        "owners": owners, "threshold": 1, "nextNonce": "5" }),
+        )
+        .await
+        .unwrap();
+    let init = queue.member(&admin, "init", "initiator", Some(initiator.address())).await;
+    let viewer = queue.member(&admin, "vic", "viewer", None).await;
+    let mut events = viewer.events().await.unwrap();
+    let tx = transaction("ok_usdc_transfer");
+    init.post("/v1/requests", &submission("live-1", &tx, &initiator, now())).await.unwrap();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let (name, data) = next.unwrap();
+    assert_eq!(name, "request");
+    assert_eq!(data["id"], "live-1");
+    assert_eq!(data["state"], "pending");
+}
+
+#[tokio::test]
+async fn fail_a_peer_outside_the_allowlist_gets_no_handshake() {
+    let (_, db, dir) = databases().await.remove(0);
+    let rules = QueueRules {
+        policy: countersign_core::policy::Policy::default(),
+        tokens: countersign_core::tokens::TokenList::shipped().unwrap(),
+    };
+    let api = ApiState::new(db, rules, RateLimit::default())
+        .with_allowlist(vec!["10.0.0.0/8".parse().unwrap()]);
+    let identity = Identity::ephemeral().unwrap();
+    let running = server::start("127.0.0.1:0".parse().unwrap(), &identity, api).await.unwrap();
+    let client = QueueClient::new(&running.url(), Pins::parse(&[&running.pin]).unwrap()).unwrap();
+    assert!(client.health().await.is_err());
+    assert_eq!(running.counters.handshakes.load(Ordering::Relaxed), 0);
+    drop(dir);
+}
