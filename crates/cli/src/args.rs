@@ -103,6 +103,7 @@ pub enum Command {
         id: String,
         #[command(flatten)]
         key: KeyChoice,
+        /// Sign without asking at the terminal (for scripts); every check still runs.
         #[arg(long)]
         yes: bool,
     },

@@ -12,6 +12,8 @@ pub enum Failure {
     Input(String),
     /// Anything else: exit 3.
     Other(String),
+    /// Refused by the queue (a 4xx answer other than 400): exit 1.
+    Refused(String),
 }
 
 impl Failure {
@@ -27,6 +29,7 @@ impl Failure {
         match self {
             Self::Input(_) => 2,
             Self::Other(_) => 3,
+            Self::Refused(_) => 1,
         }
     }
 }
@@ -34,7 +37,9 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Input(message) | Self::Other(message) => f.write_str(message),
+            Self::Input(message) | Self::Other(message) | Self::Refused(message) => {
+                f.write_str(message)
+            }
         }
     }
 }
@@ -49,9 +54,9 @@ impl From<StoreError> for Failure {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Input(input) => Self::Input(input.to_string()),
-            StoreError::NotFound { .. } | StoreError::Duplicate { .. } => {
-                Self::Input(error.to_string())
-            }
+            StoreError::NotFound { .. }
+            | StoreError::Duplicate { .. }
+            | StoreError::PassphraseRequired => Self::Input(error.to_string()),
             other => Self::Other(other.to_string()),
         }
     }

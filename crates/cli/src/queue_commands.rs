@@ -14,9 +14,9 @@ use countersign_core::signer::{Signer, SignerError};
 use countersign_core::tokens::TokenList;
 use countersign_core::version::SafeVersion;
 use countersign_store::{CachedRequest, Recorded, Store};
-use countersign_sync::client::Session;
+use countersign_sync::client::{ClientError, Session};
 use countersign_sync::pin::Pins;
-use countersign_sync::sync::{sync, Connection};
+use countersign_sync::sync::{payload_hash, sync, Connection, SyncError};
 use serde_json::{json, Value};
 
 use crate::args::{
@@ -27,8 +27,37 @@ use crate::context::{read_limited, read_small_text, Context};
 use crate::failure::{Failure, Outcome};
 use crate::report;
 
-fn client_failure(error: impl std::fmt::Display) -> Failure {
-    Failure::other(error.to_string())
+/// The queue's answer as an exit code: 400 is our bad input (2), other 4xx a refusal (1),
+/// anything else a failure (3).
+fn client_failure(error: impl Into<QueueFailure>) -> Failure {
+    match error.into() {
+        QueueFailure::Client(ClientError::Status { status: 400, code, message }) => {
+            Failure::input(format!("the queue answered 400 {code}: {message}"))
+        }
+        QueueFailure::Client(error @ ClientError::Status { status: 401..=499, .. }) => {
+            Failure::Refused(error.to_string())
+        }
+        QueueFailure::Client(error) => Failure::other(error.to_string()),
+        QueueFailure::Sync(SyncError::Client(error)) => client_failure(error),
+        QueueFailure::Sync(error) => Failure::other(error.to_string()),
+    }
+}
+
+enum QueueFailure {
+    Client(ClientError),
+    Sync(SyncError),
+}
+
+impl From<ClientError> for QueueFailure {
+    fn from(error: ClientError) -> Self {
+        Self::Client(error)
+    }
+}
+
+impl From<SyncError> for QueueFailure {
+    fn from(error: SyncError) -> Self {
+        Self::Sync(error)
+    }
 }
 
 fn api_key(path: &Path) -> Result<SecretString, Failure> {
@@ -273,6 +302,21 @@ pub async fn approve(
             "the synced safeTxHash differs from ours; run `countersign sync`",
         ));
     }
+    // What was reviewed is the synced copy: ask the queue for the request as it is now, and
+    // sign only if it is still pending and its payload is the one reviewed.
+    let session = stored_connection(&store).await?.session().await.map_err(client_failure)?;
+    let current = session.get(&format!("/v1/requests/{id}")).await.map_err(client_failure)?;
+    if payload_hash(&current) != cached.payload_hash {
+        return Err(Failure::Refused(format!(
+            "request {id} changed on the queue since it was synced; run `countersign sync`, which marks it"
+        )));
+    }
+    if current["state"] != json!("pending") {
+        return Err(Failure::Refused(format!(
+            "request {id} is {} on the queue; nothing was signed",
+            current["state"].as_str().unwrap_or("?")
+        )));
+    }
     if let Some(tripwire) = review.tripwire() {
         let detail = json!({ "reason": tripwire.to_string(), "shown": shown });
         let incident = store.open_incident(&review.vault, "tripwire", &detail).await?;
@@ -318,7 +362,6 @@ pub async fn approve(
         return Ok(Outcome::Refused);
     }
     outln!("\nStep 1 of 2: signed by {}.", checksummed(&signer.address()));
-    let session = stored_connection(&store).await?.session().await.map_err(client_failure)?;
     let body = json!({ "safeTxHash": hash.to_string(), "signature": signature.to_hex() });
     let reply = session
         .post(&format!("/v1/requests/{id}/approvals"), &body)

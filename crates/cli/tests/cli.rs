@@ -719,6 +719,25 @@ fn queue_walkthrough_from_submitted_to_approved() {
     assert_ok(&alice.0.run(&["sync"]));
     assert!(stdout(&alice.0.run(&["list"])).contains("payroll-1  approved"));
 
+    // A request rejected on the queue after this approver synced it is not signed.
+    let third = repo("cases/ok_transfer_from/request.json");
+    assert_ok(&initiator.0.run(&[
+        "queue",
+        "submit",
+        third.to_str().unwrap(),
+        "--id",
+        "p3",
+        "--chain-id",
+        "1",
+    ]));
+    assert_ok(&alice.0.run(&["sync"]));
+    assert_ok(&bob.0.run(&["reject", "p3", "--reason", "not ours"]));
+    let late = alice.0.run(&["approve", "p3", "--yes"]);
+    assert_eq!(late.status.code(), Some(1), "{}", stderr(&late));
+    assert!(!stdout(&late).contains("Step 1"), "nothing is signed for a closed request");
+    let closed = alice.0.run(&["reject", "p3", "--reason", "also no"]);
+    assert_eq!(closed.status.code(), Some(1), "a queue refusal exits 1: {}", stderr(&closed));
+
     // A request whose intent is signed by someone this approver did not pin is marked.
     let other = repo("cases/ok_native_transfer/request.json");
     assert_ok(&initiator.0.run(&[

@@ -922,8 +922,10 @@ pub async fn reject(
 ) -> Result<Value, ApiError> {
     caller.require(&[Role::Approver])?;
     let reason = string_field(body, "reason")?;
-    if !reason.chars().any(char::is_alphanumeric) || reason.len() > 1000 {
-        return Err(ApiError::bad_request("reason: say why, in at most 1000 characters"));
+    if !reason.chars().any(char::is_alphanumeric) || reason.chars().count() > 1000 {
+        return Err(ApiError::bad_request(
+            "reason: say why in words (letters or digits), at most 1000 characters",
+        ));
     }
     let (mut tx, _writer) = store.begin().await?;
     let row = open_request(&mut tx, id).await?;

@@ -120,7 +120,7 @@ impl Store {
                 let problem = "a label is a visible name that is not itself an address";
                 return Err(InputError::new("label", problem).into());
             }
-            let taken = sqlx::query("SELECT 1 FROM keys WHERE label = ?")
+            let taken = sqlx::query("SELECT 1 FROM keys WHERE lower(label) = lower(?)")
                 .bind(label)
                 .fetch_optional(&mut *tx)
                 .await?;

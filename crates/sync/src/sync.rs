@@ -293,7 +293,7 @@ fn previous_mark_count(previous: &Option<CachedRequest>) -> usize {
 
 /// The request's payload as the initiator fixed it: id, chain, transaction, creation time,
 /// intent signature. Approvals and state are allowed to change; these are not.
-fn payload_hash(view: &Value) -> String {
+pub fn payload_hash(view: &Value) -> String {
     let payload = json!({
         "id": view["id"], "chainId": view["chainId"], "transaction": view["transaction"],
         "createdAt": view["createdAt"], "initiatorSignature": view["initiatorSignature"],
