@@ -211,16 +211,18 @@ pub async fn list(context: &Context) -> Result<Outcome, Failure> {
         outln!("No synced requests (countersign sync).");
     }
     for cached in requests {
+        // Safe, nonce and approvals as Countersign read and checked them, not as claimed.
         let body = &cached.body;
-        let approvals = body["approvals"].as_array().map(Vec::len).unwrap_or(0);
+        let checked = &body["countersign"];
+        let approvals = checked["approvedBy"].as_array().map(Vec::len).unwrap_or(0);
         let mark = if marks(&cached).is_empty() { "" } else { "  MARKED" };
         outln!(
             "{}  {}  chain {}  {}  nonce {}  approvals {approvals}{mark}",
             cached.id,
-            body["state"].as_str().unwrap_or("?"),
+            countersign_core::printable(body["state"].as_str().unwrap_or("?")),
             body["chainId"],
-            body["safe"].as_str().unwrap_or("?"),
-            body["nonce"].as_str().unwrap_or("?")
+            checked["safe"].as_str().unwrap_or("?"),
+            checked["nonce"].as_str().unwrap_or("?")
         );
     }
     Ok(Outcome::Done)
@@ -261,11 +263,15 @@ pub async fn show(context: &Context, id: &str) -> Result<Outcome, Failure> {
         outln!("MARKED: {mark}; it cannot be signed");
     }
     out!("{}", report::review_text(&review, &tokens));
-    for approval in cached.body["approvals"].as_array().cloned().unwrap_or_default() {
+    let verified = cached.body["countersign"]["approvedBy"].as_array().cloned().unwrap_or_default();
+    for owner in &verified {
+        outln!("Approved by {} (signature verified)", owner.as_str().unwrap_or("?"));
+    }
+    let claimed = cached.body["approvals"].as_array().map(Vec::len).unwrap_or(0);
+    if claimed > verified.len() {
         outln!(
-            "Approved by {} ({})",
-            approval["owner"].as_str().unwrap_or("?"),
-            approval["memberId"].as_str().unwrap_or("?")
+            "{} approval(s) listed by the queue did not verify and are not counted",
+            claimed - verified.len()
         );
     }
     Ok(if review.refusals.is_empty() && marks(&cached).is_empty() {
@@ -289,7 +295,11 @@ pub async fn approve(
     review.check_signer(signer.address());
     let shown = report::audit_body(&review, &tokens);
     store.audit("inspected", &shown).await?;
-    let marked = marks(&cached);
+    let mut marked = marks(&cached);
+    let created = cached.body["createdAt"].as_i64().unwrap_or(0);
+    if created.saturating_add(168 * 3600) < countersign_store::unix_now() {
+        marked.push("it is older than the longest expiry (168 hours)".to_owned());
+    }
     if !marked.is_empty() {
         out!("{}", report::review_text(&review, &tokens));
         for mark in marked {
@@ -374,6 +384,18 @@ pub async fn approve(
 
 pub async fn reject(context: &Context, id: &str, reason: &str) -> Result<Outcome, Failure> {
     let store = context.open_store().await?;
+    // Remembered before the queue is asked: this approver never signs what they rejected.
+    if let Some(mut cached) = store.cached_request(id).await? {
+        let mark = json!("this approver rejected it");
+        if let Some(list) = cached.body["countersign"]["marks"].as_array_mut() {
+            list.push(mark);
+        }
+        let (_, cursor) = store
+            .queue_config()
+            .await?
+            .unwrap_or((countersign_core::secret::SecretBytes::new(vec![]), 0));
+        store.store_synced(&[cached], cursor).await?;
+    }
     let session = stored_connection(&store).await?.session().await.map_err(client_failure)?;
     let reply = session
         .post(&format!("/v1/requests/{id}/rejections"), &json!({ "reason": reason }))

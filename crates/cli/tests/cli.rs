@@ -720,7 +720,7 @@ fn queue_walkthrough_from_submitted_to_approved() {
     assert!(stdout(&alice.0.run(&["list"])).contains("payroll-1  approved"));
 
     // A request rejected on the queue after this approver synced it is not signed.
-    let third = repo("cases/ok_transfer_from/request.json");
+    let third = with_nonce(&initiator.0, "third.json", "cases/ok_transfer_from/request.json", 7);
     assert_ok(&initiator.0.run(&[
         "queue",
         "submit",
@@ -739,7 +739,7 @@ fn queue_walkthrough_from_submitted_to_approved() {
     assert_eq!(closed.status.code(), Some(1), "a queue refusal exits 1: {}", stderr(&closed));
 
     // A request whose intent is signed by someone this approver did not pin is marked.
-    let other = repo("cases/ok_native_transfer/request.json");
+    let other = with_nonce(&initiator.0, "other.json", "cases/ok_native_transfer/request.json", 6);
     assert_ok(&initiator.0.run(&[
         "queue",
         "submit",
@@ -793,4 +793,12 @@ fn queue_walkthrough_from_submitted_to_approved() {
 
     Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
     server.wait().unwrap();
+}
+
+/// A copy of a case's request with another nonce, in `home`'s folder.
+fn with_nonce(home: &Home, name: &str, case: &str, nonce: u64) -> PathBuf {
+    let mut request: Value =
+        serde_json::from_str(&fs::read_to_string(repo(case)).unwrap()).unwrap();
+    request["nonce"] = serde_json::json!(nonce);
+    home.file(name, &request.to_string())
 }

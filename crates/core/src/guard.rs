@@ -607,7 +607,7 @@ impl fmt::Display for Warning {
             ),
             Self::QueuedAhead { nonce, next } => write!(
                 f,
-                "nonce {nonce} is {} place(s) behind the vault's next nonce {next} in the queue",
+                "nonce {nonce} waits {} place(s) ahead of the vault's next nonce {next} in the queue",
                 *nonce - *next
             ),
             Self::OwnersUnknown => write!(

@@ -43,6 +43,13 @@ impl Buckets {
             return Ok(());
         };
         let now = Instant::now();
+        if buckets.len() > 100_000 {
+            // Keys nobody used for a minute start full again; bounded memory for callers who
+            // send endless made-up keys.
+            buckets.retain(|_, (_, last)| {
+                now.duration_since(*last) < std::time::Duration::from_secs(60)
+            });
+        }
         let (tokens, last) = buckets.entry(key.to_owned()).or_insert((limit.burst, now));
         *tokens =
             (*tokens + now.duration_since(*last).as_secs_f64() * limit.per_second).min(limit.burst);

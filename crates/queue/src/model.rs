@@ -391,6 +391,25 @@ pub async fn set_vault(store: &Db, body: &Value) -> Result<VaultRecord, ApiError
         serde_json::to_string(&record.owners.iter().map(checksummed).collect::<Vec<_>>())
             .unwrap_or_default();
     let (mut tx, _writer) = store.begin().await?;
+    // Open requests were checked against the old record (owners, threshold, version): they
+    // are closed, with the reason, rather than carried over.
+    let open = sqlx::query(
+        "SELECT id FROM requests WHERE vault_id = $1 AND state IN ('pending', 'approved')",
+    )
+    .bind(id.clone())
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db)?;
+    for row in &open {
+        let seq = next_seq(&mut tx).await?;
+        sqlx::query("UPDATE requests SET state = 'rejected', reason = $1, seq = $2 WHERE id = $3")
+            .bind("the vault record changed after submission; submit again".to_owned())
+            .bind(seq)
+            .bind(text(row, "id"))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+    }
     sqlx::query("DELETE FROM vaults WHERE id = $1")
         .bind(id.clone())
         .execute(&mut *tx)
@@ -527,8 +546,12 @@ pub async fn submit(
     let created_at = body
         .get("createdAt")
         .and_then(Value::as_u64)
+        .and_then(|t| i64::try_from(t).ok())
         .ok_or_else(|| ApiError::bad_request("createdAt: Unix seconds"))?;
-    if (created_at as i64 - now()).abs() > CLOCK_SKEW_SECONDS {
+    if created_at
+        .checked_sub(now())
+        .is_none_or(|skew| skew.checked_abs().is_none_or(|s| s > CLOCK_SKEW_SECONDS))
+    {
         return Err(ApiError::unprocessable(
             "stale_request",
             "createdAt: more than 5 minutes from the queue's clock",
@@ -559,7 +582,7 @@ pub async fn submit(
         return Err(ApiError::unprocessable("guard_refused", reasons.join("; ")));
     }
     let safe_tx_hash = review.hashes.safe_tx;
-    let digest = intent_digest(chain_id, &id, request.safe, safe_tx_hash, created_at);
+    let digest = intent_digest(chain_id, &id, request.safe, safe_tx_hash, created_at as u64);
     let signer = signature.recover(&digest).map_err(|_| bad_intent())?;
     if Some(signer) != caller.address {
         return Err(bad_intent());
@@ -572,8 +595,31 @@ pub async fn submit(
     if exists.is_some() {
         return Err(ApiError::conflict("duplicate_request", format!("id: request {id} exists")));
     }
+    // One open payload per nonce: a second would let one initiator trip every approver's
+    // tripwire (the standard rejection, which cancels, is the exception).
+    if !review.is_rejection() {
+        let taken = sqlx::query(
+            "SELECT id, state, expires_at FROM requests WHERE vault_id = $1 AND nonce = $2 \
+             AND state IN ('pending', 'approved')",
+        )
+        .bind(vault_key.clone())
+        .bind(request.tx.nonce.to_string())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        if let Some(other) = taken.iter().find(|row| effective_state(row) != "expired") {
+            return Err(ApiError::conflict(
+                "nonce_taken",
+                format!(
+                    "transaction.nonce: request {} already uses nonce {} on this vault",
+                    text(other, "id"),
+                    request.tx.nonce
+                ),
+            ));
+        }
+    }
     let seq = next_seq(&mut tx).await?;
-    let expires_at = created_at as i64 + expiry_hours as i64 * 3600;
+    let expires_at = created_at + expiry_hours as i64 * 3600;
     sqlx::query(
         "INSERT INTO requests (id, vault_id, seq, state, transaction_json, safe_tx_hash, nonce, initiator_id, \
          initiator_address, initiator_signature, created_at, expires_at) \
@@ -589,7 +635,7 @@ pub async fn submit(
     .bind(caller.id.clone())
     .bind(checksummed(&signer))
     .bind(signature.to_hex())
-    .bind(created_at as i64)
+    .bind(created_at)
     .bind(expires_at)
     .execute(&mut *tx)
     .await
@@ -965,6 +1011,11 @@ pub async fn mark_executed(
         .await
         .map_err(db)?
         .ok_or_else(|| ApiError::not_found(format!("request {id}")))?;
+    if caller.role != Role::Admin && text(&row, "initiator_id") != caller.id {
+        return Err(ApiError::forbidden(
+            "only the request's initiator or an admin marks it executed",
+        ));
+    }
     if text(&row, "state") != "approved" {
         return Err(ApiError::conflict(
             "not_approved",

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -16,6 +18,15 @@ use tokio::sync::watch;
 use crate::api::{routes, ApiState, MAX_BODY_BYTES};
 use crate::tls::Identity;
 use crate::QueueError;
+
+/// Connections served at once; more wait until one closes.
+pub const MAX_CONNECTIONS: usize = 2048;
+/// A peer that has not finished the TLS handshake by then is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer that has not sent a request's headers by then is dropped.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// No connection lives longer, event streams included (clients reconnect and list by cursor).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Counts kept for operators and for tests that must show a request never arrived.
 #[derive(Debug, Default)]
@@ -80,35 +91,59 @@ pub async fn start(
     let (stop, mut stopped) = watch::channel(false);
 
     let handshakes = counters.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 _ = stopped.changed() => break,
             };
-            let Ok((stream, peer)) = accepted else {
-                continue;
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of file descriptors, most often: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             if !allow.allows(peer.ip()) {
                 tracing::warn!(%peer, "connection from outside the allowlist dropped");
                 continue;
             }
+            // At most MAX_CONNECTIONS at once: further peers wait in the kernel's backlog.
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                break;
+            };
             let acceptor = acceptor.clone();
             let router = router.clone();
             let counters = handshakes.clone();
             tokio::spawn(async move {
-                let tls = match acceptor.accept(stream).await {
-                    Ok(tls) => tls,
-                    Err(error) => {
-                        tracing::debug!(%peer, %error, "TLS handshake failed");
-                        return;
-                    }
-                };
+                let _permit = permit;
+                let tls =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
                 counters.handshakes.fetch_add(1, Ordering::Relaxed);
                 let service = TowerToHyperService::new(router);
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(error) = builder.serve_connection(TokioIo::new(tls), service).await {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+                let served = builder.serve_connection(TokioIo::new(tls), service);
+                match tokio::time::timeout(CONNECTION_LIFETIME, served).await {
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "connection ended with an error")
+                    }
+                    Err(_) => tracing::debug!(%peer, "connection closed after its lifetime"),
+                    Ok(Ok(())) => {}
                 }
             });
         }

@@ -43,7 +43,6 @@ use countersign_sync::client::Session;
 use countersign_sync::sync::{sync, Connection};
 use serde_json::{json, Value};
 
-const SAFE: Address = address!("111CEEee040739fD91D29C34C33E6B3E112F2177");
 const USDC: Address = address!("A0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48");
 const OWNERS: u8 = 10;
 const KEYS_PER_APPROVER: usize = 20;
@@ -56,13 +55,23 @@ fn key(byte: u8) -> SoftwareSigner {
     SoftwareSigner::from_hex(&SecretString::new(format!("{byte:02x}").repeat(32))).unwrap()
 }
 
+/// Requests are spread over vaults, 20 nonces each (the default policy signs at most 20 ahead).
+const PER_VAULT: usize = 20;
+
+fn safe(i: usize) -> Address {
+    let mut bytes = [0u8; 20];
+    bytes[0] = 0x5a;
+    bytes[16..].copy_from_slice(&((i / PER_VAULT) as u32).to_be_bytes());
+    Address::from(bytes)
+}
+
 fn tx_json(i: usize) -> Value {
     let to = Address::with_last_byte((i % 250) as u8 + 1);
     let data = encode_transfer(to, U256::from(1_000_000u64 + i as u64));
-    json!({ "safe": SAFE.to_checksum(None), "to": USDC.to_checksum(None), "value": "0", "data": data.to_string(),
+    json!({ "safe": safe(i).to_checksum(None), "to": USDC.to_checksum(None), "value": "0", "data": data.to_string(),
             "operation": 0, "safeTxGas": "0", "baseGas": "0", "gasPrice": "0",
             "gasToken": Address::ZERO.to_checksum(None), "refundReceiver": Address::ZERO.to_checksum(None),
-            "nonce": 5 + (i % 20) })
+            "nonce": 5 + (i % PER_VAULT) })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -150,14 +159,12 @@ async fn main() {
     let mut owners: Vec<String> = approvers.iter().map(|k| k.address().to_checksum(None)).collect();
     owners.push(initiator.address().to_checksum(None));
     let admin = connect(admin_key).session().await.unwrap();
-    admin
-        .post(
-            "/v1/vaults",
-            &json!({ "chainId": 1, "address": SAFE.to_checksum(None), "safeVersion": "1.3.0",
-        "owners": owners, "threshold": OWNERS, "nextNonce": "5" }),
-        )
-        .await
-        .unwrap();
+    let vaults = requests.div_ceil(PER_VAULT);
+    for v in 0..vaults {
+        let body = json!({ "chainId": 1, "address": safe(v * PER_VAULT).to_checksum(None),
+            "safeVersion": "1.3.0", "owners": owners, "threshold": OWNERS, "nextNonce": "5" });
+        admin.post("/v1/vaults", &body).await.unwrap();
+    }
     let mut member_keys = Vec::new();
     for (i, signer) in std::iter::once(&initiator).chain(approvers.iter()).enumerate() {
         let (id, role) =
@@ -176,9 +183,13 @@ async fn main() {
         }
         member_keys.push(keys);
     }
-    let mut vault = VaultRecord::new(1, SAFE, SafeVersion::V1_3_0);
-    vault.owners = approvers.iter().map(|k| k.address()).chain([initiator.address()]).collect();
-    let domain = vault.domain();
+    let vault_of = |i: usize| {
+        let mut vault = VaultRecord::new(1, safe(i), SafeVersion::V1_3_0);
+        vault.owners = approvers.iter().map(|k| k.address()).chain([initiator.address()]).collect();
+        vault.threshold = Some(OWNERS as u32);
+        vault.next_nonce = Some(U256::from(5));
+        vault
+    };
 
     // Submissions (their own measurement is a by-product).
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
@@ -188,9 +199,9 @@ async fn main() {
         let tx = tx_json(i);
         let parsed =
             countersign_core::request::SafeTxRequest::from_json(tx.to_string().as_bytes()).unwrap();
-        let hash = domain.hashes(&parsed.tx).safe_tx;
+        let hash = vault_of(i).domain().hashes(&parsed.tx).safe_tx;
         let id = format!("r{i}");
-        let signature = initiator.sign_digest(&intent_digest(1, &id, SAFE, hash, now)).unwrap();
+        let signature = initiator.sign_digest(&intent_digest(1, &id, safe(i), hash, now)).unwrap();
         hashes.push(hash);
         submissions.push(json!({ "id": id, "chainId": 1, "transaction": tx, "createdAt": now, "initiatorSignature": signature.to_hex() }));
     }
@@ -260,16 +271,15 @@ async fn main() {
     )
     .await
     .unwrap();
-    let mut pinned = vault.clone();
-    pinned.threshold = Some(OWNERS as u32);
-    pinned.next_nonce = Some(U256::from(5));
-    store.add_vault(&pinned).await.unwrap();
+    for v in 0..vaults {
+        store.add_vault(&vault_of(v * PER_VAULT)).await.unwrap();
+    }
     let connection =
         Connection { initiators: vec![initiator.address()], ..connect(member_keys[1][0].clone()) };
     store.set_queue_config(&connection.to_secret()).await.unwrap();
     let intents: Vec<(OwnerSignature, B256)> = (0..requests)
         .map(|i| {
-            let d = intent_digest(1, &format!("r{i}"), SAFE, hashes[i], now);
+            let d = intent_digest(1, &format!("r{i}"), safe(i), hashes[i], now);
             (initiator.sign_digest(&d).unwrap(), d)
         })
         .collect();

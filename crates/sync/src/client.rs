@@ -114,9 +114,22 @@ fn is_transient(error: &reqwest::Error) -> bool {
         && !(text.contains("certificate") || text.contains("pin") || text.contains("TLS"))
 }
 
-async fn read_reply(response: reqwest::Response) -> Result<Value, ClientError> {
+/// Answers larger than this are refused (a page of 500 requests is far smaller).
+pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+
+async fn read_reply(mut response: reqwest::Response) -> Result<Value, ClientError> {
     let status = response.status();
-    let body: Value = response.json().await.map_err(|e| ClientError::Body(e.to_string()))?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| ClientError::Body(e.to_string()))? {
+        if bytes.len() + chunk.len() > MAX_REPLY_BYTES {
+            return Err(ClientError::Body(format!(
+                "the answer is larger than {MAX_REPLY_BYTES} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let body: Value =
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Body(e.to_string()))?;
     if status.is_success() {
         return Ok(body);
     }

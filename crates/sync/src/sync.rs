@@ -108,9 +108,16 @@ pub async fn sync(store: &Store, connection: &Connection) -> Result<SyncReport, 
         let views = page["requests"].as_array().cloned().unwrap_or_default();
         let batch = check_page(store, connection, views, &mut vaults, &mut report).await?;
         report.fetched += batch.len();
-        cursor = page["cursor"].as_i64().unwrap_or(cursor);
+        let next = page["cursor"].as_i64().unwrap_or(cursor);
+        let more = page["more"] == json!(true);
+        if more && next <= cursor {
+            return Err(SyncError::Config(format!(
+                "the queue says more changes follow cursor {cursor} but does not move the cursor"
+            )));
+        }
+        cursor = next;
         store.store_synced(&batch, cursor).await?;
-        if page["more"] != json!(true) {
+        if !more {
             break;
         }
     }
@@ -168,6 +175,12 @@ async fn check_page(
     let mut pending = Vec::with_capacity(views.len());
     for view in views {
         let id = view["id"].as_str().unwrap_or_default().to_owned();
+        if countersign_core::intent::check_request_id("id", &id).is_err() {
+            let shown = countersign_core::printable(&id.chars().take(80).collect::<String>());
+            return Err(SyncError::Config(format!(
+                "the queue sent a request with an invalid id {shown:?}"
+            )));
+        }
         let previous = match known.contains_key(&id) {
             true => store.cached_request(&id).await?,
             false => None,
@@ -279,9 +292,41 @@ async fn finish(
     marks.dedup();
     let payload_hash = payload_hash(&view);
     let mut body = view;
-    body["countersign"] = json!({ "marks": marks, "safeTxHash": ours.map(|h| h.to_string()) });
+    let checked = parse(&body).ok();
+    let approved_by: Vec<String> = match ours {
+        Some(hash) => verified_approvals(&body, hash),
+        None => Vec::new(),
+    };
+    body["countersign"] = json!({
+        "marks": marks,
+        "safeTxHash": ours.map(|h| h.to_string()),
+        // What Countersign itself read from the transaction, for lists and screens.
+        "safe": checked.as_ref().map(|r| checksummed(&r.safe)),
+        "nonce": checked.as_ref().map(|r| r.tx.nonce.to_string()),
+        // Owners whose approval signature recovers over our safeTxHash; others are not shown.
+        "approvedBy": approved_by,
+    });
     let seq = body["seq"].as_i64().unwrap_or(0);
     Ok(CachedRequest { id, seq, payload_hash, body })
+}
+
+/// The owners whose listed approval signatures recover to them over `hash`.
+fn verified_approvals(view: &Value, hash: B256) -> Vec<String> {
+    let mut owners: Vec<String> = view["approvals"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|approval| {
+            let signature =
+                OwnerSignature::parse_hex("signature", approval["signature"].as_str()?).ok()?;
+            let owner = signature.recover(&hash).ok()?;
+            (approval["owner"].as_str() == Some(checksummed(&owner).as_str()))
+                .then(|| checksummed(&owner))
+        })
+        .collect();
+    owners.dedup();
+    owners
 }
 
 fn previous_mark_count(previous: &Option<CachedRequest>) -> usize {

@@ -104,10 +104,11 @@ async fn world() -> World {
         initiators: vec![],
     };
     let init = init.session().await.unwrap();
-    for (id, file) in
-        [("r1", "ok_usdc_transfer"), ("r2", "ok_native_transfer"), ("r3", "ok_transfer_from")]
-    {
-        let tx = transaction(file);
+    let cases =
+        [("r1", "ok_usdc_transfer"), ("r2", "ok_native_transfer"), ("r3", "ok_transfer_from")];
+    for (n, (id, file)) in cases.into_iter().enumerate() {
+        let mut tx = transaction(file);
+        tx["nonce"] = json!(5 + n);
         let request = SafeTxRequest::from_json(tx.to_string().as_bytes()).unwrap();
         let hash = vault(&owners).domain().hashes(&request.tx).safe_tx;
         let created =

@@ -264,6 +264,12 @@ async fn flow(backend: &str, queue: Queue) {
         code(init.post("/v1/requests", &submission("r1", &tx, &initiator, created)).await),
         "duplicate_request"
     );
+    let mut same_nonce = transaction("ok_native_transfer");
+    same_nonce["nonce"] = json!(5);
+    assert_eq!(
+        code(init.post("/v1/requests", &submission("r9", &same_nonce, &initiator, created)).await),
+        "nonce_taken"
+    );
 
     // Approvals and their refusals.
     let path = "/v1/requests/r1/approvals";
@@ -355,7 +361,8 @@ async fn flow(backend: &str, queue: Queue) {
         .await
         .unwrap();
     assert_eq!(executed["state"], "executed");
-    let tx2 = transaction("ok_native_transfer");
+    let mut tx2 = transaction("ok_native_transfer");
+    tx2["nonce"] = json!(6);
     init.post("/v1/requests", &submission("r2", &tx2, &initiator, now())).await.unwrap();
     assert_eq!(
         code(bob_s.post("/v1/requests/r2/rejections", &json!({ "reason": " " })).await),
@@ -482,4 +489,40 @@ async fn fail_a_peer_outside_the_allowlist_gets_no_handshake() {
     assert!(client.health().await.is_err());
     assert_eq!(running.counters.handshakes.load(Ordering::Relaxed), 0);
     drop(dir);
+}
+
+#[tokio::test]
+async fn fail_vault_changes_close_open_requests_and_clock_overflow_is_refused() {
+    let (_, db, dir) = databases().await.remove(0);
+    let queue = start(db, dir, RateLimit::default()).await;
+    let admin = queue.session(&queue.admin_key).await;
+    let (initiator, alice) = (key(0x11), key(0x22));
+    let owners = vec![alice.address().to_checksum(None), initiator.address().to_checksum(None)];
+    let vault = json!({ "chainId": 1, "address": SAFE.to_checksum(None), "safeVersion": "1.3.0",
+                        "owners": owners, "threshold": 1, "nextNonce": "5" });
+    admin.post("/v1/vaults", &vault).await.unwrap();
+    let init = queue.member(&admin, "init", "initiator", Some(initiator.address())).await;
+    let other = queue.member(&admin, "init2", "initiator", Some(key(0x66).address())).await;
+    let tx = transaction("ok_usdc_transfer");
+    for created_at in [u64::MAX, 1 << 63, (1 << 63) + now()] {
+        let mut body = submission("huge", &tx, &initiator, now());
+        body["createdAt"] = json!(created_at);
+        let answer = init.post("/v1/requests", &body).await;
+        assert!(
+            matches!(answer, Err(ClientError::Status { status: 400 | 422, .. })),
+            "{created_at}: {answer:?}"
+        );
+    }
+    init.post("/v1/requests", &submission("v1", &tx, &initiator, now())).await.unwrap();
+    admin.post("/v1/vaults", &vault).await.unwrap();
+    let closed = admin.get("/v1/requests/v1").await.unwrap();
+    assert_eq!(closed["state"], "rejected", "a changed vault record closes its open requests");
+    assert!(closed["rejectionReason"].as_str().unwrap().contains("vault record changed"));
+
+    init.post("/v1/requests", &submission("v2", &tx, &initiator, now())).await.unwrap();
+    let alice_s = queue.member(&admin, "alice", "approver", Some(alice.address())).await;
+    alice_s.post("/v1/requests/v2/approvals", &approval(safe_tx_hash(&tx), &alice)).await.unwrap();
+    let hash = json!({ "transactionHash": B256::repeat_byte(9).to_string() });
+    assert_eq!(code(other.post("/v1/requests/v2/execution", &hash).await), "forbidden");
+    assert_eq!(init.post("/v1/requests/v2/execution", &hash).await.unwrap()["state"], "executed");
 }
