@@ -189,12 +189,15 @@ async fn check_page(
     }
 
     let intents: Vec<Option<(OwnerSignature, B256)>> = pending.iter().map(|p| p.intent).collect();
-    let recovered = tokio::task::spawn_blocking(move || recover_all(&intents))
-        .await
-        .map_err(|e| SyncError::Config(format!("signature checks stopped: {e}")))?;
+    let listed: Vec<(Value, Option<B256>)> =
+        pending.iter().map(|p| (p.view["approvals"].clone(), p.ours)).collect();
+    let (recovered, approvals) =
+        tokio::task::spawn_blocking(move || (recover_all(&intents), verify_all_approvals(&listed)))
+            .await
+            .map_err(|e| SyncError::Config(format!("signature checks stopped: {e}")))?;
 
     let mut out = Vec::with_capacity(pending.len());
-    for (mut item, signer) in pending.into_iter().zip(recovered) {
+    for ((mut item, signer), approved_by) in pending.into_iter().zip(recovered).zip(approvals) {
         if item.intent.is_some() {
             match signer {
                 Some(signer) if connection.initiators.contains(&signer) => {}
@@ -205,7 +208,7 @@ async fn check_page(
                 None => item.alarms.push("its intent signature recovers to no address".to_owned()),
             }
         }
-        out.push(finish(store, item, report).await?);
+        out.push(finish(store, item, approved_by, report).await?);
     }
     Ok(out)
 }
@@ -276,6 +279,7 @@ fn recover_all(intents: &[Option<(OwnerSignature, B256)>]) -> Vec<Option<Address
 async fn finish(
     store: &Store,
     item: Pending,
+    approved_by: Vec<String>,
     report: &mut SyncReport,
 ) -> Result<CachedRequest, SyncError> {
     let Pending { view, id, previous, mut marks, alarms, vault, ours, .. } = item;
@@ -293,10 +297,6 @@ async fn finish(
     let payload_hash = payload_hash(&view);
     let mut body = view;
     let checked = parse(&body).ok();
-    let approved_by: Vec<String> = match ours {
-        Some(hash) => verified_approvals(&body, hash),
-        None => Vec::new(),
-    };
     body["countersign"] = json!({
         "marks": marks,
         "safeTxHash": ours.map(|h| h.to_string()),
@@ -310,9 +310,31 @@ async fn finish(
     Ok(CachedRequest { id, seq, payload_hash, body })
 }
 
+/// [`verified_approvals`] for a page, on two threads.
+fn verify_all_approvals(listed: &[(Value, Option<B256>)]) -> Vec<Vec<String>> {
+    let half = listed.len().div_ceil(2).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = listed
+            .chunks(half)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(approvals, hash)| match hash {
+                            Some(hash) => verified_approvals(approvals, *hash),
+                            None => Vec::new(),
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
+}
+
 /// The owners whose listed approval signatures recover to them over `hash`.
-fn verified_approvals(view: &Value, hash: B256) -> Vec<String> {
-    let mut owners: Vec<String> = view["approvals"]
+fn verified_approvals(approvals: &Value, hash: B256) -> Vec<String> {
+    let mut owners: Vec<String> = approvals
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
