@@ -529,8 +529,9 @@ fn queue_serve_prints_url_and_pin_and_ping_checks_the_pin() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(Server)
         .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
     let url = lines.next().unwrap().unwrap().strip_prefix("url: ").unwrap().to_owned();
     let pin = lines.next().unwrap().unwrap().strip_prefix("pin-sha256: ").unwrap().to_owned();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
@@ -544,8 +545,8 @@ fn queue_serve_prints_url_and_pin_and_ping_checks_the_pin() {
         "--pin",
         "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
     ]);
-    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
-    let status = server.wait().unwrap();
+    Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
+    let status = server.0.wait().unwrap();
 
     assert_ok(&ping);
     assert_eq!(wrong.status.code(), Some(3));
@@ -602,8 +603,9 @@ fn queue_walkthrough_from_submitted_to_approved() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(Server)
         .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
     let mut next =
         |prefix: &str| lines.next().unwrap().unwrap().strip_prefix(prefix).unwrap().to_owned();
     let (url, pin, admin_key) = (next("url: "), next("pin-sha256: "), next("admin-api-key: "));
@@ -791,8 +793,8 @@ fn queue_walkthrough_from_submitted_to_approved() {
     let refused = untrusted.run(&["approve", "p2", "--yes"]);
     assert_eq!(refused.status.code(), Some(1));
 
-    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
-    server.wait().unwrap();
+    Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
+    server.0.wait().unwrap();
 }
 
 /// A copy of a case's request with another nonce, in `home`'s folder.
@@ -801,4 +803,14 @@ fn with_nonce(home: &Home, name: &str, case: &str, nonce: u64) -> PathBuf {
         serde_json::from_str(&fs::read_to_string(repo(case)).unwrap()).unwrap();
     request["nonce"] = serde_json::json!(nonce);
     home.file(name, &request.to_string())
+}
+
+/// A `queue serve` child, killed by its process id when the test ends, passed or not.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
