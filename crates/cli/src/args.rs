@@ -208,6 +208,15 @@ pub enum VaultCommand {
         json: bool,
     },
     /// Record the vault's next nonce after transactions executed.
+    /// Show the connected queue's record of a vault and, with --yes, pin it in place of ours.
+    AcceptQueue {
+        address: String,
+        #[arg(long, value_name = "N")]
+        chain_id: u64,
+        /// Replace the pinned record (owners, threshold, version) with the queue's.
+        #[arg(long)]
+        yes: bool,
+    },
     SetNextNonce {
         address: String,
         #[arg(long, value_name = "N")]

@@ -515,6 +515,10 @@ async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Fail
                 }
             }
         }
+        VaultCommand::AcceptQueue { address, chain_id, yes } => {
+            let address = parse_address("address", &address)?.address;
+            return crate::queue_commands::accept_queue_vault(&store, chain_id, address, yes).await;
+        }
         VaultCommand::SetNextNonce { address, chain_id, next_nonce } => {
             let address = parse_address("address", &address)?.address;
             let record = store

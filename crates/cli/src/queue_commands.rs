@@ -408,3 +408,62 @@ pub async fn reject(context: &Context, id: &str, reason: &str) -> Result<Outcome
     );
     Ok(Outcome::Done)
 }
+
+/// Shows the queue's record of a vault next to the pinned one, and pins it only with `yes`.
+pub async fn accept_queue_vault(
+    store: &Store,
+    chain_id: u64,
+    address: Address,
+    yes: bool,
+) -> Result<Outcome, Failure> {
+    let pinned = store.vault(chain_id, &address).await?;
+    let session = stored_connection(store).await?.session().await.map_err(client_failure)?;
+    let vaults = session.get("/v1/vaults").await.map_err(client_failure)?;
+    let theirs = vaults["vaults"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| {
+            v["chainId"].as_u64() == Some(chain_id)
+                && v["address"].as_str() == Some(checksummed(&address).as_str())
+        })
+        .cloned()
+        .ok_or_else(|| {
+            Failure::input(format!(
+                "address: the queue has no record of {} on chain {chain_id}",
+                checksummed(&address)
+            ))
+        })?;
+    let mut record = countersign_core::vault::VaultRecord::new(
+        chain_id,
+        address,
+        SafeVersion::parse("safeVersion", theirs["safeVersion"].as_str().unwrap_or_default())?,
+    );
+    for (i, owner) in theirs["owners"].as_array().into_iter().flatten().enumerate() {
+        record.owners.push(
+            parse_address(&format!("owners[{i}]"), owner.as_str().unwrap_or_default())?.address,
+        );
+    }
+    record.threshold = theirs["threshold"].as_u64().map(|t| t as u32);
+    record.next_nonce =
+        countersign_core::request::parse_uint("nextNonce", &theirs["nextNonce"]).ok();
+    let owners = |r: &countersign_core::vault::VaultRecord| {
+        r.owners.iter().map(checksummed).collect::<Vec<_>>().join(", ")
+    };
+    outln!("Pinned: Safe {}, {:?} of [{}]", pinned.version, pinned.threshold, owners(&pinned));
+    outln!("Queue:  Safe {}, {:?} of [{}]", record.version, record.threshold, owners(&record));
+    if record.version == pinned.version
+        && record.owners == pinned.owners
+        && record.threshold == pinned.threshold
+    {
+        outln!("They agree; nothing to accept.");
+        return Ok(Outcome::Done);
+    }
+    if !yes {
+        outln!("Nothing changed. Check the new owners out of band, then run again with --yes to pin them.");
+        return Ok(Outcome::Refused);
+    }
+    store.replace_vault(&record, "queue").await?;
+    outln!("Pinned the queue's record.");
+    Ok(Outcome::Done)
+}

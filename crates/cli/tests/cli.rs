@@ -793,6 +793,35 @@ fn queue_walkthrough_from_submitted_to_approved() {
     let refused = untrusted.run(&["approve", "p2", "--yes"]);
     assert_eq!(refused.status.code(), Some(1));
 
+    // The admin changes the queue's vault record: sync shows it, nothing changes until accepted.
+    let newcomer = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359";
+    let mut change = vec!["queue", "vault", "add"];
+    change.extend(conn);
+    change.extend([
+        "--chain-id",
+        "1",
+        "--address",
+        SAFE,
+        "--safe-version",
+        "1.3.0",
+        "--threshold",
+        "2",
+        "--next-nonce",
+        "5",
+    ]);
+    for owner in owners.iter().copied().chain([newcomer]) {
+        change.extend(["--owner", owner]);
+    }
+    assert_ok(&admin.run(&change));
+    let synced = alice.0.run(&["sync"]);
+    assert!(stdout(&synced).contains("differs"), "{}", stdout(&synced));
+    assert!(!stdout(&alice.0.run(&["vault", "show", SAFE])).contains(newcomer));
+    let asked = alice.0.run(&["vault", "accept-queue", SAFE, "--chain-id", "1"]);
+    assert_eq!(asked.status.code(), Some(1), "without --yes nothing is pinned");
+    assert_ok(&alice.0.run(&["vault", "accept-queue", SAFE, "--chain-id", "1", "--yes"]));
+    assert!(stdout(&alice.0.run(&["vault", "show", SAFE])).contains(newcomer));
+    assert_ok(&alice.0.run(&["audit", "verify"]));
+
     Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
     server.0.wait().unwrap();
 }

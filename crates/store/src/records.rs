@@ -212,6 +212,39 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a pinned vault record, explicitly accepted by the approver (for example the
+    /// queue's record after an owner change). The next nonce never moves back.
+    pub async fn replace_vault(
+        &self,
+        record: &VaultRecord,
+        accepted_from: &str,
+    ) -> Result<VaultRecord, StoreError> {
+        let pinned = self.vault(record.chain_id, &record.address).await?;
+        let mut record = record.clone();
+        record.label = pinned.label.clone();
+        record.next_nonce = match (pinned.next_nonce, record.next_nonce) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let id = vault_id(record.chain_id, &record.address);
+        let body = vault_json(&record);
+        let place = Place { table: "vaults", column: "sealed_record", row: &id };
+        let sealed = self.sealer.seal(place, body.to_string().as_bytes())?;
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE vaults SET sealed_record = ? WHERE id = ?")
+            .bind(sealed)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        let entry = serde_json::json!({
+            "vaultId": id, "record": body, "previous": vault_json(&pinned), "acceptedFrom": accepted_from,
+        });
+        self.audit_in(&mut tx, "vault_replaced", &entry).await?;
+        tx.commit().await?;
+        tracing::info!(vault = %id, "vault record replaced by the approver");
+        Ok(record)
+    }
+
     /// Records a new next nonce for a pinned vault (after a transaction executed).
     pub async fn set_next_nonce(
         &self,
@@ -280,8 +313,9 @@ impl Store {
         let plain = self
             .sealer
             .open(Place { table: "vaults", column: "sealed_record", row: id }, sealed)?;
-        let logged =
-            self.last_logged("kind IN ('vault_added', 'vault_next_nonce')", Some(id)).await?;
+        let logged = self
+            .last_logged("kind IN ('vault_added', 'vault_next_nonce', 'vault_replaced')", Some(id))
+            .await?;
         self.matches_log(
             plain.expose(),
             logged.as_ref().map(|body| &body["record"]),
