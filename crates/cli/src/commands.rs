@@ -102,17 +102,9 @@ async fn review_file(
     tokens: &TokenList,
 ) -> Result<Review, Failure> {
     let request = SafeTxRequest::from_json(input)?;
-    let vault = resolve_vault(store, request.safe, flags).await?;
+    let (vault, pinned) = resolve_vault(store, request.safe, flags).await?;
     let history = match store {
-        Some(store)
-            if store
-                .vaults(Some(&vault.address))
-                .await?
-                .iter()
-                .any(|v| v.chain_id == vault.chain_id) =>
-        {
-            store.history(&vault, request.tx.nonce).await?
-        }
+        Some(store) if pinned => store.history(&vault, request.tx.nonce).await?,
         _ => History::default(),
     };
     Ok(review(request, &vault, policy, tokens, &history))
@@ -184,55 +176,11 @@ async fn sign(
     let shown = report::audit_body(&review, &tokens);
     store.audit("inspected", &shown).await?;
 
-    if let Some(tripwire) = review.tripwire() {
-        let detail = json!({ "reason": tripwire.to_string(), "shown": shown });
-        let id = store.open_incident(&vault, "tripwire", &detail).await?;
-        print_review(&review, &tokens, as_json);
-        eprintln!(
-            "Incident {id} opened: signing on this vault is blocked until a person clears it."
-        );
-        return Ok(Outcome::Refused);
-    }
-    let shown_review = review.clone();
-    let checked = match review.into_checked() {
-        Ok(checked) => checked,
-        Err(refused) => {
-            print_review(&refused.0, &tokens, as_json);
-            return Ok(Outcome::Refused);
-        }
-    };
-
-    if !as_json {
-        out!("{}", report::review_text(&shown_review, &tokens));
-    }
-    let prompt = TerminalPrompt { yes };
-    let signature = match signer.sign(&checked, &prompt).await {
-        Ok(signature) => signature,
-        Err(SignerError::Declined) => {
-            store.audit("declined", &shown).await?;
-            eprintln!("Not signed: declined.");
-            return Ok(Outcome::Refused);
-        }
-        Err(error) => return Err(Failure::other(error.to_string())),
-    };
-    let hashes = checked.hashes();
-    let recorded = store
-        .record_signature(
-            checked.vault(),
-            checked.request().tx.nonce,
-            hashes.safe_tx,
-            shown_review.is_rejection(),
-            signer.address(),
-            &signature,
-            &shown,
-        )
-        .await?;
-    if let Recorded::Refused(refusals) = recorded {
-        // Another process signed a different payload for this nonce (or opened an incident)
-        // while this one was confirming: the signature is discarded, never printed.
-        return refused_late(&store, checked.vault(), shown_review, refusals, &tokens, as_json)
-            .await;
-    }
+    let (signature, shown_review) =
+        match sign_reviewed(&store, review, &signer, yes, &tokens, &shown, as_json).await? {
+            Signed::Done { signature, review } => (signature, *review),
+            Signed::Not(outcome) => return Ok(outcome),
+        };
     if as_json {
         let mut out = report::review_json(&shown_review, &tokens);
         out["signature"] = json!(signature.to_hex());
@@ -243,6 +191,75 @@ async fn sign(
         outln!("Signature: {}", signature.to_hex());
     }
     Ok(Outcome::Done)
+}
+
+/// How [`sign_reviewed`] ended.
+pub(crate) enum Signed {
+    /// Signed and recorded; the review that was shown.
+    Done { signature: OwnerSignature, review: Box<Review> },
+    /// Nothing to hand out: refused, declined, or discarded after a late refusal.
+    Not(Outcome),
+}
+
+/// The end `sign` and `approve` share: the tripwire, the guards' verdict, the review shown,
+/// the prompt, the signature, and its record (which checks the tripwire once more).
+pub(crate) async fn sign_reviewed(
+    store: &Store,
+    review: Review,
+    signer: &SoftwareSigner,
+    yes: bool,
+    tokens: &TokenList,
+    shown: &serde_json::Value,
+    as_json: bool,
+) -> Result<Signed, Failure> {
+    if let Some(tripwire) = review.tripwire() {
+        let detail = json!({ "reason": tripwire.to_string(), "shown": shown });
+        let id = store.open_incident(&review.vault, "tripwire", &detail).await?;
+        print_review(&review, tokens, as_json);
+        eprintln!(
+            "Incident {id} opened: signing on this vault is blocked until a person clears it."
+        );
+        return Ok(Signed::Not(Outcome::Refused));
+    }
+    let shown_review = review.clone();
+    let checked = match review.into_checked() {
+        Ok(checked) => checked,
+        Err(refused) => {
+            print_review(&refused.0, tokens, as_json);
+            return Ok(Signed::Not(Outcome::Refused));
+        }
+    };
+    if !as_json {
+        out!("{}", report::review_text(&shown_review, tokens));
+    }
+    let signature = match signer.sign(&checked, &TerminalPrompt { yes }).await {
+        Ok(signature) => signature,
+        Err(SignerError::Declined) => {
+            store.audit("declined", shown).await?;
+            eprintln!("Not signed: declined.");
+            return Ok(Signed::Not(Outcome::Refused));
+        }
+        Err(error) => return Err(Failure::other(error.to_string())),
+    };
+    let recorded = store
+        .record_signature(
+            checked.vault(),
+            checked.request().tx.nonce,
+            checked.hashes().safe_tx,
+            shown_review.is_rejection(),
+            signer.address(),
+            &signature,
+            shown,
+        )
+        .await?;
+    if let Recorded::Refused(refusals) = recorded {
+        // Another process signed a different payload for this nonce (or opened an incident)
+        // while this one was confirming: the signature is discarded, never printed.
+        let outcome =
+            refused_late(store, checked.vault(), shown_review, refusals, tokens, as_json).await?;
+        return Ok(Signed::Not(outcome));
+    }
+    Ok(Signed::Done { signature, review: Box::new(shown_review) })
 }
 
 async fn refused_late(
@@ -355,7 +372,7 @@ async fn verify(
     let signature = OwnerSignature::parse_hex("signature", signature)?;
     let store = optional_store(context).await?;
     let request = SafeTxRequest::from_json(&input)?;
-    let vault = resolve_vault(store.as_ref(), request.safe, flags).await?;
+    let (vault, _) = resolve_vault(store.as_ref(), request.safe, flags).await?;
     let hashes = vault.domain().hashes(&request.tx);
     let signer = signature
         .recover(&hashes.safe_tx)
@@ -505,7 +522,7 @@ async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Fail
         VaultCommand::Show { address, chain_id, json } => {
             let address = parse_address("address", &address)?.address;
             let flags = VaultFlags { chain_id, ..VaultFlags::default() };
-            let record = resolve_vault(Some(&store), address, &flags).await?;
+            let (record, _) = resolve_vault(Some(&store), address, &flags).await?;
             if json {
                 outln!("{}", vault_json(&record));
             } else {

@@ -134,13 +134,14 @@ pub fn parse_nonce(field: &str, text: &str) -> Result<U256, Failure> {
     Ok(parse_uint(field, &serde_json::Value::String(text.to_owned()))?)
 }
 
-/// The vault record to check `safe` against: the pinned one when the store has it, else one
-/// built from the flags. Flags that contradict a pinned record are an error, never a change.
+/// The vault record to check `safe` against, and whether it is pinned: the pinned one when
+/// the store has it, else one built from the flags. Flags that contradict a pinned record are
+/// an error, never a change.
 pub async fn resolve_vault(
     store: Option<&Store>,
     safe: alloy_primitives::Address,
     flags: &VaultFlags,
-) -> Result<VaultRecord, Failure> {
+) -> Result<(VaultRecord, bool), Failure> {
     let pinned = match store {
         Some(store) => store.vaults(Some(&safe)).await?,
         None => Vec::new(),
@@ -148,8 +149,8 @@ pub async fn resolve_vault(
     let candidates: Vec<VaultRecord> =
         pinned.into_iter().filter(|v| flags.chain_id.is_none_or(|c| c == v.chain_id)).collect();
     match candidates.as_slice() {
-        [record] => check_flags_agree(record, flags).map(|()| record.clone()),
-        [] => vault_from_flags(safe, flags),
+        [record] => check_flags_agree(record, flags).map(|()| (record.clone(), true)),
+        [] => vault_from_flags(safe, flags).map(|record| (record, false)),
         _ => Err(Failure::input(
             "chainId: this Safe is pinned on several chains; choose one with --chain-id",
         )),

@@ -10,10 +10,10 @@ use countersign_core::intent::{check_request_id, intent_digest};
 use countersign_core::policy::Policy;
 use countersign_core::request::{parse_object, JsonObject, SafeTxRequest, MAX_REQUEST_BYTES};
 use countersign_core::secret::SecretString;
-use countersign_core::signer::{Signer, SignerError};
+use countersign_core::signer::Signer;
 use countersign_core::tokens::TokenList;
 use countersign_core::version::SafeVersion;
-use countersign_store::{CachedRequest, Recorded, Store};
+use countersign_store::{CachedRequest, Store};
 use countersign_sync::client::{ClientError, Session};
 use countersign_sync::pin::Pins;
 use countersign_sync::sync::{payload_hash, sync, Connection, SyncError};
@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use crate::args::{
     AdminConnection, KeyChoice, QueueApiKeyCommand, QueueMemberCommand, QueueVaultCommand,
 };
-use crate::commands::{software_signer, TerminalPrompt};
+use crate::commands::{sign_reviewed, software_signer, Signed};
 use crate::context::{read_limited, read_small_text, Context};
 use crate::failure::{Failure, Outcome};
 use crate::report;
@@ -327,50 +327,12 @@ pub async fn approve(
             current["state"].as_str().unwrap_or("?")
         )));
     }
-    if let Some(tripwire) = review.tripwire() {
-        let detail = json!({ "reason": tripwire.to_string(), "shown": shown });
-        let incident = store.open_incident(&review.vault, "tripwire", &detail).await?;
-        out!("{}", report::review_text(&review, &tokens));
-        eprintln!("Incident {incident} opened: signing on this vault is blocked until a person clears it.");
-        return Ok(Outcome::Refused);
-    }
-    let shown_review = review.clone();
-    let checked = match review.into_checked() {
-        Ok(checked) => checked,
-        Err(refused) => {
-            out!("{}", report::review_text(&refused.0, &tokens));
-            return Ok(Outcome::Refused);
-        }
-    };
-    out!("{}", report::review_text(&shown_review, &tokens));
-    let signature = match signer.sign(&checked, &TerminalPrompt { yes }).await {
-        Ok(signature) => signature,
-        Err(SignerError::Declined) => {
-            store.audit("declined", &shown).await?;
-            eprintln!("Not signed: declined.");
-            return Ok(Outcome::Refused);
-        }
-        Err(error) => return Err(Failure::other(error.to_string())),
-    };
-    let hash = checked.hashes().safe_tx;
-    let recorded = store
-        .record_signature(
-            checked.vault(),
-            checked.request().tx.nonce,
-            hash,
-            shown_review.is_rejection(),
-            signer.address(),
-            &signature,
-            &shown,
-        )
-        .await?;
-    if let Recorded::Refused(reasons) = recorded {
-        for reason in reasons {
-            outln!("  - [{}] {reason}", reason.code());
-        }
-        eprintln!("Not sent: the signature was discarded.");
-        return Ok(Outcome::Refused);
-    }
+    let hash = review.hashes.safe_tx;
+    let signature =
+        match sign_reviewed(&store, review, &signer, yes, &tokens, &shown, false).await? {
+            Signed::Done { signature, .. } => signature,
+            Signed::Not(outcome) => return Ok(outcome),
+        };
     outln!("\nStep 1 of 2: signed by {}.", checksummed(&signer.address()));
     let body = json!({ "safeTxHash": hash.to_string(), "signature": signature.to_hex() });
     let reply = session

@@ -226,23 +226,36 @@ impl Store {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
+        let entry =
+            serde_json::json!({ "previous": vault_json(&pinned), "acceptedFrom": accepted_from });
+        self.rewrite_vault(&record, "vault_replaced", entry).await?;
+        tracing::info!(vault = %vault_id(record.chain_id, &record.address), "vault record replaced by the approver");
+        Ok(record)
+    }
+
+    /// Seals and writes an existing vault record, with its audit entry: `entry` plus the
+    /// `vaultId` and the `record`, which reads check the sealed value against.
+    async fn rewrite_vault(
+        &self,
+        record: &VaultRecord,
+        kind: &str,
+        mut entry: serde_json::Value,
+    ) -> Result<(), StoreError> {
         let id = vault_id(record.chain_id, &record.address);
-        let body = vault_json(&record);
+        let body = vault_json(record);
         let place = Place { table: "vaults", column: "sealed_record", row: &id };
         let sealed = self.sealer.seal(place, body.to_string().as_bytes())?;
+        entry["vaultId"] = serde_json::json!(id);
+        entry["record"] = body;
         let mut tx = self.begin().await?;
         sqlx::query("UPDATE vaults SET sealed_record = ? WHERE id = ?")
             .bind(sealed)
             .bind(&id)
             .execute(&mut *tx)
             .await?;
-        let entry = serde_json::json!({
-            "vaultId": id, "record": body, "previous": vault_json(&pinned), "acceptedFrom": accepted_from,
-        });
-        self.audit_in(&mut tx, "vault_replaced", &entry).await?;
+        self.audit_in(&mut tx, kind, &entry).await?;
         tx.commit().await?;
-        tracing::info!(vault = %id, "vault record replaced by the approver");
-        Ok(record)
+        Ok(())
     }
 
     /// Records a new next nonce for a pinned vault (after a transaction executed).
@@ -260,22 +273,10 @@ impl Store {
             return Err(InputError::new("nextNonce", problem).into());
         }
         record.next_nonce = Some(next);
-        let id = vault_id(chain_id, address);
-        let body = vault_json(&record);
-        let place = Place { table: "vaults", column: "sealed_record", row: &id };
-        let sealed = self.sealer.seal(place, body.to_string().as_bytes())?;
-        let mut tx = self.begin().await?;
-        sqlx::query("UPDATE vaults SET sealed_record = ? WHERE id = ?")
-            .bind(sealed)
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
         let change = serde_json::json!({
-            "vaultId": id, "from": previous.map(|n| n.to_string()), "to": next.to_string(),
-            "record": body,
+            "from": previous.map(|n| n.to_string()), "to": next.to_string(),
         });
-        self.audit_in(&mut tx, "vault_next_nonce", &change).await?;
-        tx.commit().await?;
+        self.rewrite_vault(&record, "vault_next_nonce", change).await?;
         Ok(record)
     }
 

@@ -103,10 +103,12 @@ pub async fn sync(store: &Store, connection: &Connection) -> Result<SyncReport, 
     let session = connection.session().await?;
     let mut report = SyncReport::default();
     let mut vaults = VaultCache::default();
+    // Which requests are cached already, read once; each stored batch is added to it.
+    let mut known = store.cached_payload_hashes().await?;
     loop {
         let page = session.get(&format!("/v1/requests?after={cursor}&limit=500")).await?;
         let views = page["requests"].as_array().cloned().unwrap_or_default();
-        let batch = check_page(store, connection, views, &mut vaults, &mut report).await?;
+        let batch = check_page(store, connection, views, &known, &mut vaults, &mut report).await?;
         report.fetched += batch.len();
         let next = page["cursor"].as_i64().unwrap_or(cursor);
         let more = page["more"] == json!(true);
@@ -117,6 +119,7 @@ pub async fn sync(store: &Store, connection: &Connection) -> Result<SyncReport, 
         }
         cursor = next;
         store.store_synced(&batch, cursor).await?;
+        known.extend(batch.into_iter().map(|cached| (cached.id, cached.payload_hash)));
         if !more {
             break;
         }
@@ -168,10 +171,10 @@ async fn check_page(
     store: &Store,
     connection: &Connection,
     views: Vec<Value>,
+    known: &std::collections::HashMap<String, String>,
     vaults: &mut VaultCache,
     report: &mut SyncReport,
 ) -> Result<Vec<CachedRequest>, SyncError> {
-    let known = store.cached_payload_hashes().await?;
     let mut pending = Vec::with_capacity(views.len());
     for view in views {
         let id = view["id"].as_str().unwrap_or_default().to_owned();
