@@ -634,22 +634,7 @@ fn queue_walkthrough_from_submitted_to_approved() {
 
     let mut add = vec!["queue", "vault", "add"];
     add.extend(conn);
-    add.extend([
-        "--chain-id",
-        "1",
-        "--address",
-        SAFE,
-        "--safe-version",
-        "1.3.0",
-        "--threshold",
-        "2",
-        "--next-nonce",
-        "5",
-    ]);
-    for owner in owners {
-        add.extend(["--owner", owner]);
-    }
-    assert_ok(&admin.run(&add));
+    assert_ok(&admin.run(&with_vault(add, &owners)));
     for (id, role, (home, address)) in
         [("init", "initiator", initiator), ("alice", "approver", alice), ("bob", "approver", bob)]
     {
@@ -662,24 +647,7 @@ fn queue_walkthrough_from_submitted_to_approved() {
         key.push(id);
         let api_key = stdout(&admin.run(&key)).trim().to_owned();
         let key_file = home.file("api.key", &api_key);
-        let mut pin_vault = vec![
-            "vault",
-            "add",
-            "--chain-id",
-            "1",
-            "--address",
-            SAFE,
-            "--safe-version",
-            "1.3.0",
-            "--threshold",
-            "2",
-            "--next-nonce",
-            "5",
-        ];
-        for owner in owners {
-            pin_vault.extend(["--owner", owner]);
-        }
-        assert_ok(&home.run(&pin_vault));
+        assert_ok(&home.run(&with_vault(vec!["vault", "add"], &owners)));
         let connect = home.run(&[
             "queue",
             "connect",
@@ -755,24 +723,7 @@ fn queue_walkthrough_from_submitted_to_approved() {
     untrusted.file("passphrase", "a long test passphrase\n");
     assert_ok(&untrusted.run(&["init", "--passphrase"]));
     assert_ok(&untrusted.run(&["key", "new"]));
-    let mut pin_vault = vec![
-        "vault",
-        "add",
-        "--chain-id",
-        "1",
-        "--address",
-        SAFE,
-        "--safe-version",
-        "1.3.0",
-        "--threshold",
-        "2",
-        "--next-nonce",
-        "5",
-    ];
-    for owner in owners {
-        pin_vault.extend(["--owner", owner]);
-    }
-    assert_ok(&untrusted.run(&pin_vault));
+    assert_ok(&untrusted.run(&with_vault(vec!["vault", "add"], &owners)));
     let bob_key = bob.0.dir.path().join("api.key");
     let connect = untrusted.run(&[
         "queue",
@@ -797,22 +748,8 @@ fn queue_walkthrough_from_submitted_to_approved() {
     let newcomer = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359";
     let mut change = vec!["queue", "vault", "add"];
     change.extend(conn);
-    change.extend([
-        "--chain-id",
-        "1",
-        "--address",
-        SAFE,
-        "--safe-version",
-        "1.3.0",
-        "--threshold",
-        "2",
-        "--next-nonce",
-        "5",
-    ]);
-    for owner in owners.iter().copied().chain([newcomer]) {
-        change.extend(["--owner", owner]);
-    }
-    assert_ok(&admin.run(&change));
+    let grown = [owners[0], owners[1], owners[2], newcomer];
+    assert_ok(&admin.run(&with_vault(change, &grown)));
     let synced = alice.0.run(&["sync"]);
     assert!(stdout(&synced).contains("differs"), "{}", stdout(&synced));
     assert!(!stdout(&alice.0.run(&["vault", "show", SAFE])).contains(newcomer));
@@ -842,4 +779,15 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `args` followed by the walkthrough's vault: the example Safe on chain 1, Safe 1.3.0,
+/// threshold 2, next nonce 5, and `owners`.
+fn with_vault<'a>(mut args: Vec<&'a str>, owners: &[&'a str]) -> Vec<&'a str> {
+    args.extend(["--chain-id", "1", "--address", SAFE, "--safe-version", "1.3.0"]);
+    args.extend(["--threshold", "2", "--next-nonce", "5"]);
+    for owner in owners {
+        args.extend(["--owner", owner]);
+    }
+    args
 }

@@ -8,7 +8,7 @@
     reason = "a test fails by panicking"
 )]
 
-use alloy_primitives::{address, Address, B256};
+use alloy_primitives::{Address, B256};
 use countersign_core::intent::intent_digest;
 use countersign_core::request::SafeTxRequest;
 use countersign_core::secret::SecretString;
@@ -17,20 +17,17 @@ use countersign_core::vault::VaultRecord;
 use countersign_core::version::SafeVersion;
 use countersign_queue::api::ApiState;
 use countersign_queue::db::Db;
-use countersign_queue::model::{self, QueueRules};
+use countersign_queue::model;
 use countersign_queue::server;
 use countersign_queue::tls::Identity;
-use countersign_signers::software::SoftwareSigner;
 use countersign_store::keywrap::Protection;
 use countersign_store::Store;
 use countersign_sync::sync::{sync, Connection};
 use serde_json::{json, Value};
 
-const SAFE: Address = address!("111CEEee040739fD91D29C34C33E6B3E112F2177");
+mod common;
 
-fn key(byte: u8) -> SoftwareSigner {
-    SoftwareSigner::from_hex(&SecretString::new(format!("{byte:02x}").repeat(32))).unwrap()
-}
+use common::{key, rules, transaction, SAFE};
 
 fn vault(owners: &[Address]) -> VaultRecord {
     let mut record = VaultRecord::new(1, SAFE, SafeVersion::V1_3_0);
@@ -38,18 +35,6 @@ fn vault(owners: &[Address]) -> VaultRecord {
     record.threshold = Some(2);
     record.next_nonce = Some(alloy_primitives::U256::from(5));
     record
-}
-
-fn transaction(file: &str) -> Value {
-    let path = format!("{}/../../tests/cases/{file}/request.json", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn rules() -> QueueRules {
-    QueueRules {
-        policy: Default::default(),
-        tokens: countersign_core::tokens::TokenList::shipped().unwrap(),
-    }
 }
 
 struct World {

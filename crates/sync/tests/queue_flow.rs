@@ -12,17 +12,16 @@
 
 use std::sync::atomic::Ordering;
 
-use alloy_primitives::{address, Address, B256};
+use alloy_primitives::{Address, B256};
 use countersign_core::intent::intent_digest;
 use countersign_core::request::SafeTxRequest;
-use countersign_core::secret::SecretString;
 use countersign_core::signature::OwnerSignature;
 use countersign_core::signer::Signer;
 use countersign_core::vault::VaultRecord;
 use countersign_core::version::SafeVersion;
 use countersign_queue::api::{ApiState, RateLimit};
 use countersign_queue::db::Db;
-use countersign_queue::model::{self, QueueRules};
+use countersign_queue::model;
 use countersign_queue::server;
 use countersign_queue::tls::Identity;
 use countersign_signers::software::SoftwareSigner;
@@ -30,15 +29,9 @@ use countersign_sync::client::{ClientError, QueueClient, Session};
 use countersign_sync::pin::Pins;
 use serde_json::{json, Value};
 
-const SAFE: Address = address!("111CEEee040739fD91D29C34C33E6B3E112F2177");
+mod common;
 
-fn key(byte: u8) -> SoftwareSigner {
-    SoftwareSigner::from_hex(&SecretString::new(hex_of(byte))).unwrap()
-}
-
-fn hex_of(byte: u8) -> String {
-    format!("{byte:02x}").repeat(32)
-}
+use common::{hex_of, key, rules, transaction, SAFE};
 
 struct Queue {
     running: server::Running,
@@ -74,10 +67,7 @@ fn rand_bytes() -> [u8; 8] {
 }
 
 async fn start(db: Db, dir: tempfile::TempDir, limit: RateLimit) -> Queue {
-    let rules = QueueRules {
-        policy: countersign_core::policy::Policy::default(),
-        tokens: countersign_core::tokens::TokenList::shipped().unwrap(),
-    };
+    let rules = rules();
     let admin_key = model::bootstrap(&db).await.unwrap().unwrap();
     let api = ApiState::new(db, rules, limit);
     let identity = Identity::ephemeral().unwrap();
@@ -119,11 +109,6 @@ fn code(result: Result<Value, ClientError>) -> String {
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn transaction(file: &str) -> Value {
-    let path = format!("{}/../../tests/cases/{file}/request.json", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn safe_tx_hash(tx: &Value) -> B256 {
@@ -477,10 +462,7 @@ async fn events_announce_each_change() {
 #[tokio::test]
 async fn fail_a_peer_outside_the_allowlist_gets_no_handshake() {
     let (_, db, dir) = databases().await.remove(0);
-    let rules = QueueRules {
-        policy: countersign_core::policy::Policy::default(),
-        tokens: countersign_core::tokens::TokenList::shipped().unwrap(),
-    };
+    let rules = rules();
     let api = ApiState::new(db, rules, RateLimit::default())
         .with_allowlist(vec!["10.0.0.0/8".parse().unwrap()]);
     let identity = Identity::ephemeral().unwrap();
