@@ -13,9 +13,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::approvals::ApprovalWriter;
 use crate::db::Db;
 use crate::error::ApiError;
-use crate::model::{self, Member, QueueRules, Role};
+use crate::model::{self, Member, QueueRules, RequestView, Role};
 
 /// Requests bodies larger than this are refused.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -83,11 +84,14 @@ pub struct ApiState {
     pub events: tokio::sync::broadcast::Sender<Value>,
     /// When not empty, only these networks may connect (checked before the TLS handshake).
     pub allow: Arc<Vec<ipnet::IpNet>>,
+    approvals: ApprovalWriter,
 }
 
 impl ApiState {
+    /// Starts the approval writer, so it must be called inside a Tokio runtime.
     pub fn new(db: Db, rules: QueueRules, limit: RateLimit) -> Self {
         Self {
+            approvals: ApprovalWriter::start(db.clone()),
             db,
             rules: Arc::new(rules),
             limit,
@@ -110,8 +114,9 @@ impl ApiState {
         self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&peer))
     }
 
-    fn announce(&self, view: &Value) {
-        let event = json!({ "type": "request", "id": view["id"], "seq": view["seq"], "state": view["state"] });
+    fn announce(&self, view: &RequestView) {
+        let event =
+            json!({ "type": "request", "id": view.id, "seq": view.seq, "state": view.state });
         let _ = self.events.send(event);
     }
 
@@ -187,6 +192,23 @@ fn body(bytes: &Bytes) -> Result<Value, ApiError> {
 
 type Answer = Result<Json<Value>, ApiError>;
 
+/// JSON text rendered by the model, sent as it is.
+struct RawJson(String);
+
+impl axum::response::IntoResponse for RawJson {
+    fn into_response(self) -> axum::response::Response {
+        ([(axum::http::header::CONTENT_TYPE, "application/json")], self.0).into_response()
+    }
+}
+
+type ViewAnswer = Result<RawJson, ApiError>;
+
+/// Answers with `view` after announcing it on the event stream.
+fn changed(state: &ApiState, view: RequestView) -> RawJson {
+    state.announce(&view);
+    RawJson(view.json)
+}
+
 async fn open_session(State(state): State<ApiState>, bytes: Bytes) -> Answer {
     let body = body(&bytes)?;
     let key = body
@@ -230,11 +252,10 @@ async fn list_vaults(State(state): State<ApiState>, headers: HeaderMap) -> Answe
     Ok(Json(json!({ "vaults": vaults })))
 }
 
-async fn submit(State(state): State<ApiState>, headers: HeaderMap, bytes: Bytes) -> Answer {
+async fn submit(State(state): State<ApiState>, headers: HeaderMap, bytes: Bytes) -> ViewAnswer {
     let caller = state.caller(&headers).await?;
     let view = model::submit(&state.db, &state.rules, &caller, &body(&bytes)?).await?;
-    state.announce(&view);
-    Ok(Json(view))
+    Ok(changed(&state, view))
 }
 
 #[derive(Deserialize)]
@@ -249,14 +270,14 @@ async fn list_requests(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
-) -> Answer {
+) -> ViewAnswer {
     state.caller(&headers).await?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request("limit: from 1 to 500"));
     }
     let after = query.after.unwrap_or(0).max(0);
-    Ok(Json(
+    Ok(RawJson(
         model::list(&state.db, query.vault.as_deref(), query.state.as_deref(), after, limit)
             .await?,
     ))
@@ -266,9 +287,9 @@ async fn get_request(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Answer {
+) -> ViewAnswer {
     state.caller(&headers).await?;
-    Ok(Json(model::request_view(&state.db, &id).await?))
+    Ok(RawJson(model::request_view(&state.db, &id).await?.json))
 }
 
 async fn approve(
@@ -276,11 +297,11 @@ async fn approve(
     headers: HeaderMap,
     Path(id): Path<String>,
     bytes: Bytes,
-) -> Answer {
+) -> ViewAnswer {
     let caller = state.caller(&headers).await?;
-    let view = model::approve(&state.db, &caller, &id, &body(&bytes)?).await?;
-    state.announce(&view);
-    Ok(Json(view))
+    let view = crate::approvals::approve(&state.db, &state.approvals, &caller, &id, &body(&bytes)?)
+        .await?;
+    Ok(changed(&state, view))
 }
 
 async fn reject(
@@ -288,11 +309,10 @@ async fn reject(
     headers: HeaderMap,
     Path(id): Path<String>,
     bytes: Bytes,
-) -> Answer {
+) -> ViewAnswer {
     let caller = state.caller(&headers).await?;
     let view = model::reject(&state.db, &caller, &id, &body(&bytes)?).await?;
-    state.announce(&view);
-    Ok(Json(view))
+    Ok(changed(&state, view))
 }
 
 async fn execute(
@@ -300,11 +320,10 @@ async fn execute(
     headers: HeaderMap,
     Path(id): Path<String>,
     bytes: Bytes,
-) -> Answer {
+) -> ViewAnswer {
     let caller = state.caller(&headers).await?;
     let view = model::mark_executed(&state.db, &caller, &id, &body(&bytes)?).await?;
-    state.announce(&view);
-    Ok(Json(view))
+    Ok(changed(&state, view))
 }
 
 async fn audit(State(state): State<ApiState>, headers: HeaderMap) -> Answer {

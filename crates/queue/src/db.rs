@@ -25,11 +25,14 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, vault_id TEXT NOT NULL, seq BIGINT NOT NULL, \
      state TEXT NOT NULL, transaction_json TEXT NOT NULL, safe_tx_hash TEXT NOT NULL, nonce TEXT NOT NULL, \
      initiator_id TEXT NOT NULL, initiator_address TEXT NOT NULL, initiator_signature TEXT NOT NULL, \
-     created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, reason TEXT, executed_tx TEXT, signatures TEXT)",
+     created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, reason TEXT, executed_tx TEXT, signatures TEXT, \
+     view TEXT)",
     "CREATE UNIQUE INDEX IF NOT EXISTS requests_seq ON requests (seq)",
+    "CREATE INDEX IF NOT EXISTS requests_vault_nonce ON requests (vault_id, nonce)",
     "CREATE TABLE IF NOT EXISTS approvals (request_id TEXT NOT NULL, owner TEXT NOT NULL, member_id TEXT NOT NULL, \
      signature TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (request_id, owner))",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    "INSERT INTO counters (name, value) VALUES ('request_seq', 0) ON CONFLICT (name) DO NOTHING",
     "CREATE TABLE IF NOT EXISTS audit (seq BIGINT PRIMARY KEY, at BIGINT NOT NULL, kind TEXT NOT NULL, \
      body TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)",
 ];
@@ -96,6 +99,9 @@ impl Db {
                         // WAL with NORMAL: a killed process loses nothing committed; an OS
                         // crash or power loss can lose the last commits (see the README).
                         sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                        // Pages read through a mapping, not copied in by read(2) each time
+                        // another connection's commit empties this one's cache.
+                        sqlx::query("PRAGMA mmap_size = 268435456").execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
@@ -103,6 +109,14 @@ impl Db {
         let pool = options.connect(url).await.map_err(db_error)?;
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await.map_err(db_error)?;
+        }
+        // Databases made before requests kept their rendered view get the column; the views
+        // themselves are filled in by `model::fill_views` at start.
+        if sqlx::query("SELECT view FROM requests LIMIT 1").fetch_optional(&pool).await.is_err() {
+            sqlx::query("ALTER TABLE requests ADD COLUMN view TEXT")
+                .execute(&pool)
+                .await
+                .map_err(db_error)?;
         }
         Ok(Self { pool, backend, writer: Default::default() })
     }

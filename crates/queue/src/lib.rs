@@ -5,13 +5,13 @@
 //!
 //! - [`tls`]: the key, the certificate and the pin;
 //! - [`db`]: SQLite or PostgreSQL through sqlx;
-//! - [`model`]: members, API keys, sessions, vaults, requests, approvals, the audit chain;
+//! - [`model`]: members, API keys, sessions, vaults, requests, rejections, the audit chain;
+//! - [`approvals`]: approvals, checked in parallel and written in batches;
 //! - [`api`]: the routes, authentication and per-key rate limits;
 //! - [`server`]: the TLS listener.
-//!
-//! Limitation: the live event stream (SSE) and an IP allowlist are not built yet.
 
 pub mod api;
+pub mod approvals;
 pub mod db;
 pub mod error;
 pub mod model;

@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use alloy_primitives::{Address, B256, U256};
+use alloy_primitives::{Address, U256};
 use axum::http::StatusCode;
 use base64::Engine;
 use countersign_core::address::{checksummed, parse_address};
@@ -114,37 +114,70 @@ pub async fn audit(
     kind: &str,
     body: &Value,
 ) -> Result<(), ApiError> {
+    audit_many(tx, &[(kind, body.clone())]).await
+}
+
+/// Appends `entries`, in order, to the queue's audit chain inside `tx`, in one statement.
+pub(crate) async fn audit_many(
+    tx: &mut Transaction<'static, Any>,
+    entries: &[(&str, Value)],
+) -> Result<(), ApiError> {
     let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut **tx)
         .await
         .map_err(db)?;
-    let (prev_seq, prev_hash) = match last {
+    let (mut seq, mut prev_hash) = match last {
         Some(row) => (
             int(&row, "seq"),
             countersign_core::audit::decode(&text(&row, "hash")).unwrap_or([0; 32]),
         ),
         None => (0, [0u8; 32]),
     };
-    let seq = prev_seq + 1;
     let at = now();
-    let body = body.to_string();
-    let hash = entry_hash(QUEUE, &prev_hash, seq as u64, at, kind, &body);
-    sqlx::query(
-        "INSERT INTO audit (seq, at, kind, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(seq)
-    .bind(at)
-    .bind(kind.to_owned())
-    .bind(body)
-    .bind(hex::encode(prev_hash))
-    .bind(hex::encode(hash))
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
+    let mut rows = Vec::with_capacity(entries.len());
+    for (kind, body) in entries {
+        seq += 1;
+        let body = body.to_string();
+        let hash = entry_hash(QUEUE, &prev_hash, seq as u64, at, kind, &body);
+        rows.push((seq, (*kind).to_owned(), body, hex::encode(prev_hash), hex::encode(hash)));
+        prev_hash = hash;
+    }
+    for chunk in rows.chunks(100) {
+        let statement = format!(
+            "INSERT INTO audit (seq, at, kind, body, prev_hash, hash) VALUES {}",
+            placeholders(chunk.len(), 6)
+        );
+        let mut query = sqlx::query(&statement);
+        for (seq, kind, body, prev, hash) in chunk {
+            query = query
+                .bind(*seq)
+                .bind(at)
+                .bind(kind.clone())
+                .bind(body.clone())
+                .bind(prev.clone())
+                .bind(hash.clone());
+        }
+        query.execute(&mut **tx).await.map_err(db)?;
+    }
     Ok(())
 }
 
-fn db(error: sqlx::Error) -> ApiError {
+/// `($1, $2), ($3, $4)` for two rows of two: numbered in ascending order, as both SQLite and
+/// PostgreSQL read them.
+pub(crate) fn placeholders(rows: usize, columns: usize) -> String {
+    let row = |r: usize| {
+        let marks: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+        format!("({})", marks.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
+/// `$1, $2, $3` for a list of three.
+pub(crate) fn list_marks(count: usize) -> String {
+    (1..=count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+}
+
+pub(crate) fn db(error: sqlx::Error) -> ApiError {
     ApiError::from(crate::db::db_error(error))
 }
 
@@ -173,8 +206,10 @@ pub async fn verify_audit(store: &Db) -> Result<Result<ChainReport, ChainBreak>,
 
 // Members, keys and sessions.
 
-/// On an empty queue: an admin member and its API key, returned once.
+/// Readies a queue database at start: renders any missing request views, and on an empty
+/// queue makes an admin member and its API key, returned once.
 pub async fn bootstrap(store: &Db) -> Result<Option<String>, ApiError> {
+    fill_views(store).await?;
     let (mut tx, _writer) = store.begin().await?;
     let any =
         sqlx::query("SELECT id FROM members LIMIT 1").fetch_optional(&mut *tx).await.map_err(db)?;
@@ -214,7 +249,7 @@ async fn insert_api_key(
     Ok(key)
 }
 
-fn member_from(row: &AnyRow) -> Member {
+pub(crate) fn member_from(row: &AnyRow) -> Member {
     Member {
         id: text(row, "id"),
         name: text(row, "name"),
@@ -401,14 +436,13 @@ pub async fn set_vault(store: &Db, body: &Value) -> Result<VaultRecord, ApiError
     .await
     .map_err(db)?;
     for row in &open {
-        let seq = next_seq(&mut tx).await?;
-        sqlx::query("UPDATE requests SET state = 'rejected', reason = $1, seq = $2 WHERE id = $3")
-            .bind("the vault record changed after submission; submit again".to_owned())
-            .bind(seq)
-            .bind(text(row, "id"))
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+        let id = text(row, "id");
+        let mut request = request_in(&mut tx, &id).await?;
+        request.seq = next_seq(&mut tx).await?;
+        request.state = "rejected".to_owned();
+        request.reason = Some("the vault record changed after submission; submit again".into());
+        let approvals = approvals_of(&mut tx, &id).await?;
+        request.save(&mut tx, &approvals).await?;
     }
     sqlx::query("DELETE FROM vaults WHERE id = $1")
         .bind(id.clone())
@@ -474,17 +508,19 @@ async fn vault_in(tx: &mut Transaction<'static, Any>, id: &str) -> Result<VaultR
         .fetch_optional(&mut **tx)
         .await
         .map_err(db)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_vault",
-                format!("vault {id} is not set up on this queue"),
-            )
-        })?;
+        .ok_or_else(|| unknown_vault(id))?;
     vault_from(&row)
 }
 
-fn string_field(body: &Value, name: &str) -> Result<String, ApiError> {
+fn unknown_vault(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_vault",
+        format!("vault {id} is not set up on this queue"),
+    )
+}
+
+pub(crate) fn string_field(body: &Value, name: &str) -> Result<String, ApiError> {
     match body.get(name) {
         Some(Value::String(text)) => Ok(text.clone()),
         None | Some(Value::Null) => Err(ApiError::bad_request(format!("{name}: is missing"))),
@@ -493,21 +529,13 @@ fn string_field(body: &Value, name: &str) -> Result<String, ApiError> {
 }
 
 async fn next_seq(tx: &mut Transaction<'static, Any>) -> Result<i64, ApiError> {
-    let row = sqlx::query("SELECT value FROM counters WHERE name = 'request_seq'")
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db)?;
-    let next = row.map(|r| int(&r, "value")).unwrap_or(0) + 1;
-    sqlx::query("DELETE FROM counters WHERE name = 'request_seq'")
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
-    sqlx::query("INSERT INTO counters (name, value) VALUES ('request_seq', $1)")
-        .bind(next)
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
-    Ok(next)
+    let row = sqlx::query(
+        "UPDATE counters SET value = value + 1 WHERE name = 'request_seq' RETURNING value",
+    )
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(int(&row, "value"))
 }
 
 // Requests.
@@ -526,7 +554,7 @@ pub async fn submit(
     rules: &QueueRules,
     caller: &Member,
     body: &Value,
-) -> Result<Value, ApiError> {
+) -> Result<RequestView, ApiError> {
     caller.require(&[Role::Initiator])?;
     let id = string_field(body, "id")?;
     check_request_id("id", &id)?;
@@ -570,8 +598,16 @@ pub async fn submit(
     )?;
 
     let vault_key = vault_id(chain_id, &request.safe);
-    let (mut tx, _writer) = store.begin().await?;
-    let vault = vault_in(&mut tx, &vault_key).await?;
+    // The review and the intent recovery need no write turn; the vault record they used is
+    // compared with the one inside the transaction.
+    let vault = vault_from(
+        &sqlx::query("SELECT * FROM vaults WHERE id = $1")
+            .bind(vault_key.clone())
+            .fetch_optional(&store.pool)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| unknown_vault(&vault_key))?,
+    )?;
     let review = review(request.clone(), &vault, &rules.policy, &rules.tokens, &History::default());
     if let Some(mismatch) = review.refusals.iter().find(|r| r.code() == "hash_mismatch") {
         return Err(ApiError::unprocessable("hash_mismatch", mismatch.to_string()));
@@ -586,6 +622,14 @@ pub async fn submit(
     let signer = signature.recover(&digest).map_err(|_| bad_intent())?;
     if Some(signer) != caller.address {
         return Err(bad_intent());
+    }
+
+    let (mut tx, _writer) = store.begin().await?;
+    if vault_in(&mut tx, &vault_key).await? != vault {
+        return Err(ApiError::conflict(
+            "vault_changed",
+            "the vault record changed while the request was checked; submit again",
+        ));
     }
     let exists = sqlx::query("SELECT id FROM requests WHERE id = $1")
         .bind(id.clone())
@@ -607,7 +651,10 @@ pub async fn submit(
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-        if let Some(other) = taken.iter().find(|row| effective_state(row) != "expired") {
+        if let Some(other) = taken
+            .iter()
+            .find(|row| shown_state(&text(row, "state"), int(row, "expires_at")) != "expired")
+        {
             return Err(ApiError::conflict(
                 "nonce_taken",
                 format!(
@@ -618,38 +665,55 @@ pub async fn submit(
             ));
         }
     }
-    let seq = next_seq(&mut tx).await?;
     let expires_at = created_at + expiry_hours as i64 * 3600;
+    let row = RequestRow {
+        id: id.clone(),
+        vault_id: vault_key,
+        seq: next_seq(&mut tx).await?,
+        state: "pending".to_owned(),
+        transaction_json: Value::Object(transaction.0.into_iter().collect()).to_string(),
+        safe_tx_hash: safe_tx_hash.to_string(),
+        nonce: request.tx.nonce.to_string(),
+        initiator_id: caller.id.clone(),
+        initiator_address: checksummed(&signer),
+        initiator_signature: signature.to_hex(),
+        created_at,
+        expires_at,
+        reason: None,
+        executed_tx: None,
+        signatures: None,
+    };
+    let stored = row.stored_view(&[]);
     sqlx::query(
         "INSERT INTO requests (id, vault_id, seq, state, transaction_json, safe_tx_hash, nonce, initiator_id, \
-         initiator_address, initiator_signature, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+         initiator_address, initiator_signature, created_at, expires_at, view) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
-    .bind(id.clone())
-    .bind(vault_key)
-    .bind(seq)
-    .bind("pending".to_owned())
-    .bind(Value::Object(transaction.0.into_iter().collect()).to_string())
-    .bind(safe_tx_hash.to_string())
-    .bind(request.tx.nonce.to_string())
-    .bind(caller.id.clone())
-    .bind(checksummed(&signer))
-    .bind(signature.to_hex())
+    .bind(row.id.clone())
+    .bind(row.vault_id.clone())
+    .bind(row.seq)
+    .bind(row.state.clone())
+    .bind(row.transaction_json.clone())
+    .bind(row.safe_tx_hash.clone())
+    .bind(row.nonce.clone())
+    .bind(row.initiator_id.clone())
+    .bind(row.initiator_address.clone())
+    .bind(row.initiator_signature.clone())
     .bind(created_at)
     .bind(expires_at)
+    .bind(stored.clone())
     .execute(&mut *tx)
     .await
     .map_err(db)?;
     audit(
         &mut tx,
         "request_submitted",
-        &json!({ "id": id, "safeTxHash": safe_tx_hash.to_string(), "by": caller.id }),
+        &json!({ "id": id, "safeTxHash": row.safe_tx_hash, "by": caller.id }),
     )
     .await?;
-    let view = request_view_in(&mut tx, &id).await?;
     tx.commit().await.map_err(db)?;
     tracing::info!(request = %id, "request submitted");
-    Ok(view)
+    Ok(RequestView::new(id, row.seq, row.shown_state(), &stored))
 }
 
 fn bad_intent() -> ApiError {
@@ -659,76 +723,227 @@ fn bad_intent() -> ApiError {
     )
 }
 
-/// One request as the API shows it.
-pub async fn request_view(store: &Db, id: &str) -> Result<Value, ApiError> {
-    let row = sqlx::query("SELECT * FROM requests WHERE id = $1")
-        .bind(id.to_owned())
-        .fetch_optional(&store.pool)
-        .await
-        .map_err(db)?
-        .ok_or_else(|| ApiError::not_found(format!("request {id}")))?;
-    let approvals = sqlx::query("SELECT owner, member_id, signature, created_at FROM approvals WHERE request_id = $1 ORDER BY owner")
-        .bind(id.to_owned()).fetch_all(&store.pool).await.map_err(db)?;
-    Ok(view_of(&row, &approvals))
+// Views: every change stores the request's rendered JSON beside its columns, so reading a
+// request or a page of them renders nothing but the state, which the clock can change.
+
+/// A `requests` row, owned, so that a change can be applied to it and the view rendered from
+/// the result without reading it back.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestRow {
+    pub(crate) id: String,
+    pub(crate) vault_id: String,
+    pub(crate) seq: i64,
+    pub(crate) state: String,
+    pub(crate) transaction_json: String,
+    pub(crate) safe_tx_hash: String,
+    pub(crate) nonce: String,
+    pub(crate) initiator_id: String,
+    pub(crate) initiator_address: String,
+    pub(crate) initiator_signature: String,
+    pub(crate) created_at: i64,
+    pub(crate) expires_at: i64,
+    pub(crate) reason: Option<String>,
+    pub(crate) executed_tx: Option<String>,
+    pub(crate) signatures: Option<String>,
 }
 
-async fn request_view_in(tx: &mut Transaction<'static, Any>, id: &str) -> Result<Value, ApiError> {
-    let row = sqlx::query("SELECT * FROM requests WHERE id = $1")
-        .bind(id.to_owned())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db)?
-        .ok_or_else(|| ApiError::not_found(format!("request {id}")))?;
-    let approvals = sqlx::query("SELECT owner, member_id, signature, created_at FROM approvals WHERE request_id = $1 ORDER BY owner")
-        .bind(id.to_owned()).fetch_all(&mut **tx).await.map_err(db)?;
-    Ok(view_of(&row, &approvals))
+/// One recorded approval.
+#[derive(Debug, Clone)]
+pub(crate) struct Approval {
+    pub(crate) owner: String,
+    pub(crate) member_id: String,
+    pub(crate) signature: String,
+    pub(crate) at: i64,
 }
 
-fn effective_state(row: &AnyRow) -> String {
-    let state = text(row, "state");
-    if state == "pending" && int(row, "expires_at") < now() {
-        "expired".to_owned()
+impl Approval {
+    pub(crate) fn from_row(row: &AnyRow) -> Self {
+        Self {
+            owner: text(row, "owner"),
+            member_id: text(row, "member_id"),
+            signature: text(row, "signature"),
+            at: int(row, "created_at"),
+        }
+    }
+}
+
+/// A pending request past its expiry shows as expired; nothing is written when it expires.
+pub(crate) fn shown_state(state: &str, expires_at: i64) -> &str {
+    if state == "pending" && expires_at < now() {
+        "expired"
     } else {
         state
     }
 }
 
-fn view_of(row: &AnyRow, approvals: &[AnyRow]) -> Value {
-    let transaction: Value =
-        serde_json::from_str(&text(row, "transaction_json")).unwrap_or(Value::Null);
-    let vault = text(row, "vault_id");
-    let (chain, address) = vault.split_once(':').unwrap_or(("0", ""));
-    json!({
-        "id": text(row, "id"),
-        "seq": int(row, "seq"),
-        "state": effective_state(row),
-        "chainId": chain.parse::<u64>().unwrap_or(0),
-        "safe": address,
-        "transaction": transaction,
-        "safeTxHash": text(row, "safe_tx_hash"),
-        "nonce": text(row, "nonce"),
-        "initiator": { "memberId": text(row, "initiator_id"), "address": text(row, "initiator_address") },
-        "initiatorSignature": text(row, "initiator_signature"),
-        "createdAt": int(row, "created_at"),
-        "expiresAt": int(row, "expires_at"),
-        "approvals": approvals.iter().map(|a| json!({
-            "owner": text(a, "owner"), "memberId": text(a, "member_id"),
-            "signature": text(a, "signature"), "at": int(a, "created_at"),
-        })).collect::<Vec<_>>(),
-        "signatures": optional_text(row, "signatures"),
-        "rejectionReason": optional_text(row, "reason"),
-        "executedTransactionHash": optional_text(row, "executed_tx"),
-    })
+impl RequestRow {
+    pub(crate) fn from_row(row: &AnyRow) -> Self {
+        Self {
+            id: text(row, "id"),
+            vault_id: text(row, "vault_id"),
+            seq: int(row, "seq"),
+            state: text(row, "state"),
+            transaction_json: text(row, "transaction_json"),
+            safe_tx_hash: text(row, "safe_tx_hash"),
+            nonce: text(row, "nonce"),
+            initiator_id: text(row, "initiator_id"),
+            initiator_address: text(row, "initiator_address"),
+            initiator_signature: text(row, "initiator_signature"),
+            created_at: int(row, "created_at"),
+            expires_at: int(row, "expires_at"),
+            reason: optional_text(row, "reason"),
+            executed_tx: optional_text(row, "executed_tx"),
+            signatures: optional_text(row, "signatures"),
+        }
+    }
+
+    pub(crate) fn shown_state(&self) -> &str {
+        shown_state(&self.state, self.expires_at)
+    }
+
+    /// The view as stored: every field but `state`.
+    pub(crate) fn stored_view(&self, approvals: &[Approval]) -> String {
+        let transaction: Value =
+            serde_json::from_str(&self.transaction_json).unwrap_or(Value::Null);
+        let (chain, address) = self.vault_id.split_once(':').unwrap_or(("0", ""));
+        let mut approvals: Vec<&Approval> = approvals.iter().collect();
+        approvals.sort_by(|a, b| a.owner.cmp(&b.owner));
+        json!({
+            "id": self.id,
+            "seq": self.seq,
+            "chainId": chain.parse::<u64>().unwrap_or(0),
+            "safe": address,
+            "transaction": transaction,
+            "safeTxHash": self.safe_tx_hash,
+            "nonce": self.nonce,
+            "initiator": { "memberId": self.initiator_id, "address": self.initiator_address },
+            "initiatorSignature": self.initiator_signature,
+            "createdAt": self.created_at,
+            "expiresAt": self.expires_at,
+            "approvals": approvals.iter().map(|a| json!({
+                "owner": a.owner, "memberId": a.member_id, "signature": a.signature, "at": a.at,
+            })).collect::<Vec<_>>(),
+            "signatures": self.signatures,
+            "rejectionReason": self.reason,
+            "executedTransactionHash": self.executed_tx,
+        })
+        .to_string()
+    }
+
+    /// Writes every changeable column and the view.
+    pub(crate) async fn save(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        approvals: &[Approval],
+    ) -> Result<RequestView, ApiError> {
+        let view = self.stored_view(approvals);
+        sqlx::query(
+            "UPDATE requests SET seq = $1, state = $2, reason = $3, executed_tx = $4, \
+             signatures = $5, view = $6 WHERE id = $7",
+        )
+        .bind(self.seq)
+        .bind(self.state.clone())
+        .bind(self.reason.clone())
+        .bind(self.executed_tx.clone())
+        .bind(self.signatures.clone())
+        .bind(view.clone())
+        .bind(self.id.clone())
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+        Ok(RequestView::new(self.id.clone(), self.seq, self.shown_state(), &view))
+    }
 }
 
-/// Lists requests changed after `after` (a `seq`), oldest change first.
+/// A request as the API shows it: its JSON text, and what an event names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestView {
+    pub id: String,
+    pub seq: i64,
+    pub state: String,
+    pub json: String,
+}
+
+impl RequestView {
+    /// `stored` is the view without `state`, a JSON object with at least one field.
+    pub(crate) fn new(id: String, seq: i64, state: &str, stored: &str) -> Self {
+        let rest = stored.strip_prefix('{').unwrap_or("}");
+        let json = format!("{{\"state\":{},{rest}", Value::from(state));
+        Self { id, seq, state: state.to_owned(), json }
+    }
+
+    fn from_row(row: &AnyRow) -> Self {
+        let state = text(row, "state");
+        let view = text(row, "view");
+        let expires_at = int(row, "expires_at");
+        Self::new(text(row, "id"), int(row, "seq"), shown_state(&state, expires_at), &view)
+    }
+}
+
+/// The columns [`RequestView::from_row`] reads.
+pub(crate) const VIEW_COLUMNS: &str = "id, seq, state, expires_at, view";
+
+async fn approvals_of(
+    tx: &mut Transaction<'static, Any>,
+    id: &str,
+) -> Result<Vec<Approval>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT owner, member_id, signature, created_at FROM approvals WHERE request_id = $1",
+    )
+    .bind(id.to_owned())
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(rows.iter().map(Approval::from_row).collect())
+}
+
+async fn request_in(tx: &mut Transaction<'static, Any>, id: &str) -> Result<RequestRow, ApiError> {
+    sqlx::query("SELECT * FROM requests WHERE id = $1")
+        .bind(id.to_owned())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?
+        .map(|row| RequestRow::from_row(&row))
+        .ok_or_else(|| ApiError::not_found(format!("request {id}")))
+}
+
+/// Renders the view of every request stored without one (databases from before views).
+pub async fn fill_views(store: &Db) -> Result<usize, ApiError> {
+    let ids = sqlx::query("SELECT id FROM requests WHERE view IS NULL")
+        .fetch_all(&store.pool)
+        .await
+        .map_err(db)?;
+    for row in &ids {
+        let id = text(row, "id");
+        let (mut tx, _writer) = store.begin().await?;
+        let request = request_in(&mut tx, &id).await?;
+        let approvals = approvals_of(&mut tx, &id).await?;
+        request.save(&mut tx, &approvals).await?;
+        tx.commit().await.map_err(db)?;
+    }
+    Ok(ids.len())
+}
+
+/// One request as the API shows it.
+pub async fn request_view(store: &Db, id: &str) -> Result<RequestView, ApiError> {
+    sqlx::query(&format!("SELECT {VIEW_COLUMNS} FROM requests WHERE id = $1"))
+        .bind(id.to_owned())
+        .fetch_optional(&store.pool)
+        .await
+        .map_err(db)?
+        .map(|row| RequestView::from_row(&row))
+        .ok_or_else(|| ApiError::not_found(format!("request {id}")))
+}
+
+/// A page of requests changed after `after` (a `seq`), oldest change first, as JSON text:
+/// `{requests, cursor, more}`.
 pub async fn list(
     store: &Db,
     vault: Option<&str>,
     state: Option<&str>,
     after: i64,
     limit: i64,
-) -> Result<Value, ApiError> {
+) -> Result<String, ApiError> {
     if let Some(state) = state {
         if !["pending", "approved", "executed", "rejected", "expired"].contains(&state) {
             return Err(ApiError::bad_request(
@@ -738,9 +953,10 @@ pub async fn list(
     }
     let rows = match vault {
         Some(vault) => {
-            sqlx::query(
-                "SELECT * FROM requests WHERE seq > $1 AND vault_id = $2 ORDER BY seq LIMIT $3",
-            )
+            sqlx::query(&format!(
+                "SELECT {VIEW_COLUMNS} FROM requests WHERE seq > $1 AND vault_id = $2 \
+                 ORDER BY seq LIMIT $3"
+            ))
             .bind(after)
             .bind(vault.to_owned())
             .bind(limit + 1)
@@ -748,192 +964,42 @@ pub async fn list(
             .await
         }
         None => {
-            sqlx::query("SELECT * FROM requests WHERE seq > $1 ORDER BY seq LIMIT $2")
-                .bind(after)
-                .bind(limit + 1)
-                .fetch_all(&store.pool)
-                .await
+            sqlx::query(&format!(
+                "SELECT {VIEW_COLUMNS} FROM requests WHERE seq > $1 ORDER BY seq LIMIT $2"
+            ))
+            .bind(after)
+            .bind(limit + 1)
+            .fetch_all(&store.pool)
+            .await
         }
     }
     .map_err(db)?;
     let more = rows.len() as i64 > limit;
-    let page: Vec<&AnyRow> = rows.iter().take(limit as usize).collect();
-    let cursor = page.last().map(|row| int(row, "seq")).unwrap_or(after);
-    let shown: Vec<&AnyRow> =
-        page.into_iter().filter(|row| state.is_none_or(|s| s == effective_state(row))).collect();
-    // One query for the approvals of the whole page.
-    let mut by_request: std::collections::HashMap<String, Vec<AnyRow>> = Default::default();
-    if !shown.is_empty() {
-        let marks: Vec<String> = (1..=shown.len()).map(|n| format!("${n}")).collect();
-        let statement = format!(
-            "SELECT request_id, owner, member_id, signature, created_at FROM approvals \
-             WHERE request_id IN ({}) ORDER BY owner",
-            marks.join(", ")
-        );
-        let mut query = sqlx::query(&statement);
-        for row in &shown {
-            query = query.bind(text(row, "id"));
-        }
-        for approval in query.fetch_all(&store.pool).await.map_err(db)? {
-            by_request.entry(text(&approval, "request_id")).or_default().push(approval);
-        }
-    }
-    let out: Vec<Value> = shown
+    let page: Vec<RequestView> =
+        rows.iter().take(limit as usize).map(RequestView::from_row).collect();
+    let cursor = page.last().map(|view| view.seq).unwrap_or(after);
+    let shown: Vec<&str> = page
         .iter()
-        .map(|row| view_of(row, by_request.get(&text(row, "id")).map(Vec::as_slice).unwrap_or(&[])))
+        .filter(|view| state.is_none_or(|s| s == view.state))
+        .map(|view| view.json.as_str())
         .collect();
-    Ok(json!({ "requests": out, "cursor": cursor, "more": more }))
+    Ok(format!("{{\"requests\":[{}],\"cursor\":{cursor},\"more\":{more}}}", shown.join(",")))
 }
 
 // Approvals, rejections, execution.
 
-async fn open_request(tx: &mut Transaction<'static, Any>, id: &str) -> Result<AnyRow, ApiError> {
-    let row = sqlx::query("SELECT * FROM requests WHERE id = $1")
-        .bind(id.to_owned())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db)?
-        .ok_or_else(|| ApiError::not_found(format!("request {id}")))?;
-    let state = effective_state(&row);
-    if state != "pending" {
-        return Err(ApiError::conflict(
-            "request_closed",
-            format!("request {id} is {state}; it takes no more approvals or rejections"),
-        ));
-    }
-    Ok(row)
+pub(crate) fn closed(request: &RequestRow) -> ApiError {
+    ApiError::conflict(
+        "request_closed",
+        format!(
+            "request {} is {}; it takes no more approvals or rejections",
+            request.id,
+            request.shown_state()
+        ),
+    )
 }
 
-/// Records an approval, and the signatures in owner order once the threshold is reached.
-pub async fn approve(
-    store: &Db,
-    caller: &Member,
-    id: &str,
-    body: &Value,
-) -> Result<Value, ApiError> {
-    caller.require(&[Role::Approver])?;
-    let claimed =
-        countersign_core::request::parse_hash("safeTxHash", &string_field(body, "safeTxHash")?)?;
-    let signature_text = string_field(body, "signature")?;
-    let signature = parse_signature(&signature_text)?;
-
-    let (mut tx, _writer) = store.begin().await?;
-    // A retry of an approval already recorded answers as the first did, even once the
-    // request has moved on (the first answer may have been lost on the way back).
-    let repeat =
-        sqlx::query("SELECT owner FROM approvals WHERE request_id = $1 AND signature = $2")
-            .bind(id.to_owned())
-            .bind(signature.to_hex())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
-    if repeat.is_some() {
-        return request_view_in(&mut tx, id).await;
-    }
-    let row = open_request(&mut tx, id).await?;
-    let safe_tx_hash = B256::from_str(&text(&row, "safe_tx_hash")).unwrap_or_default();
-    if claimed != safe_tx_hash {
-        return Err(ApiError::unprocessable("hash_mismatch",
-            format!("safeTxHash: the approval signed {claimed}, the request's safeTxHash is {safe_tx_hash} (another vault, chain or request)")));
-    }
-    let owner = signature.recover(&safe_tx_hash).map_err(|_| {
-        ApiError::unprocessable("bad_signature", "signature: does not recover to any address")
-    })?;
-    let vault = vault_in(&mut tx, &text(&row, "vault_id")).await?;
-    if !vault.owners.contains(&owner) {
-        return Err(ApiError::unprocessable(
-            "not_an_owner",
-            format!(
-                "signature: recovers to {}, which is not an owner of the vault",
-                checksummed(&owner)
-            ),
-        ));
-    }
-    let member = sqlx::query(
-        "SELECT id, name, role, address FROM members WHERE address = $1 AND role = 'approver'",
-    )
-    .bind(checksummed(&owner))
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(db)?;
-    let Some(member) = member.as_ref().map(member_from) else {
-        return Err(ApiError::unprocessable(
-            "not_an_approver",
-            format!(
-                "signature: owner {} is not a member with the approver role",
-                checksummed(&owner)
-            ),
-        ));
-    };
-    // The signature proves the owner's consent, so an approver may relay another approver's
-    // signature; the approval is recorded under the member whose address signed it.
-    if text(&row, "initiator_address") == checksummed(&owner) {
-        return Err(ApiError::unprocessable(
-            "self_approval",
-            "signature: the initiator cannot approve their own request",
-        ));
-    }
-    let existing =
-        sqlx::query("SELECT signature FROM approvals WHERE request_id = $1 AND owner = $2")
-            .bind(id.to_owned())
-            .bind(checksummed(&owner))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
-    if let Some(existing) = existing {
-        if text(&existing, "signature") == signature.to_hex() {
-            let view = request_view_in(&mut tx, id).await?;
-            return Ok(view);
-        }
-        return Err(ApiError::conflict(
-            "duplicate_approval",
-            format!("owner {} already approved this request", checksummed(&owner)),
-        ));
-    }
-    sqlx::query("INSERT INTO approvals (request_id, owner, member_id, signature, created_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(id.to_owned()).bind(checksummed(&owner)).bind(member.id.clone()).bind(signature.to_hex()).bind(now())
-        .execute(&mut *tx).await.map_err(db)?;
-
-    let approvals = sqlx::query("SELECT owner, signature FROM approvals WHERE request_id = $1")
-        .bind(id.to_owned())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?;
-    let threshold = vault.threshold.unwrap_or(u32::MAX) as usize;
-    let seq = next_seq(&mut tx).await?;
-    if approvals.len() >= threshold {
-        let signatures = ordered_signatures(&approvals);
-        sqlx::query(
-            "UPDATE requests SET state = 'approved', signatures = $1, seq = $2 WHERE id = $3",
-        )
-        .bind(signatures)
-        .bind(seq)
-        .bind(id.to_owned())
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        audit(&mut tx, "threshold_reached", &json!({ "id": id })).await?;
-        tracing::info!(request = %id, "threshold reached");
-    } else {
-        sqlx::query("UPDATE requests SET seq = $1 WHERE id = $2")
-            .bind(seq)
-            .bind(id.to_owned())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-    }
-    audit(
-        &mut tx,
-        "approved",
-        &json!({ "id": id, "owner": checksummed(&owner), "signature": signature.to_hex() }),
-    )
-    .await?;
-    let view = request_view_in(&mut tx, id).await?;
-    tx.commit().await.map_err(db)?;
-    Ok(view)
-}
-
-fn parse_signature(text: &str) -> Result<OwnerSignature, ApiError> {
+pub(crate) fn parse_signature(text: &str) -> Result<OwnerSignature, ApiError> {
     let bytes = countersign_core::request::parse_hex_bytes("signature", text)?;
     OwnerSignature::from_bytes(&bytes).map_err(|problem| match problem {
         SignatureProblem::HighS => ApiError::unprocessable(
@@ -945,12 +1011,10 @@ fn parse_signature(text: &str) -> Result<OwnerSignature, ApiError> {
 }
 
 /// Signatures concatenated in ascending owner-address order, as `execTransaction` expects.
-fn ordered_signatures(approvals: &[AnyRow]) -> String {
-    let mut pairs: Vec<(Address, String)> = approvals
+pub(crate) fn ordered_signatures(approvals: &[Approval]) -> String {
+    let mut pairs: Vec<(Address, &str)> = approvals
         .iter()
-        .filter_map(|a| {
-            Address::from_str(&text(a, "owner")).ok().map(|o| (o, text(a, "signature")))
-        })
+        .filter_map(|a| Address::from_str(&a.owner).ok().map(|o| (o, a.signature.as_str())))
         .collect();
     pairs.sort_by_key(|(owner, _)| *owner);
     let mut out = "0x".to_owned();
@@ -965,7 +1029,7 @@ pub async fn reject(
     caller: &Member,
     id: &str,
     body: &Value,
-) -> Result<Value, ApiError> {
+) -> Result<RequestView, ApiError> {
     caller.require(&[Role::Approver])?;
     let reason = string_field(body, "reason")?;
     if !reason.chars().any(char::is_alphanumeric) || reason.chars().count() > 1000 {
@@ -974,21 +1038,20 @@ pub async fn reject(
         ));
     }
     let (mut tx, _writer) = store.begin().await?;
-    let row = open_request(&mut tx, id).await?;
-    let vault = vault_in(&mut tx, &text(&row, "vault_id")).await?;
+    let mut request = request_in(&mut tx, id).await?;
+    if request.shown_state() != "pending" {
+        return Err(closed(&request));
+    }
+    let vault = vault_in(&mut tx, &request.vault_id).await?;
     if !caller.address.is_some_and(|a| vault.owners.contains(&a)) {
         return Err(ApiError::forbidden("only an owner of the vault may reject its requests"));
     }
-    let seq = next_seq(&mut tx).await?;
-    sqlx::query("UPDATE requests SET state = 'rejected', reason = $1, seq = $2 WHERE id = $3")
-        .bind(reason.clone())
-        .bind(seq)
-        .bind(id.to_owned())
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+    request.seq = next_seq(&mut tx).await?;
+    request.state = "rejected".to_owned();
+    request.reason = Some(reason.clone());
+    let approvals = approvals_of(&mut tx, id).await?;
+    let view = request.save(&mut tx, &approvals).await?;
     audit(&mut tx, "rejected", &json!({ "id": id, "by": caller.id, "reason": reason })).await?;
-    let view = request_view_in(&mut tx, id).await?;
     tx.commit().await.map_err(db)?;
     Ok(view)
 }
@@ -998,43 +1061,34 @@ pub async fn mark_executed(
     caller: &Member,
     id: &str,
     body: &Value,
-) -> Result<Value, ApiError> {
+) -> Result<RequestView, ApiError> {
     caller.require(&[Role::Initiator, Role::Admin])?;
     let hash = countersign_core::request::parse_hash(
         "transactionHash",
         &string_field(body, "transactionHash")?,
     )?;
     let (mut tx, _writer) = store.begin().await?;
-    let row = sqlx::query("SELECT * FROM requests WHERE id = $1")
-        .bind(id.to_owned())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?
-        .ok_or_else(|| ApiError::not_found(format!("request {id}")))?;
-    if caller.role != Role::Admin && text(&row, "initiator_id") != caller.id {
+    let mut request = request_in(&mut tx, id).await?;
+    if caller.role != Role::Admin && request.initiator_id != caller.id {
         return Err(ApiError::forbidden(
             "only the request's initiator or an admin marks it executed",
         ));
     }
-    if text(&row, "state") != "approved" {
+    if request.state != "approved" {
         return Err(ApiError::conflict(
             "not_approved",
             format!(
                 "request {id} is {}; only an approved request can be executed",
-                effective_state(&row)
+                request.shown_state()
             ),
         ));
     }
-    let seq = next_seq(&mut tx).await?;
-    sqlx::query("UPDATE requests SET state = 'executed', executed_tx = $1, seq = $2 WHERE id = $3")
-        .bind(hash.to_string())
-        .bind(seq)
-        .bind(id.to_owned())
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+    request.seq = next_seq(&mut tx).await?;
+    request.state = "executed".to_owned();
+    request.executed_tx = Some(hash.to_string());
+    let approvals = approvals_of(&mut tx, id).await?;
+    let view = request.save(&mut tx, &approvals).await?;
     audit(&mut tx, "executed", &json!({ "id": id, "transactionHash": hash.to_string() })).await?;
-    let view = request_view_in(&mut tx, id).await?;
     tx.commit().await.map_err(db)?;
     Ok(view)
 }

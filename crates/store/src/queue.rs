@@ -97,18 +97,24 @@ impl Store {
             sealed.push(self.sealer.seal(place, request.body.to_string().as_bytes())?);
         }
         let mut tx = self.begin().await?;
-        for (request, sealed) in requests.iter().zip(sealed) {
-            sqlx::query(
-                "INSERT INTO queue_requests (id, seq, payload_hash, sealed_body) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, payload_hash = excluded.payload_hash, \
-                 sealed_body = excluded.sealed_body",
-            )
-            .bind(&request.id)
-            .bind(request.seq)
-            .bind(&request.payload_hash)
-            .bind(sealed)
-            .execute(&mut *tx)
-            .await?;
+        // Rows go in a hundred to a statement: one statement a row costs more in round trips
+        // to SQLite's thread than the writing itself.
+        let rows: Vec<(&CachedRequest, Vec<u8>)> = requests.iter().zip(sealed).collect();
+        for chunk in rows.chunks(100) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO queue_requests (id, seq, payload_hash, sealed_body) ",
+            );
+            insert.push_values(chunk, |mut row, (request, sealed)| {
+                row.push_bind(&request.id)
+                    .push_bind(request.seq)
+                    .push_bind(&request.payload_hash)
+                    .push_bind(sealed.as_slice());
+            });
+            insert.push(
+                " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, \
+                 payload_hash = excluded.payload_hash, sealed_body = excluded.sealed_body",
+            );
+            insert.build().execute(&mut *tx).await?;
         }
         sqlx::query("UPDATE queue_config SET cursor = ? WHERE id = 1")
             .bind(cursor)

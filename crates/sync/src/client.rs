@@ -65,6 +65,18 @@ impl QueueClient {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
+        let bytes = self.send_raw(method, path, token, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Body(e.to_string()))
+    }
+
+    /// [`Self::send`] without reading the successful answer as JSON.
+    async fn send_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Vec<u8>, ClientError> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -117,7 +129,7 @@ fn is_transient(error: &reqwest::Error) -> bool {
 /// Answers larger than this are refused (a page of 500 requests is far smaller).
 pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 
-async fn read_reply(mut response: reqwest::Response) -> Result<Value, ClientError> {
+async fn read_reply(mut response: reqwest::Response) -> Result<Vec<u8>, ClientError> {
     let status = response.status();
     let mut bytes = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| ClientError::Body(e.to_string()))? {
@@ -128,11 +140,11 @@ async fn read_reply(mut response: reqwest::Response) -> Result<Value, ClientErro
         }
         bytes.extend_from_slice(&chunk);
     }
+    if status.is_success() {
+        return Ok(bytes);
+    }
     let body: Value =
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Body(e.to_string()))?;
-    if status.is_success() {
-        return Ok(body);
-    }
     Err(ClientError::Status {
         status: status.as_u16(),
         code: body["code"].as_str().unwrap_or("unknown").to_owned(),
@@ -156,6 +168,16 @@ impl Session {
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         self.client.send(reqwest::Method::POST, path, Some(&self.token), Some(body)).await
+    }
+
+    /// `GET`, the successful answer's bytes unread (errors are read as `{code, message}`).
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        self.client.send_raw(reqwest::Method::GET, path, Some(&self.token), None).await
+    }
+
+    /// `POST`, the successful answer's bytes unread.
+    pub async fn post_bytes(&self, path: &str, body: &Value) -> Result<Vec<u8>, ClientError> {
+        self.client.send_raw(reqwest::Method::POST, path, Some(&self.token), Some(body)).await
     }
 
     /// Opens `GET /v1/events`; read it with [`Events::next`].

@@ -95,37 +95,113 @@ impl Connection {
 }
 
 /// Fetches every change after the stored cursor, checks it, and stores it sealed.
+///
+/// Three things overlap: the next page is fetched and read while this one is checked, and a
+/// page's signatures are recovered on two threads while the next page's fields are checked.
 pub async fn sync(store: &Store, connection: &Connection) -> Result<SyncReport, SyncError> {
-    let (_, mut cursor) = store
+    let (_, cursor) = store
         .queue_config()
         .await?
         .ok_or_else(|| SyncError::Config("no queue is connected".into()))?;
     let session = connection.session().await?;
-    let mut report = SyncReport::default();
-    let mut vaults = VaultCache::default();
-    // Which requests are cached already, read once; each stored batch is added to it.
-    let mut known = store.cached_payload_hashes().await?;
-    loop {
-        let page = session.get(&format!("/v1/requests?after={cursor}&limit=500")).await?;
-        let views = page["requests"].as_array().cloned().unwrap_or_default();
-        let batch = check_page(store, connection, views, &known, &mut vaults, &mut report).await?;
-        report.fetched += batch.len();
-        let next = page["cursor"].as_i64().unwrap_or(cursor);
-        let more = page["more"] == json!(true);
-        if more && next <= cursor {
-            return Err(SyncError::Config(format!(
-                "the queue says more changes follow cursor {cursor} but does not move the cursor"
-            )));
-        }
-        cursor = next;
-        store.store_synced(&batch, cursor).await?;
-        known.extend(batch.into_iter().map(|cached| (cached.id, cached.payload_hash)));
-        if !more {
-            break;
-        }
-    }
+    let (sender, pages) = tokio::sync::mpsc::channel(1);
+    let fetcher = tokio::spawn(fetch_pages(session.clone(), cursor, sender));
+    let result = check_pages(store, connection, pages).await;
+    fetcher.abort();
+    let mut report = result?;
     compare_vaults(store, &session, &mut report).await?;
     tracing::info!(fetched = report.fetched, marked = report.marked.len(), "queue synced");
+    Ok(report)
+}
+
+/// One page of the listing, read.
+struct Page {
+    views: Vec<Value>,
+    cursor: i64,
+}
+
+/// Fetches pages after `cursor` until the queue says no more follow.
+async fn fetch_pages(
+    session: Session,
+    mut cursor: i64,
+    pages: tokio::sync::mpsc::Sender<Result<Page, SyncError>>,
+) {
+    loop {
+        let page = fetch_page(&session, cursor).await;
+        let more = matches!(&page, Ok((_, true)));
+        let page = page.map(|(page, _)| page);
+        if let Ok(page) = &page {
+            cursor = page.cursor;
+        }
+        if pages.send(page).await.is_err() || !more {
+            return;
+        }
+    }
+}
+
+async fn fetch_page(session: &Session, cursor: i64) -> Result<(Page, bool), SyncError> {
+    let bytes = session.get_bytes(&format!("/v1/requests?after={cursor}&limit=500")).await?;
+    let mut page: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ClientError::Body(format!("the listing: {e}")))?;
+    let views = match page["requests"].take() {
+        Value::Array(views) => views,
+        _ => return Err(SyncError::Config("the listing has no list of requests".into())),
+    };
+    let next = page["cursor"].as_i64().unwrap_or(cursor);
+    let more = page["more"] == json!(true);
+    if more && next <= cursor {
+        return Err(SyncError::Config(format!(
+            "the queue says more changes follow cursor {cursor} but does not move the cursor"
+        )));
+    }
+    Ok((Page { views, cursor: next }, more))
+}
+
+/// Who signed each intent of a page, and which owners' approvals verified.
+type Signers = (Vec<Option<Address>>, Vec<Vec<String>>);
+
+/// A page whose fields are checked and whose signatures are being recovered.
+struct Checking {
+    pending: Vec<Pending>,
+    signatures: tokio::task::JoinHandle<Signers>,
+    cursor: i64,
+}
+
+async fn check_pages(
+    store: &Store,
+    connection: &Connection,
+    mut pages: tokio::sync::mpsc::Receiver<Result<Page, SyncError>>,
+) -> Result<SyncReport, SyncError> {
+    let mut report = SyncReport::default();
+    let mut vaults = VaultCache::default();
+    // Which requests are cached already, read once; each stored page is added to it.
+    let mut known = store.cached_payload_hashes().await?;
+    let mut in_flight: Option<Checking> = None;
+    while let Some(page) = pages.recv().await {
+        let page = page?;
+        // A request that changed during the sync is listed again; its earlier version is
+        // stored first, so that the change is seen.
+        if let Some(earlier) = &in_flight {
+            let ids: std::collections::HashSet<&str> =
+                earlier.pending.iter().map(|p| p.id.as_str()).collect();
+            let relisted = page
+                .views
+                .iter()
+                .any(|view| view["id"].as_str().is_some_and(|id| ids.contains(id)));
+            if relisted {
+                if let Some(earlier) = in_flight.take() {
+                    store_page(store, connection, earlier, &mut known, &mut report).await?;
+                }
+            }
+        }
+        let checking = start_checks(store, page, &known, &mut vaults).await?;
+        if let Some(earlier) = in_flight.replace(checking) {
+            store_page(store, connection, earlier, &mut known, &mut report).await?;
+        }
+    }
+    if let Some(last) = in_flight {
+        store_page(store, connection, last, &mut known, &mut report).await?;
+    }
     Ok(report)
 }
 
@@ -163,25 +239,31 @@ struct Pending {
     vault: Option<VaultRecord>,
     ours: Option<B256>,
     intent: Option<(OwnerSignature, B256)>,
+    payload_hash: String,
+    /// The Safe and the nonce as Countersign read them from the transaction.
+    read: Option<(Address, alloy_primitives::U256)>,
 }
 
-/// The checks for one page. Intent signatures are recovered on two threads at once, the
-/// rest in order.
-async fn check_page(
+/// Checks a page's fields in order and starts recovering its signatures on two threads.
+async fn start_checks(
     store: &Store,
-    connection: &Connection,
-    views: Vec<Value>,
+    page: Page,
     known: &std::collections::HashMap<String, String>,
     vaults: &mut VaultCache,
-    report: &mut SyncReport,
-) -> Result<Vec<CachedRequest>, SyncError> {
-    let mut pending = Vec::with_capacity(views.len());
-    for view in views {
+) -> Result<Checking, SyncError> {
+    let mut pending = Vec::with_capacity(page.views.len());
+    let mut seen = std::collections::HashSet::with_capacity(page.views.len());
+    for view in page.views {
         let id = view["id"].as_str().unwrap_or_default().to_owned();
         if countersign_core::intent::check_request_id("id", &id).is_err() {
             let shown = countersign_core::printable(&id.chars().take(80).collect::<String>());
             return Err(SyncError::Config(format!(
                 "the queue sent a request with an invalid id {shown:?}"
+            )));
+        }
+        if !seen.insert(id.clone()) {
+            return Err(SyncError::Config(format!(
+                "the queue listed request {id} twice in one page"
             )));
         }
         let previous = match known.contains_key(&id) {
@@ -190,17 +272,29 @@ async fn check_page(
         };
         pending.push(first_checks(store, view, id, previous, vaults).await?);
     }
-
     let intents: Vec<Option<(OwnerSignature, B256)>> = pending.iter().map(|p| p.intent).collect();
     let listed: Vec<(Value, Option<B256>)> =
         pending.iter().map(|p| (p.view["approvals"].clone(), p.ours)).collect();
-    let (recovered, approvals) =
-        tokio::task::spawn_blocking(move || (recover_all(&intents), verify_all_approvals(&listed)))
-            .await
-            .map_err(|e| SyncError::Config(format!("signature checks stopped: {e}")))?;
+    let signatures =
+        tokio::task::spawn_blocking(move || (recover_all(&intents), verify_all_approvals(&listed)));
+    Ok(Checking { pending, signatures, cursor: page.cursor })
+}
 
-    let mut out = Vec::with_capacity(pending.len());
-    for ((mut item, signer), approved_by) in pending.into_iter().zip(recovered).zip(approvals) {
+/// Waits for a page's signatures, settles each request, and stores the page with its cursor.
+async fn store_page(
+    store: &Store,
+    connection: &Connection,
+    page: Checking,
+    known: &mut std::collections::HashMap<String, String>,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    let (recovered, approvals) = page
+        .signatures
+        .await
+        .map_err(|e| SyncError::Config(format!("signature checks stopped: {e}")))?;
+    let mut batch = Vec::with_capacity(page.pending.len());
+    for ((mut item, signer), approved_by) in page.pending.into_iter().zip(recovered).zip(approvals)
+    {
         if item.intent.is_some() {
             match signer {
                 Some(signer) if connection.initiators.contains(&signer) => {}
@@ -211,9 +305,12 @@ async fn check_page(
                 None => item.alarms.push("its intent signature recovers to no address".to_owned()),
             }
         }
-        out.push(finish(store, item, approved_by, report).await?);
+        batch.push(finish(store, item, approved_by, report).await?);
     }
-    Ok(out)
+    report.fetched += batch.len();
+    store.store_synced(&batch, page.cursor).await?;
+    known.extend(batch.into_iter().map(|cached| (cached.id, cached.payload_hash)));
+    Ok(())
 }
 
 async fn first_checks(
@@ -231,13 +328,15 @@ async fn first_checks(
         .filter_map(|m| m.as_str().map(str::to_owned))
         .collect();
     let mut alarms = Vec::new();
-    if previous.as_ref().is_some_and(|p| p.payload_hash != payload_hash(&view)) {
+    let payload_hash = payload_hash(&view);
+    if previous.as_ref().is_some_and(|p| p.payload_hash != payload_hash) {
         alarms.push("its payload changed between two syncs".to_owned());
     }
-    let (mut vault, mut ours, mut intent) = (None, None, None);
+    let (mut vault, mut ours, mut intent, mut read) = (None, None, None, None);
     match parse(&view) {
         Err(problem) => marks.push(format!("it cannot be read: {problem}")),
         Ok(request) => {
+            read = Some((request.safe, request.tx.nonce));
             vault = vaults.get(store, view["chainId"].as_u64().unwrap_or(0), request.safe).await?;
             match &vault {
                 None => marks.push("its vault is not pinned on this machine".to_owned()),
@@ -258,7 +357,7 @@ async fn first_checks(
             }
         }
     }
-    Ok(Pending { view, id, previous, marks, alarms, vault, ours, intent })
+    Ok(Pending { view, id, previous, marks, alarms, vault, ours, intent, payload_hash, read })
 }
 
 fn recover_all(intents: &[Option<(OwnerSignature, B256)>]) -> Vec<Option<Address>> {
@@ -285,7 +384,8 @@ async fn finish(
     approved_by: Vec<String>,
     report: &mut SyncReport,
 ) -> Result<CachedRequest, SyncError> {
-    let Pending { view, id, previous, mut marks, alarms, vault, ours, .. } = item;
+    let Pending { view, id, previous, mut marks, alarms, vault, ours, payload_hash, read, .. } =
+        item;
     for alarm in &alarms {
         if let Some(vault) = &vault {
             let detail = json!({ "request": id, "reason": alarm });
@@ -297,15 +397,13 @@ async fn finish(
         report.marked.push((id.clone(), mark.clone()));
     }
     marks.dedup();
-    let payload_hash = payload_hash(&view);
     let mut body = view;
-    let checked = parse(&body).ok();
     body["countersign"] = json!({
         "marks": marks,
         "safeTxHash": ours.map(|h| h.to_string()),
         // What Countersign itself read from the transaction, for lists and screens.
-        "safe": checked.as_ref().map(|r| checksummed(&r.safe)),
-        "nonce": checked.as_ref().map(|r| r.tx.nonce.to_string()),
+        "safe": read.map(|(safe, _)| checksummed(&safe)),
+        "nonce": read.map(|(_, nonce)| nonce.to_string()),
         // Owners whose approval signature recovers over our safeTxHash; others are not shown.
         "approvedBy": approved_by,
     });

@@ -134,10 +134,11 @@ async fn fail_a_lying_queue_is_marked_and_opens_incidents() {
     assert_eq!(first.fetched, 3);
     assert!(first.marked.is_empty(), "{:?}", first.marked);
 
-    // The queue changes r1's payload and claims a wrong hash for r2, bumping both to resync.
-    sqlx::query("UPDATE requests SET transaction_json = replace(transaction_json, '\"nonce\":5', '\"nonce\":6'), seq = seq + 100 WHERE id = 'r1'")
+    // The queue changes r1's payload and claims a wrong hash for r2, bumping both to resync
+    // (what it serves is the stored view).
+    sqlx::query("UPDATE requests SET view = replace(view, '\"nonce\":5', '\"nonce\":6'), seq = seq + 100 WHERE id = 'r1'")
         .execute(&world.db.pool).await.unwrap();
-    sqlx::query("UPDATE requests SET safe_tx_hash = $1, seq = seq + 200 WHERE id = 'r2'")
+    sqlx::query("UPDATE requests SET view = replace(view, safe_tx_hash, $1), seq = seq + 200 WHERE id = 'r2'")
         .bind(B256::repeat_byte(0xee).to_string())
         .execute(&world.db.pool)
         .await
