@@ -247,16 +247,10 @@ async fn main() {
     recovery_rate(&intents, 2);
     let verify_time = verify_start.elapsed();
     let sync_start = Instant::now();
-    eprintln!(
-        "PHASE sync start {:?}",
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
-    );
+    mark("sync start");
     let report = sync(&store, &connection).await.unwrap();
     let sync_time = sync_start.elapsed();
-    eprintln!(
-        "PHASE sync end {:?}",
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
-    );
+    mark("sync end");
     assert_eq!(report.fetched, requests);
     assert!(report.marked.is_empty(), "{:?}", report.marked.first());
 
@@ -280,10 +274,7 @@ async fn main() {
     };
     let approver_sessions = Arc::new(approver_sessions);
     let total_approvals = approvals.len();
-    eprintln!(
-        "PHASE approve start {:?}",
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
-    );
+    mark("approve start");
     let (approve_time, approve_lat) = drive(approvals, concurrency, move |i, body| {
         let sessions = approver_sessions.clone();
         async move {
@@ -295,13 +286,11 @@ async fn main() {
     })
     .await;
 
-    eprintln!(
-        "PHASE approve end {:?}",
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
-    );
+    mark("approve end");
     // 4. Listing pages of 20 from cursors spread over the queue, for a fixed time, bounded
     //    in count.
     let list_sessions = Arc::new(sessions_for(&member_keys[1..], &connect).await);
+    mark("list start");
     let deadline = Instant::now() + Duration::from_secs(list_seconds);
     let listed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = listed.clone();
@@ -319,6 +308,7 @@ async fn main() {
         }
     })
     .await;
+    mark("list end");
     let listed = listed.load(std::sync::atomic::Ordering::Relaxed);
     // Jobs drawn after the deadline did nothing; they are not latencies.
     list_lat.retain(|d| *d > Duration::from_micros(20));
