@@ -104,12 +104,20 @@ pub async fn sync(store: &Store, connection: &Connection) -> Result<SyncReport, 
         .await?
         .ok_or_else(|| SyncError::Config("no queue is connected".into()))?;
     let session = connection.session().await?;
+    let vaults = PinnedVaults::load(store).await?;
     let (sender, pages) = tokio::sync::mpsc::channel(1);
     let fetcher = tokio::spawn(fetch_pages(session.clone(), cursor, sender));
-    let result = check_pages(store, connection, pages).await;
+    let remote_vaults = {
+        let session = session.clone();
+        tokio::spawn(async move { session.get("/v1/vaults").await })
+    };
+    let result = check_pages(store, connection, &vaults, pages).await;
     fetcher.abort();
-    let mut report = result?;
-    compare_vaults(store, &session, &mut report).await?;
+    let mut report = result.inspect_err(|_| remote_vaults.abort())?;
+    let remote = remote_vaults
+        .await
+        .map_err(|e| SyncError::Config(format!("reading the queue's vaults stopped: {e}")))??;
+    compare_vaults(&vaults, &remote, &mut report);
     tracing::info!(fetched = report.fetched, marked = report.marked.len(), "queue synced");
     Ok(report)
 }
@@ -170,10 +178,10 @@ struct Checking {
 async fn check_pages(
     store: &Store,
     connection: &Connection,
+    vaults: &PinnedVaults,
     mut pages: tokio::sync::mpsc::Receiver<Result<Page, SyncError>>,
 ) -> Result<SyncReport, SyncError> {
     let mut report = SyncReport::default();
-    let mut vaults = VaultCache::default();
     // Which requests are cached already, read once; each stored page is added to it.
     let mut known = store.cached_payload_hashes().await?;
     let mut in_flight: Option<Checking> = None;
@@ -194,7 +202,7 @@ async fn check_pages(
                 }
             }
         }
-        let checking = start_checks(store, page, &known, &mut vaults).await?;
+        let checking = start_checks(store, page, &known, vaults).await?;
         if let Some(earlier) = in_flight.replace(checking) {
             store_page(store, connection, earlier, &mut known, &mut report).await?;
         }
@@ -205,27 +213,17 @@ async fn check_pages(
     Ok(report)
 }
 
-/// Pinned vault records looked up once per sync.
-#[derive(Default)]
-struct VaultCache(std::collections::HashMap<(u64, Address), Option<VaultRecord>>);
+/// The vault records pinned here, read once per sync.
+struct PinnedVaults(std::collections::HashMap<(u64, Address), VaultRecord>);
 
-impl VaultCache {
-    async fn get(
-        &mut self,
-        store: &Store,
-        chain_id: u64,
-        address: Address,
-    ) -> Result<Option<VaultRecord>, SyncError> {
-        if let Some(found) = self.0.get(&(chain_id, address)) {
-            return Ok(found.clone());
-        }
-        let found = match store.vault(chain_id, &address).await {
-            Ok(vault) => Some(vault),
-            Err(StoreError::NotFound { .. }) => None,
-            Err(error) => return Err(error.into()),
-        };
-        self.0.insert((chain_id, address), found.clone());
-        Ok(found)
+impl PinnedVaults {
+    async fn load(store: &Store) -> Result<Self, SyncError> {
+        let records = store.vaults(None).await?;
+        Ok(Self(records.into_iter().map(|v| ((v.chain_id, v.address), v)).collect()))
+    }
+
+    fn get(&self, chain_id: u64, address: Address) -> Option<VaultRecord> {
+        self.0.get(&(chain_id, address)).cloned()
     }
 }
 
@@ -249,7 +247,7 @@ async fn start_checks(
     store: &Store,
     page: Page,
     known: &std::collections::HashMap<String, String>,
-    vaults: &mut VaultCache,
+    vaults: &PinnedVaults,
 ) -> Result<Checking, SyncError> {
     let mut pending = Vec::with_capacity(page.views.len());
     let mut seen = std::collections::HashSet::with_capacity(page.views.len());
@@ -270,7 +268,7 @@ async fn start_checks(
             true => store.cached_request(&id).await?,
             false => None,
         };
-        pending.push(first_checks(store, view, id, previous, vaults).await?);
+        pending.push(first_checks(view, id, previous, vaults));
     }
     let intents: Vec<Option<(OwnerSignature, B256)>> = pending.iter().map(|p| p.intent).collect();
     let listed: Vec<(Value, Option<B256>)> =
@@ -313,13 +311,12 @@ async fn store_page(
     Ok(())
 }
 
-async fn first_checks(
-    store: &Store,
+fn first_checks(
     view: Value,
     id: String,
     previous: Option<CachedRequest>,
-    vaults: &mut VaultCache,
-) -> Result<Pending, SyncError> {
+    vaults: &PinnedVaults,
+) -> Pending {
     let mut marks: Vec<String> = previous
         .as_ref()
         .and_then(|p| p.body["countersign"]["marks"].as_array().cloned())
@@ -337,7 +334,7 @@ async fn first_checks(
         Err(problem) => marks.push(format!("it cannot be read: {problem}")),
         Ok(request) => {
             read = Some((request.safe, request.tx.nonce));
-            vault = vaults.get(store, view["chainId"].as_u64().unwrap_or(0), request.safe).await?;
+            vault = vaults.get(view["chainId"].as_u64().unwrap_or(0), request.safe);
             match &vault {
                 None => marks.push("its vault is not pinned on this machine".to_owned()),
                 Some(record) => {
@@ -357,7 +354,7 @@ async fn first_checks(
             }
         }
     }
-    Ok(Pending { view, id, previous, marks, alarms, vault, ours, intent, payload_hash, read })
+    Pending { view, id, previous, marks, alarms, vault, ours, intent, payload_hash, read }
 }
 
 fn recover_all(intents: &[Option<(OwnerSignature, B256)>]) -> Vec<Option<Address>> {
@@ -492,18 +489,13 @@ fn intent_to_check(
     Ok((signature, digest))
 }
 
-async fn compare_vaults(
-    store: &Store,
-    session: &Session,
-    report: &mut SyncReport,
-) -> Result<(), SyncError> {
-    let remote = session.get("/v1/vaults").await?;
+fn compare_vaults(vaults: &PinnedVaults, remote: &Value, report: &mut SyncReport) {
     for theirs in remote["vaults"].as_array().cloned().unwrap_or_default() {
         let chain = theirs["chainId"].as_u64().unwrap_or(0);
         let Ok(address) = Address::from_str(theirs["address"].as_str().unwrap_or_default()) else {
             continue;
         };
-        let Ok(ours) = store.vault(chain, &address).await else {
+        let Some(ours) = vaults.get(chain, address) else {
             continue;
         };
         let owners: Vec<String> = ours.owners.iter().map(checksummed).collect();
@@ -527,5 +519,4 @@ async fn compare_vaults(
             ));
         }
     }
-    Ok(())
 }
