@@ -18,7 +18,7 @@ fn bin() -> Command {
 }
 
 fn repo(sub: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests").join(sub)
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../tests").join(sub)
 }
 
 struct Home {

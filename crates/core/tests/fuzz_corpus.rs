@@ -14,7 +14,9 @@ use std::path::Path;
 use countersign_core::fuzzing;
 
 fn replay(target: &str, run: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target);
+    let dir = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap())
+        .join("../../fuzz/corpus")
+        .join(target);
     let mut count = 0;
     for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();

@@ -25,7 +25,7 @@ use countersign_core::version::SafeVersion;
 use serde_json::Value;
 
 fn data_dir(sub: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests").join(sub)
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../tests").join(sub)
 }
 
 fn read_json(path: &Path) -> Value {

@@ -24,7 +24,7 @@ use countersign_signers::software::SoftwareSigner;
 use serde_json::Value;
 
 fn vectors(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors").join(name)
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../tests/vectors").join(name)
 }
 
 fn json(path: PathBuf) -> Value {
@@ -156,7 +156,8 @@ fn fail_keystore_with_absurd_kdf_cost() {
 
 #[test]
 fn keystore_fuzz_corpus() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/keystore");
+    let dir =
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../fuzz/corpus/keystore");
     let mut count = 0;
     for entry in fs::read_dir(dir).unwrap() {
         let _ = countersign_signers::software::check_keystore_cost(

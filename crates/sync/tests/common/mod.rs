@@ -25,7 +25,10 @@ pub fn key(byte: u8) -> SoftwareSigner {
 
 /// The request of a case under the workspace's `tests/cases/`.
 pub fn transaction(file: &str) -> Value {
-    let path = format!("{}/../../tests/cases/{file}/request.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../../tests/cases/{file}/request.json",
+        std::env::var("CARGO_MANIFEST_DIR").unwrap()
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
