@@ -47,6 +47,11 @@ impl ApiError {
     }
 }
 
+/// Framework text as a message: control characters escaped, at most 300 characters.
+pub fn printable_text(text: &str) -> String {
+    countersign_core::printable(&text.chars().take(300).collect::<String>())
+}
+
 impl From<InputError> for ApiError {
     fn from(error: InputError) -> Self {
         Self::bad_request(error.to_string())

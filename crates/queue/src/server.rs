@@ -171,7 +171,38 @@ async fn count_requests(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     state.counters.requests.fetch_add(1, Ordering::Relaxed);
-    next.run(request).await
+    as_api_error(next.run(request).await).await
+}
+
+/// Errors the framework answers by itself (a body over the limit, a method a path does not
+/// take, a query string that does not parse) come as plain text; they are given the same
+/// `{code, message}` shape as every other error.
+async fn as_api_error(response: axum::response::Response) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("body_too_large", format!("body: larger than {MAX_BODY_BYTES} bytes"))
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", "this path does not take this method".to_owned())
+        }
+        _ => {
+            let text = axum::body::to_bytes(response.into_body(), 4096).await.unwrap_or_default();
+            let text = crate::error::printable_text(&String::from_utf8_lossy(&text));
+            let code = if status.is_server_error() { "internal" } else { "invalid_request" };
+            (code, text)
+        }
+    };
+    crate::error::ApiError::new(status, code, message).into_response()
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -187,3 +187,14 @@ async fn a_queue_restart_mid_sync_is_survived_without_duplicates() {
     assert_eq!(again.fetched, 0, "the cursor was stored with the batch");
     assert_eq!(world.store.cached_requests().await.unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn views_missing_from_an_older_database_are_rendered_again_at_start() {
+    let world = world().await;
+    let before = model::list(&world.db, None, None, 0, 100).await.unwrap();
+    sqlx::query("UPDATE requests SET view = NULL").execute(&world.db.pool).await.unwrap();
+    assert!(model::bootstrap(&world.db).await.unwrap().is_none(), "the admin exists already");
+    let after = model::list(&world.db, None, None, 0, 100).await.unwrap();
+    assert_eq!(before, after);
+    assert_eq!(model::fill_views(&world.db).await.unwrap(), 0, "nothing is left to render");
+}
