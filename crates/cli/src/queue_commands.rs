@@ -185,6 +185,9 @@ pub async fn run_sync(context: &Context) -> Result<Outcome, Failure> {
     let connection = stored_connection(&store).await?;
     let report = sync(&store, &connection).await.map_err(client_failure)?;
     outln!("Synced {} change(s).", report.fetched);
+    if report.more {
+        outln!("The queue has more changes; run sync again.");
+    }
     for (id, why) in &report.marked {
         outln!("MARKED {id}: {why}; it cannot be signed");
     }

@@ -2,7 +2,9 @@
 //!
 //! One schema serves both: only TEXT and BIGINT columns, `$n` placeholders written in
 //! ascending order (SQLite numbers named parameters by first appearance), and every change in
-//! one transaction, begun `IMMEDIATE` on SQLite and `SERIALIZABLE` on PostgreSQL.
+//! one transaction. Writers take turns: on SQLite behind a mutex and `BEGIN IMMEDIATE`, on
+//! PostgreSQL behind a transaction-scoped advisory lock that every queue process on the
+//! database shares, so no write transaction ever fails for a concurrent one.
 
 use std::path::Path;
 use std::time::Duration;
@@ -126,21 +128,23 @@ impl Db {
     pub async fn begin(&self) -> Result<(Transaction<'static, Any>, WriteTurn), QueueError> {
         let (statement, turn) = match self.backend {
             Backend::Sqlite => ("BEGIN IMMEDIATE", Some(self.writer.clone().lock_owned().await)),
-            Backend::Postgres => ("BEGIN ISOLATION LEVEL SERIALIZABLE", None),
+            Backend::Postgres => ("BEGIN ISOLATION LEVEL READ COMMITTED", None),
         };
-        let tx = self.pool.begin_with(statement).await.map_err(db_error)?;
+        let mut tx = self.pool.begin_with(statement).await.map_err(db_error)?;
+        if self.backend == Backend::Postgres {
+            // Writers take turns on PostgreSQL too, across every queue process on the
+            // database: each statement after the lock sees every earlier writer's commit.
+            sqlx::query("SELECT pg_advisory_xact_lock(7201)")
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
         Ok((tx, turn))
     }
 }
 
 pub fn db_error(error: sqlx::Error) -> QueueError {
     QueueError::Database(error.to_string())
-}
-
-/// Whether a PostgreSQL error asks for the transaction to be retried (40001, 40P01).
-pub fn is_retryable(error: &QueueError) -> bool {
-    matches!(error, QueueError::Database(text) if text.contains("40001") || text.contains("40P01")
-        || text.contains("could not serialize") || text.contains("deadlock"))
 }
 
 pub fn text(row: &AnyRow, column: &str) -> String {

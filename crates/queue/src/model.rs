@@ -872,11 +872,12 @@ impl RequestView {
         Self { id, seq, state: state.to_owned(), json }
     }
 
-    fn from_row(row: &AnyRow) -> Self {
+    /// `None` for a row stored without its view (written by a server from before views).
+    fn from_row(row: &AnyRow) -> Option<Self> {
         let state = text(row, "state");
-        let view = text(row, "view");
+        let view = optional_text(row, "view").filter(|v| v.starts_with('{') && v.len() > 2)?;
         let expires_at = int(row, "expires_at");
-        Self::new(text(row, "id"), int(row, "seq"), shown_state(&state, expires_at), &view)
+        Some(Self::new(text(row, "id"), int(row, "seq"), shown_state(&state, expires_at), &view))
     }
 }
 
@@ -907,9 +908,12 @@ async fn request_in(tx: &mut Transaction<'static, Any>, id: &str) -> Result<Requ
         .ok_or_else(|| ApiError::not_found(format!("request {id}")))
 }
 
-/// Renders the view of every request stored without one (databases from before views).
+/// Renders the view of every request stored without one (written by a server from before
+/// views, on the same database).
 pub async fn fill_views(store: &Db) -> Result<usize, ApiError> {
-    let ids = sqlx::query("SELECT id FROM requests WHERE view IS NULL")
+    let ids = sqlx::query(
+        "SELECT id FROM requests WHERE view IS NULL OR length(view) < 3 OR substr(view, 1, 1) <> '{'",
+    )
         .fetch_all(&store.pool)
         .await
         .map_err(db)?;
@@ -926,13 +930,28 @@ pub async fn fill_views(store: &Db) -> Result<usize, ApiError> {
 
 /// One request as the API shows it.
 pub async fn request_view(store: &Db, id: &str) -> Result<RequestView, ApiError> {
-    sqlx::query(&format!("SELECT {VIEW_COLUMNS} FROM requests WHERE id = $1"))
-        .bind(id.to_owned())
-        .fetch_optional(&store.pool)
-        .await
-        .map_err(db)?
-        .map(|row| RequestView::from_row(&row))
-        .ok_or_else(|| ApiError::not_found(format!("request {id}")))
+    for attempt in 0..2 {
+        let row = sqlx::query(&format!("SELECT {VIEW_COLUMNS} FROM requests WHERE id = $1"))
+            .bind(id.to_owned())
+            .fetch_optional(&store.pool)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| ApiError::not_found(format!("request {id}")))?;
+        match RequestView::from_row(&row) {
+            Some(view) => return Ok(view),
+            None if attempt == 0 => {
+                fill_views(store).await?;
+            }
+            None => break,
+        }
+    }
+    Err(missing_view())
+}
+
+/// A row written without its view by an older server on the same database: the views are
+/// rendered (by [`fill_views`]) and the read tried once more.
+fn missing_view() -> ApiError {
+    ApiError::from(crate::QueueError::Database("a request's view could not be rendered".into()))
 }
 
 /// A page of requests changed after `after` (a `seq`), oldest change first, as JSON text:
@@ -951,6 +970,27 @@ pub async fn list(
             ));
         }
     }
+    for attempt in 0..2 {
+        let page = list_once(store, vault, state, after, limit).await?;
+        match page {
+            Some(page) => return Ok(page),
+            None if attempt == 0 => {
+                fill_views(store).await?;
+            }
+            None => break,
+        }
+    }
+    Err(missing_view())
+}
+
+/// A page as JSON text, or `None` when a row on it has no view yet.
+async fn list_once(
+    store: &Db,
+    vault: Option<&str>,
+    state: Option<&str>,
+    after: i64,
+    limit: i64,
+) -> Result<Option<String>, ApiError> {
     let rows = match vault {
         Some(vault) => {
             sqlx::query(&format!(
@@ -975,15 +1015,21 @@ pub async fn list(
     }
     .map_err(db)?;
     let more = rows.len() as i64 > limit;
-    let page: Vec<RequestView> =
-        rows.iter().take(limit as usize).map(RequestView::from_row).collect();
+    let Some(page) = rows
+        .iter()
+        .take(limit as usize)
+        .map(RequestView::from_row)
+        .collect::<Option<Vec<RequestView>>>()
+    else {
+        return Ok(None);
+    };
     let cursor = page.last().map(|view| view.seq).unwrap_or(after);
     let shown: Vec<&str> = page
         .iter()
         .filter(|view| state.is_none_or(|s| s == view.state))
         .map(|view| view.json.as_str())
         .collect();
-    Ok(format!("{{\"requests\":[{}],\"cursor\":{cursor},\"more\":{more}}}", shown.join(",")))
+    Ok(Some(format!("{{\"requests\":[{}],\"cursor\":{cursor},\"more\":{more}}}", shown.join(","))))
 }
 
 // Approvals, rejections, execution.

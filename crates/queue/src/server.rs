@@ -188,6 +188,7 @@ async fn as_api_error(response: axum::response::Response) -> axum::response::Res
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
+    let allow = response.headers().get(header::ALLOW).cloned();
     let (code, message) = match status {
         StatusCode::PAYLOAD_TOO_LARGE => {
             ("body_too_large", format!("body: larger than {MAX_BODY_BYTES} bytes"))
@@ -202,7 +203,11 @@ async fn as_api_error(response: axum::response::Response) -> axum::response::Res
             (code, text)
         }
     };
-    crate::error::ApiError::new(status, code, message).into_response()
+    let mut converted = crate::error::ApiError::new(status, code, message).into_response();
+    if let Some(allow) = allow {
+        converted.headers_mut().insert(header::ALLOW, allow);
+    }
+    converted
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -51,6 +51,8 @@ pub struct SyncReport {
     pub incidents: Vec<String>,
     /// Differences between the queue's vault records and the pinned ones; nothing changed.
     pub vault_differences: Vec<String>,
+    /// The sync stopped after [`MAX_PAGES`] pages with more to come; sync again.
+    pub more: bool,
 }
 
 impl Connection {
@@ -112,8 +114,11 @@ pub async fn sync(store: &Store, connection: &Connection) -> Result<SyncReport, 
         tokio::spawn(async move { session.get("/v1/vaults").await })
     };
     let result = check_pages(store, connection, &vaults, pages).await;
-    fetcher.abort();
-    let mut report = result.inspect_err(|_| remote_vaults.abort())?;
+    let mut report = result.inspect_err(|_| {
+        fetcher.abort();
+        remote_vaults.abort();
+    })?;
+    report.more = fetcher.await.unwrap_or(false);
     let remote = remote_vaults
         .await
         .map_err(|e| SyncError::Config(format!("reading the queue's vaults stopped: {e}")))??;
@@ -129,12 +134,18 @@ struct Page {
 }
 
 /// Fetches pages after `cursor` until the queue says no more follow.
+/// A sync reads at most this many pages (of 500); the next sync goes on from there, so a
+/// queue that always says more follow cannot keep one running for ever.
+pub const MAX_PAGES: usize = 1000;
+
+/// Fetches pages after `cursor` until the queue says no more follow, or [`MAX_PAGES`].
+/// Returns whether the queue said more follow.
 async fn fetch_pages(
     session: Session,
     mut cursor: i64,
     pages: tokio::sync::mpsc::Sender<Result<Page, SyncError>>,
-) {
-    loop {
+) -> bool {
+    for _ in 0..MAX_PAGES {
         let page = fetch_page(&session, cursor).await;
         let more = matches!(&page, Ok((_, true)));
         let page = page.map(|(page, _)| page);
@@ -142,9 +153,10 @@ async fn fetch_pages(
             cursor = page.cursor;
         }
         if pages.send(page).await.is_err() || !more {
-            return;
+            return false;
         }
     }
+    true
 }
 
 async fn fetch_page(session: &Session, cursor: i64) -> Result<(Page, bool), SyncError> {
@@ -157,6 +169,11 @@ async fn fetch_page(session: &Session, cursor: i64) -> Result<(Page, bool), Sync
     };
     let next = page["cursor"].as_i64().unwrap_or(cursor);
     let more = page["more"] == json!(true);
+    if next < cursor {
+        return Err(SyncError::Config(format!(
+            "the queue moves the cursor back, from {cursor} to {next}"
+        )));
+    }
     if more && next <= cursor {
         return Err(SyncError::Config(format!(
             "the queue says more changes follow cursor {cursor} but does not move the cursor"
@@ -271,8 +288,13 @@ async fn start_checks(
         pending.push(first_checks(view, id, previous, vaults));
     }
     let intents: Vec<Option<(OwnerSignature, B256)>> = pending.iter().map(|p| p.intent).collect();
-    let listed: Vec<(Value, Option<B256>)> =
-        pending.iter().map(|p| (p.view["approvals"].clone(), p.ours)).collect();
+    let listed: Vec<(Value, Option<B256>, Vec<Address>)> = pending
+        .iter()
+        .map(|p| {
+            let owners = p.vault.as_ref().map(|v| v.owners.clone()).unwrap_or_default();
+            (p.view["approvals"].clone(), p.ours, owners)
+        })
+        .collect();
     let signatures =
         tokio::task::spawn_blocking(move || (recover_all(&intents), verify_all_approvals(&listed)));
     Ok(Checking { pending, signatures, cursor: page.cursor })
@@ -409,7 +431,7 @@ async fn finish(
 }
 
 /// [`verified_approvals`] for a page, on two threads.
-fn verify_all_approvals(listed: &[(Value, Option<B256>)]) -> Vec<Vec<String>> {
+fn verify_all_approvals(listed: &[(Value, Option<B256>, Vec<Address>)]) -> Vec<Vec<String>> {
     let half = listed.len().div_ceil(2).max(1);
     std::thread::scope(|scope| {
         let handles: Vec<_> = listed
@@ -418,8 +440,8 @@ fn verify_all_approvals(listed: &[(Value, Option<B256>)]) -> Vec<Vec<String>> {
                 scope.spawn(move || {
                     chunk
                         .iter()
-                        .map(|(approvals, hash)| match hash {
-                            Some(hash) => verified_approvals(approvals, *hash),
+                        .map(|(approvals, hash, owners)| match hash {
+                            Some(hash) => verified_approvals(approvals, *hash, owners),
                             None => Vec::new(),
                         })
                         .collect::<Vec<_>>()
@@ -430,9 +452,9 @@ fn verify_all_approvals(listed: &[(Value, Option<B256>)]) -> Vec<Vec<String>> {
     })
 }
 
-/// The owners whose listed approval signatures recover to them over `hash`.
-fn verified_approvals(approvals: &Value, hash: B256) -> Vec<String> {
-    let mut owners: Vec<String> = approvals
+/// The pinned owners whose listed approval signatures recover to them over `hash`, each once.
+fn verified_approvals(approvals: &Value, hash: B256, owners: &[Address]) -> Vec<String> {
+    let mut verified: Vec<String> = approvals
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
@@ -441,12 +463,14 @@ fn verified_approvals(approvals: &Value, hash: B256) -> Vec<String> {
             let signature =
                 OwnerSignature::parse_hex("signature", approval["signature"].as_str()?).ok()?;
             let owner = signature.recover(&hash).ok()?;
-            (approval["owner"].as_str() == Some(checksummed(&owner).as_str()))
-                .then(|| checksummed(&owner))
+            (owners.contains(&owner)
+                && approval["owner"].as_str() == Some(checksummed(&owner).as_str()))
+            .then(|| checksummed(&owner))
         })
         .collect();
-    owners.dedup();
-    owners
+    verified.sort();
+    verified.dedup();
+    verified
 }
 
 fn previous_mark_count(previous: &Option<CachedRequest>) -> usize {

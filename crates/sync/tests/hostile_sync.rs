@@ -189,12 +189,169 @@ async fn a_queue_restart_mid_sync_is_survived_without_duplicates() {
 }
 
 #[tokio::test]
-async fn views_missing_from_an_older_database_are_rendered_again_at_start() {
+async fn views_missing_from_an_older_database_are_rendered_again() {
     let world = world().await;
     let before = model::list(&world.db, None, None, 0, 100).await.unwrap();
+    // At start.
     sqlx::query("UPDATE requests SET view = NULL").execute(&world.db.pool).await.unwrap();
     assert!(model::bootstrap(&world.db).await.unwrap().is_none(), "the admin exists already");
-    let after = model::list(&world.db, None, None, 0, 100).await.unwrap();
-    assert_eq!(before, after);
+    assert_eq!(model::list(&world.db, None, None, 0, 100).await.unwrap(), before);
+    // While serving (a row written by an older server on the same database).
+    sqlx::query("UPDATE requests SET view = NULL WHERE id = 'r2'")
+        .execute(&world.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(model::list(&world.db, None, None, 0, 100).await.unwrap(), before);
+    sqlx::query("UPDATE requests SET view = '' WHERE id = 'r3'")
+        .execute(&world.db.pool)
+        .await
+        .unwrap();
+    let one = model::request_view(&world.db, "r3").await.unwrap();
+    assert!(before.contains(&one.json));
     assert_eq!(model::fill_views(&world.db).await.unwrap(), 0, "nothing is left to render");
+}
+
+/// What the stand-in queue answers to `GET /v1/requests?after=N`.
+type Pages = std::sync::Arc<dyn Fn(i64) -> String + Send + Sync>;
+
+/// A stand-in for the queue over TLS: a session for any key, no vaults, and the listing from
+/// `pages`. One request per connection. Returns the URL, the pin and a count of listings.
+async fn stand_in(pages: Pages) -> (String, String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let identity = Identity::ephemeral().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let listings = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = listings.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, pages, counter) = (acceptor.clone(), pages.clone(), counter.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tls.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                tls.read_exact(&mut body).await.unwrap();
+                let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                let answer = if path.starts_with("/v1/session") {
+                    json!({ "token": "t", "expiresAt": 4_000_000_000u64, "member": { "id": "alice" } }).to_string()
+                } else if path.starts_with("/v1/vaults") {
+                    json!({ "vaults": [] }).to_string()
+                } else if let Some(rest) = path.strip_prefix("/v1/requests?after=") {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    pages(rest.split('&').next().unwrap().parse().unwrap())
+                } else {
+                    "{}".to_owned()
+                };
+                let reply = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}", answer.len());
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (format!("https://{addr}"), identity.pin(), listings)
+}
+
+fn page(views: &[&Value], cursor: i64, more: bool) -> String {
+    json!({ "requests": views, "cursor": cursor, "more": more }).to_string()
+}
+
+async fn through_stand_in(
+    world: &World,
+    pages: Pages,
+) -> (Connection, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let (url, pin, listings) = stand_in(pages).await;
+    (Connection { url, pins: vec![pin], ..world.connection.clone() }, listings)
+}
+
+async fn real_views(world: &World) -> Vec<Value> {
+    let listing: Value =
+        serde_json::from_str(&model::list(&world.db, None, None, 0, 100).await.unwrap()).unwrap();
+    listing["requests"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_a_stand_in_queue_cannot_bend_the_cursor_or_the_pages() {
+    let world = world().await;
+    let views = real_views(&world).await;
+    let (r1, r2) = (views[0].clone(), views[1].clone());
+
+    // The same request twice in a page: refused, nothing stored.
+    let twice = r1.clone();
+    let (connection, _) =
+        through_stand_in(&world, std::sync::Arc::new(move |_| page(&[&twice, &twice], 10, false)))
+            .await;
+    let error = sync(&world.store, &connection).await.unwrap_err().to_string();
+    assert!(error.contains("twice"), "{error}");
+    assert!(world.store.cached_request(views[0]["id"].as_str().unwrap()).await.unwrap().is_none());
+
+    // A cursor moved back: refused, the stored cursor stays.
+    let (connection, _) =
+        through_stand_in(&world, std::sync::Arc::new(|_| page(&[], -100, false))).await;
+    let error = sync(&world.store, &connection).await.unwrap_err().to_string();
+    assert!(error.contains("back"), "{error}");
+    assert_eq!(world.store.queue_config().await.unwrap().unwrap().1, 0);
+
+    // A request listed again in the next page with another payload is marked.
+    let mut changed = r1.clone();
+    changed["createdAt"] = json!(changed["createdAt"].as_u64().unwrap() + 1);
+    let pages: Pages = std::sync::Arc::new(move |after| match after {
+        0 => page(&[&r1, &r2], 10, true),
+        10 => page(&[&changed], 20, false),
+        _ => page(&[], after, false),
+    });
+    let (connection, _) = through_stand_in(&world, pages).await;
+    let report = sync(&world.store, &connection).await.unwrap();
+    assert!(
+        report.marked.iter().any(|(id, why)| id == "r1" && why.contains("payload changed")),
+        "{:?}",
+        report.marked
+    );
+
+    // A queue that always says more follow: the sync stops after MAX_PAGES and says so.
+    let (connection, listings) =
+        through_stand_in(&world, std::sync::Arc::new(|after| page(&[], after + 1, true))).await;
+    let report = sync(&world.store, &connection).await.unwrap();
+    assert!(report.more);
+    assert_eq!(
+        listings.load(std::sync::atomic::Ordering::SeqCst),
+        countersign_sync::sync::MAX_PAGES as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_listed_approvals_count_once_and_only_from_pinned_owners() {
+    let world = world().await;
+    let mut view = real_views(&world).await[0].clone();
+    let hash: B256 = view["safeTxHash"].as_str().unwrap().parse().unwrap();
+    let (alice, stranger) = (key(0x22), key(0x77));
+    let approval = |signer: &countersign_signers::software::SoftwareSigner| {
+        json!({ "owner": signer.address().to_checksum(None), "memberId": "x",
+                "signature": signer.sign_digest(&hash).unwrap().to_hex(), "at": 1 })
+    };
+    view["approvals"] = json!([approval(&alice), approval(&stranger), approval(&alice)]);
+    let (connection, _) =
+        through_stand_in(&world, std::sync::Arc::new(move |_| page(&[&view], 10, false))).await;
+    sync(&world.store, &connection).await.unwrap();
+    let cached = world.store.cached_request("r1").await.unwrap().unwrap();
+    assert_eq!(
+        cached.body["countersign"]["approvedBy"],
+        json!([alice.address().to_checksum(None)])
+    );
 }
