@@ -91,6 +91,9 @@ fn vault_json(record: &VaultRecord) -> serde_json::Value {
     serde_json::to_value(VaultRow::from_record(record)).unwrap_or_default()
 }
 
+/// The audit entries that change a vault record.
+const VAULT_CHANGES: &str = "kind IN ('vault_added', 'vault_next_nonce', 'vault_replaced')";
+
 impl Store {
     // Keys.
 
@@ -298,11 +301,26 @@ impl Store {
             sqlx::query("SELECT id, address, sealed_record FROM vaults ORDER BY chain_id, address")
                 .fetch_all(&self.pool)
                 .await?;
+        // The audit log is read once for all of them, not searched once a vault.
+        let mut logged: std::collections::HashMap<String, serde_json::Value> = Default::default();
+        let entries =
+            sqlx::query(&format!("SELECT body FROM audit WHERE {VAULT_CHANGES} ORDER BY seq"))
+                .fetch_all(&self.pool)
+                .await?;
+        for entry in entries {
+            if let Ok(body) =
+                serde_json::from_str::<serde_json::Value>(&entry.get::<String, _>("body"))
+            {
+                if let Some(id) = body["vaultId"].as_str() {
+                    logged.insert(id.to_owned(), body);
+                }
+            }
+        }
         let mut out = Vec::new();
         for row in rows {
-            let record = self
-                .open_vault(&row.get::<String, _>("id"), &row.get::<Vec<u8>, _>("sealed_record"))
-                .await?;
+            let id = row.get::<String, _>("id");
+            let record =
+                self.check_vault(&id, &row.get::<Vec<u8>, _>("sealed_record"), logged.get(&id))?;
             if address.is_none_or(|a| *a == record.address) {
                 out.push(record);
             }
@@ -311,17 +329,21 @@ impl Store {
     }
 
     async fn open_vault(&self, id: &str, sealed: &[u8]) -> Result<VaultRecord, StoreError> {
+        let logged = self.last_logged(VAULT_CHANGES, Some(id)).await?;
+        self.check_vault(id, sealed, logged.as_ref())
+    }
+
+    /// Opens a sealed vault record and checks it against its last change in the audit log.
+    fn check_vault(
+        &self,
+        id: &str,
+        sealed: &[u8],
+        logged: Option<&serde_json::Value>,
+    ) -> Result<VaultRecord, StoreError> {
         let plain = self
             .sealer
             .open(Place { table: "vaults", column: "sealed_record", row: id }, sealed)?;
-        let logged = self
-            .last_logged("kind IN ('vault_added', 'vault_next_nonce', 'vault_replaced')", Some(id))
-            .await?;
-        self.matches_log(
-            plain.expose(),
-            logged.as_ref().map(|body| &body["record"]),
-            "a vault record",
-        )?;
+        self.matches_log(plain.expose(), logged.map(|body| &body["record"]), "a vault record")?;
         let row: VaultRow =
             serde_json::from_slice(plain.expose()).map_err(|_| corrupt("a vault record"))?;
         Ok(row.into_record()?)

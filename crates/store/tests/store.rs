@@ -392,6 +392,23 @@ async fn fail_an_older_sealed_policy_put_back_is_found() {
 }
 
 #[tokio::test]
+async fn fail_an_older_sealed_vault_record_put_back_is_found_one_by_one_and_in_the_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
+    store.add_vault(&vault()).await.unwrap();
+    let mut db = raw(dir.path()).await;
+    let old: Vec<u8> = sqlx::Row::get(
+        &sqlx::query("SELECT sealed_record FROM vaults").fetch_one(&mut db).await.unwrap(),
+        "sealed_record",
+    );
+    store.set_next_nonce(1, &SAFE, U256::from(9)).await.unwrap();
+    assert_eq!(store.vaults(None).await.unwrap()[0].next_nonce, Some(U256::from(9)));
+    sqlx::query("UPDATE vaults SET sealed_record = ?").bind(old).execute(&mut db).await.unwrap();
+    assert!(store.vault(1, &SAFE).await.is_err(), "the log says the next nonce is 9");
+    assert!(store.vaults(None).await.is_err(), "the list checks each record against the log too");
+}
+
+#[tokio::test]
 async fn fail_writing_after_the_log_was_cut_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::create(dir.path(), passphrase("p")).await.unwrap();
