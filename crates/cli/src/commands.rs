@@ -513,7 +513,7 @@ async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Fail
         VaultCommand::List { json } => {
             for record in store.vaults(None).await? {
                 if json {
-                    outln!("{}", vault_json(&record));
+                    outln!("{}", record.to_json());
                 } else {
                     outln!("{}", describe_vault(&record));
                 }
@@ -524,7 +524,7 @@ async fn vault(context: &Context, command: VaultCommand) -> Result<Outcome, Fail
             let flags = VaultFlags { chain_id, ..VaultFlags::default() };
             let (record, _) = resolve_vault(Some(&store), address, &flags).await?;
             if json {
-                outln!("{}", vault_json(&record));
+                outln!("{}", record.to_json());
             } else {
                 outln!("{}", describe_vault(&record));
                 for owner in &record.owners {
@@ -560,18 +560,6 @@ fn describe_vault(record: &VaultRecord) -> String {
         record.chain_id,
         record.version
     )
-}
-
-fn vault_json(record: &VaultRecord) -> serde_json::Value {
-    json!({
-        "chainId": record.chain_id,
-        "address": checksummed(&record.address),
-        "safeVersion": record.version.to_string(),
-        "owners": record.owners.iter().map(checksummed).collect::<Vec<_>>(),
-        "threshold": record.threshold,
-        "nextNonce": record.next_nonce.map(|n| n.to_string()),
-        "label": record.label,
-    })
 }
 
 async fn policy(context: &Context, command: PolicyCommand) -> Result<Outcome, Failure> {

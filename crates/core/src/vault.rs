@@ -35,6 +35,19 @@ impl VaultRecord {
         }
     }
 
+    /// The record as JSON, as the store seals it and the CLI prints it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "chainId": self.chain_id,
+            "address": checksummed(&self.address),
+            "safeVersion": self.version.to_string(),
+            "owners": self.owners.iter().map(checksummed).collect::<Vec<_>>(),
+            "threshold": self.threshold,
+            "nextNonce": self.next_nonce.map(|n| n.to_string()),
+            "label": self.label,
+        })
+    }
+
     pub fn domain(&self) -> SafeDomain {
         SafeDomain::new(self.chain_id, self.address, self.version)
     }

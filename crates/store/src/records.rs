@@ -8,7 +8,7 @@ use countersign_core::secret::SecretBytes;
 use countersign_core::vault::VaultRecord;
 use countersign_core::version::SafeVersion;
 use countersign_core::InputError;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sqlx::Row;
 
 use crate::seal::Place;
@@ -23,8 +23,9 @@ pub struct KeyInfo {
     pub created_at: i64,
 }
 
-/// The stored form of a vault record (the row is sealed as a whole).
-#[derive(Serialize, Deserialize)]
+/// The stored form of a vault record, read back (the row is sealed as a whole; it is written
+/// as [`VaultRecord::to_json`]).
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct VaultRow {
     chain_id: u64,
@@ -49,18 +50,6 @@ fn corrupt(what: &str) -> StoreError {
 }
 
 impl VaultRow {
-    fn from_record(record: &VaultRecord) -> Self {
-        Self {
-            chain_id: record.chain_id,
-            address: checksummed(&record.address),
-            safe_version: record.version.to_string(),
-            owners: record.owners.iter().map(checksummed).collect(),
-            threshold: record.threshold,
-            next_nonce: record.next_nonce.map(|n| n.to_string()),
-            label: record.label.clone(),
-        }
-    }
-
     fn into_record(self) -> Result<VaultRecord, InputError> {
         let owners = self
             .owners
@@ -85,10 +74,6 @@ impl VaultRow {
             label: self.label,
         })
     }
-}
-
-fn vault_json(record: &VaultRecord) -> serde_json::Value {
-    serde_json::to_value(VaultRow::from_record(record)).unwrap_or_default()
 }
 
 /// The audit entries that change a vault record.
@@ -187,7 +172,7 @@ impl Store {
     /// Pins a vault record. An existing record is never overwritten by this call.
     pub async fn add_vault(&self, record: &VaultRecord) -> Result<(), StoreError> {
         let id = vault_id(record.chain_id, &record.address);
-        let body = vault_json(record);
+        let body = record.to_json();
         let place = Place { table: "vaults", column: "sealed_record", row: &id };
         let sealed = self.sealer.seal(place, body.to_string().as_bytes())?;
         let mut tx = self.begin().await?;
@@ -230,7 +215,7 @@ impl Store {
             (a, b) => a.or(b),
         };
         let entry =
-            serde_json::json!({ "previous": vault_json(&pinned), "acceptedFrom": accepted_from });
+            serde_json::json!({ "previous": pinned.to_json(), "acceptedFrom": accepted_from });
         self.rewrite_vault(&record, "vault_replaced", entry).await?;
         tracing::info!(vault = %vault_id(record.chain_id, &record.address), "vault record replaced by the approver");
         Ok(record)
@@ -245,7 +230,7 @@ impl Store {
         mut entry: serde_json::Value,
     ) -> Result<(), StoreError> {
         let id = vault_id(record.chain_id, &record.address);
-        let body = vault_json(record);
+        let body = record.to_json();
         let place = Place { table: "vaults", column: "sealed_record", row: &id };
         let sealed = self.sealer.seal(place, body.to_string().as_bytes())?;
         entry["vaultId"] = serde_json::json!(id);
