@@ -117,10 +117,7 @@ pub async fn approve(
         if repeat.is_some() {
             return request_view(store, id).await;
         }
-        return Err(ApiError::conflict(
-            "request_closed",
-            format!("request {id} is {state}; it takes no more approvals or rejections"),
-        ));
+        return Err(closed(id, state));
     }
     let safe_tx_hash = B256::from_str(&text(&row, "safe_tx_hash")).unwrap_or_default();
     if claimed != safe_tx_hash {
@@ -264,7 +261,7 @@ async fn write(
             continue;
         }
         if entry.request.shown_state() != "pending" {
-            outcome.push(Err(closed(&entry.request)));
+            outcome.push(Err(closed(&entry.request.id, entry.request.shown_state())));
             continue;
         }
         entry.approvals.push(approval.clone());

@@ -930,22 +930,30 @@ pub async fn fill_views(store: &Db) -> Result<usize, ApiError> {
 
 /// One request as the API shows it.
 pub async fn request_view(store: &Db, id: &str) -> Result<RequestView, ApiError> {
-    for attempt in 0..2 {
+    with_views(store, || async {
         let row = sqlx::query(&format!("SELECT {VIEW_COLUMNS} FROM requests WHERE id = $1"))
             .bind(id.to_owned())
             .fetch_optional(&store.pool)
             .await
             .map_err(db)?
             .ok_or_else(|| ApiError::not_found(format!("request {id}")))?;
-        match RequestView::from_row(&row) {
-            Some(view) => return Ok(view),
-            None if attempt == 0 => {
-                fill_views(store).await?;
-            }
-            None => break,
-        }
+        Ok(RequestView::from_row(&row))
+    })
+    .await
+}
+
+/// Runs `read`, which says `None` when a row it read has no view; then renders the missing
+/// views and runs it once more.
+async fn with_views<T, F, Fut>(store: &Db, read: F) -> Result<T, ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, ApiError>>,
+{
+    if let Some(found) = read().await? {
+        return Ok(found);
     }
-    Err(missing_view())
+    fill_views(store).await?;
+    read().await?.ok_or_else(missing_view)
 }
 
 /// A row written without its view by an older server on the same database: the views are
@@ -970,17 +978,7 @@ pub async fn list(
             ));
         }
     }
-    for attempt in 0..2 {
-        let page = list_once(store, vault, state, after, limit).await?;
-        match page {
-            Some(page) => return Ok(page),
-            None if attempt == 0 => {
-                fill_views(store).await?;
-            }
-            None => break,
-        }
-    }
-    Err(missing_view())
+    with_views(store, || list_once(store, vault, state, after, limit)).await
 }
 
 /// A page as JSON text, or `None` when a row on it has no view yet.
@@ -1034,14 +1032,11 @@ async fn list_once(
 
 // Approvals, rejections, execution.
 
-pub(crate) fn closed(request: &RequestRow) -> ApiError {
+/// The refusal for a request that is no longer pending, as it shows now.
+pub(crate) fn closed(id: &str, state: &str) -> ApiError {
     ApiError::conflict(
         "request_closed",
-        format!(
-            "request {} is {}; it takes no more approvals or rejections",
-            request.id,
-            request.shown_state()
-        ),
+        format!("request {id} is {state}; it takes no more approvals or rejections"),
     )
 }
 
@@ -1086,7 +1081,7 @@ pub async fn reject(
     let (mut tx, _writer) = store.begin().await?;
     let mut request = request_in(&mut tx, id).await?;
     if request.shown_state() != "pending" {
-        return Err(closed(&request));
+        return Err(closed(&request.id, request.shown_state()));
     }
     let vault = vault_in(&mut tx, &request.vault_id).await?;
     if !caller.address.is_some_and(|a| vault.owners.contains(&a)) {
