@@ -12,14 +12,14 @@ use countersign_core::policy::{Policy, MAX_POLICY_BYTES};
 use countersign_core::request::{parse_object, SafeTxRequest, MAX_REQUEST_BYTES};
 use countersign_core::secret::SecretString;
 use countersign_core::signature::OwnerSignature;
-use countersign_core::signer::{Decision, Prompt, Signer, SignerError};
+use countersign_core::signer::{Decision, Prompt, Signer};
 use countersign_core::tokens::TokenList;
 use countersign_core::typed_data::{self, looks_like_typed_data};
 use countersign_core::vault::VaultRecord;
 use countersign_core::version::SafeVersion;
 use countersign_signers::software::SoftwareSigner;
 use countersign_store::keywrap::Protection;
-use countersign_store::{Recorded, Store};
+use countersign_store::Store;
 use serde_json::json;
 
 use crate::args::{
@@ -28,7 +28,7 @@ use crate::args::{
 };
 use crate::context::{parse_nonce, read_limited, read_small_text, resolve_vault, Context};
 use crate::failure::{Failure, Outcome};
-use crate::report;
+use countersign_approver::{actions, view as report};
 
 pub async fn run(cli: Cli) -> Result<Outcome, Failure> {
     let context = Context::new(&cli)?;
@@ -201,8 +201,9 @@ pub(crate) enum Signed {
     Not(Outcome),
 }
 
-/// The end `sign` and `approve` share: the tripwire, the guards' verdict, the review shown,
-/// the prompt, the signature, and its record (which checks the tripwire once more).
+/// The end `sign` and `approve` share, as the approver crate runs it (the tripwire, the
+/// guards' verdict, the prompt, the signature and its record), printed for a terminal: the
+/// review is shown before the prompt asks.
 pub(crate) async fn sign_reviewed(
     store: &Store,
     review: Review,
@@ -212,76 +213,45 @@ pub(crate) async fn sign_reviewed(
     shown: &serde_json::Value,
     as_json: bool,
 ) -> Result<Signed, Failure> {
-    if let Some(tripwire) = review.tripwire() {
-        let detail = json!({ "reason": tripwire.to_string(), "shown": shown });
-        let id = store.open_incident(&review.vault, "tripwire", &detail).await?;
-        print_review(&review, tokens, as_json);
-        eprintln!(
-            "Incident {id} opened: signing on this vault is blocked until a person clears it."
-        );
-        return Ok(Signed::Not(Outcome::Refused));
-    }
-    let shown_review = review.clone();
-    let checked = match review.into_checked() {
-        Ok(checked) => checked,
-        Err(refused) => {
-            print_review(&refused.0, tokens, as_json);
-            return Ok(Signed::Not(Outcome::Refused));
-        }
-    };
-    if !as_json {
-        out!("{}", report::review_text(&shown_review, tokens));
-    }
-    let signature = match signer.sign(&checked, &TerminalPrompt { yes }).await {
-        Ok(signature) => signature,
-        Err(SignerError::Declined) => {
-            store.audit("declined", shown).await?;
-            eprintln!("Not signed: declined.");
-            return Ok(Signed::Not(Outcome::Refused));
-        }
-        Err(error) => return Err(Failure::other(error.to_string())),
-    };
-    let recorded = store
-        .record_signature(
-            checked.vault(),
-            checked.request().tx.nonce,
-            checked.hashes().safe_tx,
-            shown_review.is_rejection(),
-            signer.address(),
-            &signature,
-            shown,
-        )
-        .await?;
-    if let Recorded::Refused(refusals) = recorded {
-        // Another process signed a different payload for this nonce (or opened an incident)
-        // while this one was confirming: the signature is discarded, never printed.
-        let outcome =
-            refused_late(store, checked.vault(), shown_review, refusals, tokens, as_json).await?;
-        return Ok(Signed::Not(outcome));
-    }
-    Ok(Signed::Done { signature, review: Box::new(shown_review) })
+    let preface = (!as_json).then(|| report::review_text(&review, tokens));
+    let prompt = TerminalPrompt { yes, preface };
+    let signed = actions::sign_reviewed(store, review, signer, &prompt, tokens, shown).await?;
+    Ok(printed(signed, tokens, as_json))
 }
 
-async fn refused_late(
-    store: &Store,
-    vault: &VaultRecord,
-    mut review: Review,
-    refusals: Vec<countersign_core::guard::Refusal>,
-    tokens: &TokenList,
-    as_json: bool,
-) -> Result<Outcome, Failure> {
-    review.refusals.extend(refusals);
-    if let Some(tripwire) = review.tripwire() {
-        let shown = report::audit_body(&review, tokens);
-        let detail = json!({ "reason": tripwire.to_string(), "shown": shown });
-        let id = store.open_incident(vault, "tripwire", &detail).await?;
-        eprintln!(
-            "Incident {id} opened: signing on this vault is blocked until a person clears it."
-        );
+/// Prints how signing ended, for a terminal.
+pub(crate) fn printed(signed: actions::Signed, tokens: &TokenList, as_json: bool) -> Signed {
+    match signed {
+        actions::Signed::Done { signature, review } => Signed::Done { signature, review },
+        actions::Signed::Tripwire { review, incident } => {
+            print_review(&review, tokens, as_json);
+            eprintln!(
+                "Incident {incident} opened: signing on this vault is blocked until a person clears it."
+            );
+            Signed::Not(Outcome::Refused)
+        }
+        actions::Signed::Refused { review } => {
+            print_review(&review, tokens, as_json);
+            Signed::Not(Outcome::Refused)
+        }
+        actions::Signed::Declined { .. } => {
+            eprintln!("Not signed: declined.");
+            Signed::Not(Outcome::Refused)
+        }
+        actions::Signed::Late { review, incident } => {
+            // Another process signed a different payload for this nonce (or opened an
+            // incident) while this one was confirming: the signature is discarded, never
+            // printed.
+            if let Some(incident) = incident {
+                eprintln!(
+                    "Incident {incident} opened: signing on this vault is blocked until a person clears it."
+                );
+            }
+            print_review(&review, tokens, as_json);
+            eprintln!("Not signed: the signature was discarded.");
+            Signed::Not(Outcome::Refused)
+        }
     }
-    print_review(&review, tokens, as_json);
-    eprintln!("Not signed: the signature was discarded.");
-    Ok(Outcome::Refused)
 }
 
 /// Signing needs a pinned vault record: flags are not enough to sign.
@@ -301,11 +271,16 @@ async fn pinned_vault(store: &Store, request: &SafeTxRequest) -> Result<VaultRec
 
 pub(crate) struct TerminalPrompt {
     pub(crate) yes: bool,
+    /// Printed before anything is asked: the review the person confirms.
+    pub(crate) preface: Option<String>,
 }
 
 #[async_trait]
 impl Prompt for TerminalPrompt {
     async fn confirm(&self, request: &CheckedRequest, signer: Address) -> Decision {
+        if let Some(preface) = &self.preface {
+            out!("{preface}");
+        }
         if self.yes {
             return Decision::Approve;
         }

@@ -78,3 +78,13 @@ impl Outcome {
         }
     }
 }
+
+impl From<countersign_approver::Problem> for Failure {
+    fn from(problem: countersign_approver::Problem) -> Self {
+        match problem.kind {
+            countersign_approver::Kind::Input => Self::Input(problem.message),
+            countersign_approver::Kind::Refused => Self::Refused(problem.message),
+            countersign_approver::Kind::Other => Self::Other(problem.message),
+        }
+    }
+}

@@ -20,7 +20,6 @@ mod commands;
 mod context;
 mod failure;
 mod queue_commands;
-mod report;
 
 use std::process::ExitCode;
 

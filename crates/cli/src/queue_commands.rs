@@ -5,27 +5,24 @@ use std::path::Path;
 
 use alloy_primitives::Address;
 use countersign_core::address::{checksummed, parse_address};
-use countersign_core::guard::{review, Review};
 use countersign_core::intent::{check_request_id, intent_digest};
-use countersign_core::policy::Policy;
-use countersign_core::request::{parse_object, JsonObject, SafeTxRequest, MAX_REQUEST_BYTES};
+use countersign_core::request::{parse_object, SafeTxRequest, MAX_REQUEST_BYTES};
 use countersign_core::secret::SecretString;
-use countersign_core::signer::Signer;
-use countersign_core::tokens::TokenList;
 use countersign_core::version::SafeVersion;
-use countersign_store::{CachedRequest, Store};
+use countersign_store::Store;
 use countersign_sync::client::{ClientError, Session};
 use countersign_sync::pin::Pins;
-use countersign_sync::sync::{payload_hash, sync, Connection, SyncError};
+use countersign_sync::sync::{sync, Connection, SyncError};
 use serde_json::{json, Value};
 
 use crate::args::{
     AdminConnection, KeyChoice, QueueApiKeyCommand, QueueMemberCommand, QueueVaultCommand,
 };
-use crate::commands::{sign_reviewed, software_signer, Signed};
+use crate::commands::{printed, software_signer, Signed, TerminalPrompt};
 use crate::context::{read_limited, read_small_text, Context};
 use crate::failure::{Failure, Outcome};
-use crate::report;
+use countersign_approver::actions::{self, Approved};
+use countersign_approver::view as report;
 
 /// The queue's answer as an exit code: 400 is our bad input (2), other 4xx a refusal (1),
 /// anything else a failure (3).
@@ -73,13 +70,6 @@ async fn admin_session(connection: &AdminConnection) -> Result<Session, Failure>
         initiators: Vec::new(),
     };
     connection.session().await.map_err(client_failure)
-}
-
-async fn stored_connection(store: &Store) -> Result<Connection, Failure> {
-    let (secret, _) = store.queue_config().await?.ok_or_else(|| {
-        Failure::input("queue: no queue is connected; run `countersign queue connect`")
-    })?;
-    Connection::from_secret(&secret).map_err(client_failure)
 }
 
 pub async fn connect(
@@ -131,7 +121,8 @@ pub async fn submit(
         "id": id, "chainId": chain_id, "createdAt": created_at, "initiatorSignature": signature.to_hex(),
         "transaction": Value::Object(object.0.into_iter().collect()),
     });
-    let session = stored_connection(&store).await?.session().await.map_err(client_failure)?;
+    let session =
+        actions::stored_connection(&store).await?.session().await.map_err(client_failure)?;
     let view = session.post("/v1/requests", &body).await.map_err(client_failure)?;
     store.audit("submitted", &json!({ "id": id, "safeTxHash": hash.to_string() })).await?;
     outln!("Submitted {id}: {} (safeTxHash {hash})", view["state"]);
@@ -182,7 +173,7 @@ pub async fn api_key_new(command: QueueApiKeyCommand) -> Result<Outcome, Failure
 
 pub async fn run_sync(context: &Context) -> Result<Outcome, Failure> {
     let store = context.open_store().await?;
-    let connection = stored_connection(&store).await?;
+    let connection = actions::stored_connection(&store).await?;
     let report = sync(&store, &connection).await.map_err(client_failure)?;
     outln!("Synced {} change(s).", report.fetched);
     if report.more {
@@ -200,13 +191,6 @@ pub async fn run_sync(context: &Context) -> Result<Outcome, Failure> {
     Ok(if report.marked.is_empty() { Outcome::Done } else { Outcome::Refused })
 }
 
-fn marks(cached: &CachedRequest) -> Vec<String> {
-    cached.body["countersign"]["marks"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default()
-}
-
 pub async fn list(context: &Context) -> Result<Outcome, Failure> {
     let store = context.open_store().await?;
     let requests = store.cached_requests().await?;
@@ -218,7 +202,7 @@ pub async fn list(context: &Context) -> Result<Outcome, Failure> {
         let body = &cached.body;
         let checked = &body["countersign"];
         let approvals = checked["approvedBy"].as_array().map(Vec::len).unwrap_or(0);
-        let mark = if marks(&cached).is_empty() { "" } else { "  MARKED" };
+        let mark = if actions::marks(&cached).is_empty() { "" } else { "  MARKED" };
         outln!(
             "{}  {}  chain {}  {}  nonce {}  approvals {approvals}{mark}",
             cached.id,
@@ -231,38 +215,13 @@ pub async fn list(context: &Context) -> Result<Outcome, Failure> {
     Ok(Outcome::Done)
 }
 
-/// The local review of a cached request: our vault record, our policy, our history.
-async fn local_review(
-    store: &Store,
-    cached: &CachedRequest,
-    tokens: &TokenList,
-) -> Result<Review, Failure> {
-    let Some(object) = cached.body["transaction"].as_object() else {
-        return Err(Failure::other(format!(
-            "request {}: no transaction in the synced copy",
-            cached.id
-        )));
-    };
-    let request = SafeTxRequest::from_object(&JsonObject(object.clone().into_iter().collect()))?;
-    let vault = store.vault(cached.body["chainId"].as_u64().unwrap_or(0), &request.safe).await?;
-    let policy: Policy = store.policy().await?;
-    let history = store.history(&vault, request.tx.nonce).await?;
-    Ok(review(request, &vault, &policy, tokens, &history))
-}
-
-async fn cached(store: &Store, id: &str) -> Result<CachedRequest, Failure> {
-    store.cached_request(id).await?.ok_or_else(|| {
-        Failure::input(format!("id: no synced request {id}; run `countersign sync`"))
-    })
-}
-
 pub async fn show(context: &Context, id: &str) -> Result<Outcome, Failure> {
     let store = context.open_store().await?;
     let tokens = context.tokens()?;
-    let cached = cached(&store, id).await?;
-    let review = local_review(&store, &cached, &tokens).await?;
+    let cached = actions::cached(&store, id).await?;
+    let review = actions::local_review(&store, &cached, &tokens).await?;
     outln!("Request {id} on the queue: {}", cached.body["state"].as_str().unwrap_or("?"));
-    for mark in marks(&cached) {
+    for mark in actions::marks(&cached) {
         outln!("MARKED: {mark}; it cannot be signed");
     }
     out!("{}", report::review_text(&review, &tokens));
@@ -277,7 +236,7 @@ pub async fn show(context: &Context, id: &str) -> Result<Outcome, Failure> {
             claimed - verified.len()
         );
     }
-    Ok(if review.refusals.is_empty() && marks(&cached).is_empty() {
+    Ok(if review.refusals.is_empty() && actions::marks(&cached).is_empty() {
         Outcome::Done
     } else {
         Outcome::Refused
@@ -292,85 +251,37 @@ pub async fn approve(
 ) -> Result<Outcome, Failure> {
     let store = context.open_store().await?;
     let tokens = context.tokens()?;
-    let cached = cached(&store, id).await?;
     let signer = software_signer(&store, choice).await?;
-    let mut review = local_review(&store, &cached, &tokens).await?;
-    review.check_signer(signer.address());
-    let shown = report::audit_body(&review, &tokens);
-    store.audit("inspected", &shown).await?;
-    let mut marked = marks(&cached);
-    let created = cached.body["createdAt"].as_i64().unwrap_or(0);
-    if created.saturating_add(168 * 3600) < countersign_store::unix_now() {
-        marked.push("it is older than the longest expiry (168 hours)".to_owned());
-    }
-    if !marked.is_empty() {
-        out!("{}", report::review_text(&review, &tokens));
-        for mark in marked {
-            outln!("MARKED: {mark}; it cannot be signed");
+    let review =
+        actions::local_review(&store, &actions::cached(&store, id).await?, &tokens).await?;
+    let prompt = TerminalPrompt { yes, preface: Some(report::review_text(&review, &tokens)) };
+    let approved = actions::approve(&store, &tokens, id, &signer, &prompt, &|_| {}).await?;
+    match approved {
+        Approved::Marked { review, marks } => {
+            out!("{}", report::review_text(&review, &tokens));
+            for mark in marks {
+                outln!("MARKED: {mark}; it cannot be signed");
+            }
+            Ok(Outcome::Refused)
         }
-        return Ok(Outcome::Refused);
+        Approved::NotSigned(signed) => {
+            let Signed::Not(outcome) = printed(signed, &tokens, false) else {
+                return Err(Failure::other("a signature was made but not sent"));
+            };
+            Ok(outcome)
+        }
+        Approved::Sent { signer, state, approvals, .. } => {
+            outln!("\nStep 1 of 2: signed by {}.", checksummed(&signer));
+            outln!("Step 2 of 2: the queue recorded the approval; the request is {state} with {approvals} approval(s).");
+            Ok(Outcome::Done)
+        }
     }
-    if cached.body["safeTxHash"].as_str() != Some(review.hashes.safe_tx.to_string().as_str()) {
-        return Err(Failure::other(
-            "the synced safeTxHash differs from ours; run `countersign sync`",
-        ));
-    }
-    // What was reviewed is the synced copy: ask the queue for the request as it is now, and
-    // sign only if it is still pending and its payload is the one reviewed.
-    let session = stored_connection(&store).await?.session().await.map_err(client_failure)?;
-    let current = session.get(&format!("/v1/requests/{id}")).await.map_err(client_failure)?;
-    if payload_hash(&current) != cached.payload_hash {
-        return Err(Failure::Refused(format!(
-            "request {id} changed on the queue since it was synced; run `countersign sync`, which marks it"
-        )));
-    }
-    if current["state"] != json!("pending") {
-        return Err(Failure::Refused(format!(
-            "request {id} is {} on the queue; nothing was signed",
-            current["state"].as_str().unwrap_or("?")
-        )));
-    }
-    let hash = review.hashes.safe_tx;
-    let signature =
-        match sign_reviewed(&store, review, &signer, yes, &tokens, &shown, false).await? {
-            Signed::Done { signature, .. } => signature,
-            Signed::Not(outcome) => return Ok(outcome),
-        };
-    outln!("\nStep 1 of 2: signed by {}.", checksummed(&signer.address()));
-    let body = json!({ "safeTxHash": hash.to_string(), "signature": signature.to_hex() });
-    let reply = session
-        .post(&format!("/v1/requests/{id}/approvals"), &body)
-        .await
-        .map_err(client_failure)?;
-    let approvals = reply["approvals"].as_array().map(Vec::len).unwrap_or(0);
-    outln!("Step 2 of 2: the queue recorded the approval; the request is {} with {approvals} approval(s).", reply["state"].as_str().unwrap_or("?"));
-    Ok(Outcome::Done)
 }
 
 pub async fn reject(context: &Context, id: &str, reason: &str) -> Result<Outcome, Failure> {
     let store = context.open_store().await?;
-    // Remembered before the queue is asked: this approver never signs what they rejected.
-    if let Some(mut cached) = store.cached_request(id).await? {
-        let mark = json!("this approver rejected it");
-        if let Some(list) = cached.body["countersign"]["marks"].as_array_mut() {
-            list.push(mark);
-        }
-        let (_, cursor) = store
-            .queue_config()
-            .await?
-            .unwrap_or((countersign_core::secret::SecretBytes::new(vec![]), 0));
-        store.store_synced(&[cached], cursor).await?;
-    }
-    let session = stored_connection(&store).await?.session().await.map_err(client_failure)?;
-    let reply = session
-        .post(&format!("/v1/requests/{id}/rejections"), &json!({ "reason": reason }))
-        .await
-        .map_err(client_failure)?;
-    store.audit("rejected", &json!({ "id": id, "reason": reason })).await?;
-    outln!(
-        "The queue recorded the rejection; the request is {}.",
-        reply["state"].as_str().unwrap_or("?")
-    );
+    let state = actions::reject(&store, id, reason).await?;
+    outln!("The queue recorded the rejection; the request is {state}.");
     Ok(Outcome::Done)
 }
 
@@ -382,7 +293,8 @@ pub async fn accept_queue_vault(
     yes: bool,
 ) -> Result<Outcome, Failure> {
     let pinned = store.vault(chain_id, &address).await?;
-    let session = stored_connection(store).await?.session().await.map_err(client_failure)?;
+    let session =
+        actions::stored_connection(store).await?.session().await.map_err(client_failure)?;
     let vaults = session.get("/v1/vaults").await.map_err(client_failure)?;
     let theirs = vaults["vaults"]
         .as_array()

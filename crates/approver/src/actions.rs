@@ -1,0 +1,360 @@
+//! Reviewing, signing, approving and rejecting a synced request.
+//!
+//! The order of an approval is the promise of the product: review the synced copy against our
+//! own vault record, policy and history; ask the queue for the request as it is now and go on
+//! only if it is still pending with the payload reviewed; sign under the guards and record the
+//! signature in the store's history before it goes anywhere; then send it.
+
+use alloy_primitives::{Address, B256};
+use async_trait::async_trait;
+use countersign_core::address::checksummed;
+use countersign_core::guard::CheckedRequest;
+use countersign_core::guard::{review, Review};
+use countersign_core::policy::Policy;
+use countersign_core::request::{JsonObject, SafeTxRequest};
+use countersign_core::signature::OwnerSignature;
+use countersign_core::signer::{Decision, Prompt, Signer, SignerError};
+use countersign_core::tokens::TokenList;
+use countersign_store::Recorded;
+use countersign_store::{CachedRequest, Store};
+use countersign_sync::client::Session;
+use countersign_sync::sync::{payload_hash, Connection};
+use serde_json::{json, Value};
+
+use crate::view::audit_body;
+use crate::Problem;
+
+/// The longest expiry a queue may set: a synced request older than this is never signed.
+pub const LONGEST_EXPIRY_SECONDS: i64 = 168 * 3600;
+
+/// Why Countersign marked a synced request: each one means it cannot be signed.
+pub fn marks(cached: &CachedRequest) -> Vec<String> {
+    cached.body["countersign"]["marks"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// The marks, and the one the clock adds: older than the longest expiry.
+pub fn marks_now(cached: &CachedRequest, now: i64) -> Vec<String> {
+    let mut marked = marks(cached);
+    let created = cached.body["createdAt"].as_i64().unwrap_or(0);
+    if created.saturating_add(LONGEST_EXPIRY_SECONDS) < now {
+        marked.push("it is older than the longest expiry (168 hours)".to_owned());
+    }
+    marked
+}
+
+/// A synced request by id.
+pub async fn cached(store: &Store, id: &str) -> Result<CachedRequest, Problem> {
+    store.cached_request(id).await?.ok_or_else(|| {
+        Problem::input("unknown_request", format!("id: no synced request {id}; sync first"))
+    })
+}
+
+/// The local review of a synced request: our vault record, our policy, our history.
+pub async fn local_review(
+    store: &Store,
+    cached: &CachedRequest,
+    tokens: &TokenList,
+) -> Result<Review, Problem> {
+    let Some(object) = cached.body["transaction"].as_object() else {
+        return Err(Problem::other(
+            "no_transaction",
+            format!("request {}: no transaction in the synced copy", cached.id),
+        ));
+    };
+    let request = SafeTxRequest::from_object(&JsonObject(object.clone().into_iter().collect()))?;
+    let vault = store.vault(cached.body["chainId"].as_u64().unwrap_or(0), &request.safe).await?;
+    let policy: Policy = store.policy().await?;
+    let history = store.history(&vault, request.tx.nonce).await?;
+    Ok(review(request, &vault, &policy, tokens, &history))
+}
+
+/// The stored queue connection.
+pub async fn stored_connection(store: &Store) -> Result<Connection, Problem> {
+    let (config, _) = store.queue_config().await?.ok_or_else(|| {
+        Problem::input("no_queue", "queue: no queue connection is set up; connect to a queue first")
+    })?;
+    Ok(Connection::from_secret(&config)?)
+}
+
+/// How [`sign_reviewed`] ended. Only `Done` carries a signature.
+#[derive(Debug)]
+pub enum Signed {
+    Done {
+        signature: OwnerSignature,
+        review: Box<Review>,
+    },
+    /// A tripwire guard refused: an incident is open and the vault is blocked.
+    Tripwire {
+        review: Box<Review>,
+        incident: String,
+    },
+    /// A guard refused; the review names why.
+    Refused {
+        review: Box<Review>,
+    },
+    /// The person (or the device) declined.
+    Declined {
+        review: Box<Review>,
+    },
+    /// Another payload was signed for the nonce, or an incident opened, while this one was
+    /// being confirmed: the signature was discarded.
+    Late {
+        review: Box<Review>,
+        incident: Option<String>,
+    },
+}
+
+/// Signs a reviewed request if every guard allows it, and records the signature in the
+/// store's history before returning it. `shown` is what the approver was shown, for the audit
+/// log.
+pub async fn sign_reviewed(
+    store: &Store,
+    review: Review,
+    signer: &dyn Signer,
+    prompt: &dyn Prompt,
+    tokens: &TokenList,
+    shown: &Value,
+) -> Result<Signed, Problem> {
+    if let Some(tripwire) = review.tripwire() {
+        let detail = json!({ "reason": tripwire.to_string(), "shown": shown });
+        let incident = store.open_incident(&review.vault, "tripwire", &detail).await?;
+        return Ok(Signed::Tripwire { review: Box::new(review), incident });
+    }
+    let shown_review = review.clone();
+    let checked = match review.into_checked() {
+        Ok(checked) => checked,
+        Err(refused) => return Ok(Signed::Refused { review: refused.0 }),
+    };
+    let signature = match signer.sign(&checked, prompt).await {
+        Ok(signature) => signature,
+        Err(SignerError::Declined) => {
+            store.audit("declined", shown).await?;
+            return Ok(Signed::Declined { review: Box::new(shown_review) });
+        }
+        Err(error) => return Err(Problem::other("signer_failed", error.to_string())),
+    };
+    let recorded = store
+        .record_signature(
+            checked.vault(),
+            checked.request().tx.nonce,
+            checked.hashes().safe_tx,
+            shown_review.is_rejection(),
+            signer.address(),
+            &signature,
+            shown,
+        )
+        .await?;
+    if let Recorded::Refused(refusals) = recorded {
+        let mut review = shown_review;
+        review.refusals.extend(refusals);
+        let mut incident = None;
+        if let Some(tripwire) = review.tripwire() {
+            let detail =
+                json!({ "reason": tripwire.to_string(), "shown": audit_body(&review, tokens) });
+            incident = Some(store.open_incident(checked.vault(), "tripwire", &detail).await?);
+        }
+        return Ok(Signed::Late { review: Box::new(review), incident });
+    }
+    Ok(Signed::Done { signature, review: Box::new(shown_review) })
+}
+
+/// A prompt that approves exactly one safeTxHash: the one the person confirmed on a screen
+/// that showed it. Anything else is declined.
+#[derive(Debug)]
+pub struct ConfirmedHash(pub B256);
+
+#[async_trait]
+impl Prompt for ConfirmedHash {
+    async fn confirm(&self, request: &CheckedRequest, _signer: Address) -> Decision {
+        if request.hashes().safe_tx == self.0 {
+            Decision::Approve
+        } else {
+            Decision::Decline
+        }
+    }
+}
+
+/// The steps of an approval, reported as they start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Asking the queue whether the request is still pending with the payload reviewed.
+    Checking,
+    Signing,
+    /// Sending the signature to the queue.
+    Sending,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Checking => "checking",
+            Self::Signing => "signing",
+            Self::Sending => "sending",
+        }
+    }
+}
+
+/// How an approval ended.
+#[derive(Debug)]
+pub enum Approved {
+    /// Countersign marked the request: nothing was signed.
+    Marked { review: Box<Review>, marks: Vec<String> },
+    /// Not signed, or signed and discarded: see [`Signed`].
+    NotSigned(Signed),
+    /// The queue recorded the approval.
+    Sent { signer: Address, review: Box<Review>, state: String, approvals: usize },
+}
+
+/// Approves a synced request: reviews it, checks it is unchanged and pending on the queue,
+/// signs it under the guards and sends the signature.
+pub async fn approve(
+    store: &Store,
+    tokens: &TokenList,
+    id: &str,
+    signer: &dyn Signer,
+    prompt: &dyn Prompt,
+    on_step: &(dyn Fn(Step) + Send + Sync),
+) -> Result<Approved, Problem> {
+    let cached = cached(store, id).await?;
+    let mut review = local_review(store, &cached, tokens).await?;
+    review.check_signer(signer.address());
+    let shown = audit_body(&review, tokens);
+    store.audit("inspected", &shown).await?;
+    let marked = marks_now(&cached, countersign_store::unix_now());
+    if !marked.is_empty() {
+        return Ok(Approved::Marked { review: Box::new(review), marks: marked });
+    }
+    if cached.body["safeTxHash"].as_str() != Some(review.hashes.safe_tx.to_string().as_str()) {
+        return Err(Problem::other(
+            "hash_differs",
+            "the synced safeTxHash differs from ours; sync again, which marks it",
+        ));
+    }
+    // What was reviewed is the synced copy: ask the queue for the request as it is now, and
+    // sign only if it is still pending and its payload is the one reviewed.
+    on_step(Step::Checking);
+    let session = stored_connection(store).await?.session().await?;
+    let current = session.get(&format!("/v1/requests/{id}")).await?;
+    if payload_hash(&current) != cached.payload_hash {
+        return Err(Problem::refused(
+            "changed_on_queue",
+            format!(
+                "request {id} changed on the queue since it was synced; sync again, which marks it"
+            ),
+        ));
+    }
+    if current["state"] != json!("pending") {
+        return Err(Problem::refused(
+            "not_pending",
+            format!(
+                "request {id} is {} on the queue; nothing was signed",
+                countersign_core::printable(current["state"].as_str().unwrap_or("?"))
+            ),
+        ));
+    }
+    let hash = review.hashes.safe_tx;
+    on_step(Step::Signing);
+    let (signature, review) =
+        match sign_reviewed(store, review, signer, prompt, tokens, &shown).await? {
+            Signed::Done { signature, review } => (signature, review),
+            other => return Ok(Approved::NotSigned(other)),
+        };
+    on_step(Step::Sending);
+    let reply = send_approval(&session, id, hash, &signature).await?;
+    Ok(Approved::Sent {
+        signer: signer.address(),
+        review,
+        state: countersign_core::printable(reply["state"].as_str().unwrap_or("?")),
+        approvals: reply["approvals"].as_array().map(Vec::len).unwrap_or(0),
+    })
+}
+
+async fn send_approval(
+    session: &Session,
+    id: &str,
+    hash: B256,
+    signature: &OwnerSignature,
+) -> Result<Value, Problem> {
+    let body = json!({ "safeTxHash": hash.to_string(), "signature": signature.to_hex() });
+    Ok(session.post(&format!("/v1/requests/{id}/approvals"), &body).await?)
+}
+
+/// Rejects a request on the queue with a reason. The local copy is marked first, so this
+/// approver never signs what they rejected, even if the queue cannot be reached.
+pub async fn reject(store: &Store, id: &str, reason: &str) -> Result<String, Problem> {
+    if reason.trim().is_empty() {
+        return Err(Problem::input("reason_missing", "reason: say why the request is rejected"));
+    }
+    if let Some(mut cached) = store.cached_request(id).await? {
+        let mark = json!("this approver rejected it");
+        if let Some(list) = cached.body["countersign"]["marks"].as_array_mut() {
+            list.push(mark);
+        }
+        let cursor = store.queue_config().await?.map(|(_, cursor)| cursor).unwrap_or(0);
+        store.store_synced(&[cached], cursor).await?;
+    }
+    let session = stored_connection(store).await?.session().await?;
+    let reply = session
+        .post(&format!("/v1/requests/{id}/rejections"), &json!({ "reason": reason }))
+        .await?;
+    store.audit("rejected", &json!({ "id": id, "reason": reason })).await?;
+    Ok(countersign_core::printable(reply["state"].as_str().unwrap_or("?")))
+}
+
+/// The owners whose approvals Countersign verified, and how many the queue listed.
+pub fn approvals_of(cached: &CachedRequest) -> (Vec<String>, usize) {
+    let verified: Vec<String> = cached.body["countersign"]["approvedBy"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.as_str().map(str::to_owned))
+        .collect();
+    let claimed = cached.body["approvals"].as_array().map(Vec::len).unwrap_or(0);
+    (verified, claimed)
+}
+
+/// Everything the request screen shows: the review as one object, the queue's state, the
+/// marks, the verified approvals, and whether this approver may approve (and if not, why).
+pub async fn detail(
+    store: &Store,
+    tokens: &TokenList,
+    id: &str,
+    signer: Option<Address>,
+) -> Result<Value, Problem> {
+    let cached = cached(store, id).await?;
+    let mut review = local_review(store, &cached, tokens).await?;
+    if let Some(signer) = signer {
+        review.check_signer(signer);
+    }
+    let marks = marks_now(&cached, countersign_store::unix_now());
+    let (verified, claimed) = approvals_of(&cached);
+    let state = countersign_core::printable(cached.body["state"].as_str().unwrap_or("?"));
+    let mut why_not: Vec<String> = marks.iter().map(|m| format!("Marked: {m}.")).collect();
+    why_not.extend(review.refusals.iter().map(|r| format!("{r}.")));
+    if state != "pending" {
+        why_not.push(format!("The request is {state} on the queue."));
+    }
+    if signer.is_none() {
+        why_not.push("This app has no signing key.".to_owned());
+    }
+    if let Some(signer) = signer {
+        if verified.iter().any(|o| o.eq_ignore_ascii_case(&checksummed(&signer))) {
+            why_not.push("This approver has already approved it.".to_owned());
+        }
+    }
+    let mut out = crate::view::review_json(&review, tokens);
+    out["id"] = json!(cached.id);
+    out["state"] = json!(state);
+    out["marks"] = json!(marks);
+    out["approvedBy"] = json!(verified);
+    out["unverifiedApprovals"] = json!(claimed.saturating_sub(verified.len()));
+    out["threshold"] = json!(review.vault.threshold);
+    out["createdAt"] = cached.body["createdAt"].clone();
+    out["initiator"] = cached.body["initiator"].clone();
+    out["canApprove"] = json!(why_not.is_empty());
+    out["whyNot"] = json!(why_not);
+    Ok(out)
+}

@@ -1,0 +1,182 @@
+//! The rows of the queue screen: one per synced request, read from the local copy.
+//!
+//! A row says what the request does as Countersign decoded it (never what the queue claims),
+//! the approvals Countersign verified, and whether the request is marked. The full review
+//! with the guards is for the request screen.
+
+use std::collections::HashMap;
+
+use alloy_primitives::{Address, U256};
+use countersign_core::address::checksummed;
+use countersign_core::decode::{decode_call, Action, Call};
+use countersign_core::describe::Amount;
+use countersign_core::request::{JsonObject, SafeTxRequest};
+use countersign_core::tokens::{chain_name, TokenList};
+use countersign_core::vault::VaultRecord;
+use countersign_store::{CachedRequest, Store};
+use serde::Serialize;
+
+use crate::actions::{approvals_of, marks_now};
+use crate::Problem;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    pub id: String,
+    pub state: String,
+    pub chain_id: u64,
+    pub chain: String,
+    pub safe: String,
+    /// The pinned vault's label, when it has one.
+    pub vault: Option<String>,
+    pub nonce: String,
+    /// `transfer`, `native transfer`, `MultiSend (4 steps)`, `delegatecall`, `contract call`, …
+    pub operation: String,
+    pub asset: String,
+    /// In human units with the symbol when the decimals are known, else base units.
+    pub amount: String,
+    pub destination: Option<String>,
+    /// The label of the destination when it is a pinned vault.
+    pub destination_label: Option<String>,
+    pub created_at: i64,
+    /// Approvals whose signature Countersign verified.
+    pub approvals: usize,
+    pub threshold: Option<u32>,
+    pub marked: bool,
+}
+
+/// The rows of every synced request, newest first.
+pub async fn rows(store: &Store, tokens: &TokenList) -> Result<Vec<Row>, Problem> {
+    let vaults = store.vaults(None).await?;
+    let by_key: HashMap<(u64, Address), &VaultRecord> =
+        vaults.iter().map(|v| ((v.chain_id, v.address), v)).collect();
+    let labels: HashMap<Address, &str> =
+        vaults.iter().filter_map(|v| v.label.as_deref().map(|l| (v.address, l))).collect();
+    let now = countersign_store::unix_now();
+    let mut out: Vec<Row> = store
+        .cached_requests()
+        .await?
+        .iter()
+        .map(|cached| row(cached, tokens, &by_key, &labels, now))
+        .collect();
+    out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+fn row(
+    cached: &CachedRequest,
+    tokens: &TokenList,
+    vaults: &HashMap<(u64, Address), &VaultRecord>,
+    labels: &HashMap<Address, &str>,
+    now: i64,
+) -> Row {
+    let body = &cached.body;
+    let chain_id = body["chainId"].as_u64().unwrap_or(0);
+    let text = |v: &serde_json::Value| countersign_core::printable(v.as_str().unwrap_or("?"));
+    let (verified, _) = approvals_of(cached);
+    let parsed = body["transaction"].as_object().and_then(|o| {
+        SafeTxRequest::from_object(&JsonObject(o.clone().into_iter().collect())).ok()
+    });
+    let mut row = Row {
+        id: countersign_core::printable(&cached.id),
+        state: text(&body["state"]),
+        chain_id,
+        chain: chain_name(chain_id).map_or_else(|| format!("chain {chain_id}"), str::to_owned),
+        safe: text(&body["countersign"]["safe"]),
+        vault: None,
+        nonce: text(&body["countersign"]["nonce"]),
+        operation: "unreadable".to_owned(),
+        asset: String::new(),
+        amount: String::new(),
+        destination: None,
+        destination_label: None,
+        created_at: body["createdAt"].as_i64().unwrap_or(0),
+        approvals: verified.len(),
+        threshold: None,
+        marked: !marks_now(cached, now).is_empty(),
+    };
+    let Some(request) = parsed else { return row };
+    let vault = vaults.get(&(chain_id, request.safe));
+    row.vault = vault.and_then(|v| v.label.clone());
+    row.threshold = vault.and_then(|v| v.threshold);
+    let call = decode_call(request.safe, chain_id, &request.tx);
+    let summary = summarize(&call, chain_id, tokens);
+    row.operation = summary.operation;
+    row.asset = summary.asset;
+    row.amount = summary.amount;
+    row.destination_label =
+        summary.destination.and_then(|d| labels.get(&d).map(|l| (*l).to_owned()));
+    row.destination = summary.destination.map(|d| checksummed(&d));
+    row
+}
+
+struct Summary {
+    operation: String,
+    asset: String,
+    amount: String,
+    destination: Option<Address>,
+}
+
+fn summarize(call: &Call, chain_id: u64, tokens: &TokenList) -> Summary {
+    let short = |amount: &Amount| match &amount.unit {
+        Some((symbol, decimals)) => {
+            (symbol.clone(), countersign_core::amount::format_units(amount.raw, *decimals))
+        }
+        None => ("unlisted token".to_owned(), format!("{} base units", amount.raw)),
+    };
+    if call.operation.0 == 1 && !matches!(call.action, Action::MultiSend { .. }) {
+        return Summary {
+            operation: "delegatecall".to_owned(),
+            asset: String::new(),
+            amount: String::new(),
+            destination: Some(call.target),
+        };
+    }
+    match &call.action {
+        Action::NoData if call.value > U256::ZERO => {
+            let (asset, amount) = short(&Amount::native(chain_id, call.value));
+            Summary {
+                operation: "native transfer".into(),
+                asset,
+                amount,
+                destination: Some(call.target),
+            }
+        }
+        Action::NoData => Summary {
+            operation: "empty call".into(),
+            asset: String::new(),
+            amount: String::new(),
+            destination: Some(call.target),
+        },
+        Action::Erc20Transfer { to, amount } => {
+            let (asset, amount) = short(&Amount::token(chain_id, &call.target, *amount, tokens));
+            Summary { operation: "transfer".into(), asset, amount, destination: Some(*to) }
+        }
+        Action::Erc20TransferFrom { to, amount, .. } => {
+            let (asset, amount) = short(&Amount::token(chain_id, &call.target, *amount, tokens));
+            Summary { operation: "transferFrom".into(), asset, amount, destination: Some(*to) }
+        }
+        Action::Erc20Approve { spender, amount } => {
+            let (asset, amount) = short(&Amount::token(chain_id, &call.target, *amount, tokens));
+            Summary { operation: "approve".into(), asset, amount, destination: Some(*spender) }
+        }
+        Action::MultiSend { calls } => Summary {
+            operation: format!("MultiSend ({} steps)", calls.len()),
+            asset: "several".into(),
+            amount: String::new(),
+            destination: None,
+        },
+        Action::SafeAdmin(op) => Summary {
+            operation: format!("Safe settings: {}", op.kind().name()),
+            asset: String::new(),
+            amount: String::new(),
+            destination: None,
+        },
+        Action::Raw { .. } => Summary {
+            operation: "contract call".into(),
+            asset: String::new(),
+            amount: String::new(),
+            destination: Some(call.target),
+        },
+    }
+}
