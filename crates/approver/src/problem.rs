@@ -96,6 +96,7 @@ impl From<ClientError> for Problem {
                 Self::refused("queue_refused", error.to_string())
             }
             error @ ClientError::Connect(_) => Self::other("queue_unreachable", error.to_string()),
+            error @ ClientError::PinMismatch => Self::other("wrong_pin", error.to_string()),
             error => Self::other("queue", error.to_string()),
         }
     }

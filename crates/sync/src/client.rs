@@ -9,8 +9,15 @@ use crate::pin::{client_config, Pins};
 /// Why talking to the queue failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("the queue's TLS key matches no pin, or the connection failed: {0}")]
+    #[error("the queue could not be reached: {0}")]
     Connect(String),
+    /// The server's TLS key matches none of the pins; the handshake stopped before any
+    /// request byte was sent.
+    #[error(
+        "the queue's TLS key matches none of the configured pins: the pin is wrong, or something \
+         other than the queue answered at that address; nothing was sent"
+    )]
+    PinMismatch,
     #[error("the queue answered {status} {code}: {message}")]
     Status { status: u16, code: String, message: String },
     #[error("the queue's answer could not be read: {0}")]
@@ -96,7 +103,7 @@ impl QueueClient {
                 }
                 Ok(response) => return read_reply(response).await,
                 Err(error) if attempt < RETRIES && is_transient(&error) => backoff(attempt),
-                Err(error) => return Err(ClientError::Connect(error_chain(&error))),
+                Err(error) => return Err(connect_error(&error)),
             };
             tracing::warn!(path, attempt, wait_ms = wait.as_millis() as u64, "retrying the queue");
             tokio::time::sleep(wait).await;
@@ -123,6 +130,7 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
 fn is_transient(error: &reqwest::Error) -> bool {
     let text = error_chain(error);
     (error.is_connect() || error.is_timeout())
+        && !matches!(connect_error(error), ClientError::PinMismatch)
         && !(text.contains("certificate") || text.contains("pin") || text.contains("TLS"))
 }
 
@@ -190,7 +198,7 @@ impl Session {
             .timeout(Duration::from_secs(24 * 3600))
             .send()
             .await
-            .map_err(|e| ClientError::Connect(error_chain(&e)))?;
+            .map_err(|e| connect_error(&e))?;
         if !response.status().is_success() {
             return Err(read_reply(response)
                 .await
@@ -200,6 +208,10 @@ impl Session {
         Ok(Events { response, buffer: String::new() })
     }
 }
+
+/// An event of the stream larger than this is refused: the queue's events name a request and
+/// its state, a few hundred bytes.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 
 /// A live stream of the queue's server-sent events.
 #[derive(Debug)]
@@ -230,10 +242,44 @@ impl Events {
                     serde_json::from_str(&data).map_err(|e| ClientError::Body(e.to_string()))?;
                 return Ok(Some((name, data)));
             }
-            match self.response.chunk().await.map_err(|e| ClientError::Connect(error_chain(&e)))? {
+            if self.buffer.len() > MAX_EVENT_BYTES {
+                return Err(ClientError::Body(format!(
+                    "an event of the queue's stream is over {MAX_EVENT_BYTES} bytes"
+                )));
+            }
+            match self.response.chunk().await.map_err(|e| connect_error(&e))? {
                 Some(bytes) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
                 None => return Ok(None),
             }
+        }
+    }
+}
+
+/// A failed connection, told apart when the cause is our pin verifier refusing the server.
+fn connect_error(error: &reqwest::Error) -> ClientError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if is_pin_refusal(cause) {
+            return ClientError::PinMismatch;
+        }
+        source = cause.source();
+    }
+    ClientError::Connect(error_chain(error))
+}
+
+/// Whether this error is, or wraps in io::Errors (which hide what they wrap from `source`),
+/// the refusal of our certificate verifier.
+fn is_pin_refusal(mut error: &(dyn std::error::Error + 'static)) -> bool {
+    loop {
+        if let Some(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ApplicationVerificationFailure,
+        )) = error.downcast_ref::<rustls::Error>()
+        {
+            return true;
+        }
+        match error.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => error = inner,
+            None => return false,
         }
     }
 }

@@ -251,6 +251,9 @@ async fn stand_in(pages: Pages) -> (String, String, std::sync::Arc<std::sync::at
                 let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
                 let answer = if path.starts_with("/v1/session") {
                     json!({ "token": "t", "expiresAt": 4_000_000_000u64, "member": { "id": "alice" } }).to_string()
+                } else if path.starts_with("/v1/events") {
+                    // One event that never ends: a line of data with no blank line after it.
+                    format!("data: {}", "x".repeat(countersign_sync::client::MAX_EVENT_BYTES * 2))
                 } else if path.starts_with("/v1/vaults") {
                     json!({ "vaults": [] }).to_string()
                 } else if let Some(rest) = path.strip_prefix("/v1/requests?after=") {
@@ -354,4 +357,15 @@ async fn fail_listed_approvals_count_once_and_only_from_pinned_owners() {
         cached.body["countersign"]["approvedBy"],
         json!([alice.address().to_checksum(None)])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_an_event_that_never_ends_is_refused_at_its_cap() {
+    let world = world().await;
+    let (connection, _) =
+        through_stand_in(&world, std::sync::Arc::new(|_| page(&[], 0, false))).await;
+    let session = connection.session().await.unwrap();
+    let mut events = session.events().await.unwrap();
+    let error = events.next().await.unwrap_err();
+    assert!(error.to_string().contains("over 65536 bytes"), "{error}");
 }
