@@ -347,6 +347,8 @@ pub async fn detail(
     }
     let mut out = crate::view::review_json(&review, tokens);
     out["id"] = json!(cached.id);
+    out["ledgerDomainHash"] = json!(crate::view::ledger_form(&review.hashes.domain));
+    out["ledgerMessageHash"] = json!(crate::view::ledger_form(&review.hashes.message));
     out["state"] = json!(state);
     out["marks"] = json!(marks);
     out["approvedBy"] = json!(verified);

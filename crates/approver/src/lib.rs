@@ -6,6 +6,8 @@
 pub mod actions;
 pub mod problem;
 pub mod rows;
+pub mod setup;
+pub mod vaults;
 pub mod view;
 
 pub use problem::{Kind, Problem};

@@ -10,6 +10,8 @@ use alloy_primitives::{Address, U256};
 use countersign_core::address::checksummed;
 use countersign_core::decode::{decode_call, Action, Call};
 use countersign_core::describe::Amount;
+use countersign_core::policy::Policy;
+use countersign_core::request::Operation;
 use countersign_core::request::{JsonObject, SafeTxRequest};
 use countersign_core::tokens::{chain_name, TokenList};
 use countersign_core::vault::VaultRecord;
@@ -48,6 +50,7 @@ pub struct Row {
 /// The rows of every synced request, newest first.
 pub async fn rows(store: &Store, tokens: &TokenList) -> Result<Vec<Row>, Problem> {
     let vaults = store.vaults(None).await?;
+    let policy = store.policy().await?;
     let by_key: HashMap<(u64, Address), &VaultRecord> =
         vaults.iter().map(|v| ((v.chain_id, v.address), v)).collect();
     let labels: HashMap<Address, &str> =
@@ -57,7 +60,7 @@ pub async fn rows(store: &Store, tokens: &TokenList) -> Result<Vec<Row>, Problem
         .cached_requests()
         .await?
         .iter()
-        .map(|cached| row(cached, tokens, &by_key, &labels, now))
+        .map(|cached| row(cached, tokens, &policy, &by_key, &labels, now))
         .collect();
     out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
     Ok(out)
@@ -66,6 +69,7 @@ pub async fn rows(store: &Store, tokens: &TokenList) -> Result<Vec<Row>, Problem
 fn row(
     cached: &CachedRequest,
     tokens: &TokenList,
+    policy: &Policy,
     vaults: &HashMap<(u64, Address), &VaultRecord>,
     labels: &HashMap<Address, &str>,
     now: i64,
@@ -101,7 +105,13 @@ fn row(
     row.threshold = vault.and_then(|v| v.threshold);
     let call = decode_call(request.safe, chain_id, &request.tx);
     let summary = summarize(&call, chain_id, tokens);
-    row.operation = summary.operation;
+    row.operation = if call.operation == Operation::DELEGATECALL
+        && !policy.trusts_delegatecall(chain_id, &call.target)
+    {
+        format!("untrusted delegatecall: {}", summary.operation)
+    } else {
+        summary.operation
+    };
     row.asset = summary.asset;
     row.amount = summary.amount;
     row.destination_label =
@@ -124,7 +134,8 @@ fn summarize(call: &Call, chain_id: u64, tokens: &TokenList) -> Summary {
         }
         None => ("unlisted token".to_owned(), format!("{} base units", amount.raw)),
     };
-    if call.operation.0 == 1 && !matches!(call.action, Action::MultiSend { .. }) {
+    if call.operation == Operation::DELEGATECALL && !matches!(call.action, Action::MultiSend { .. })
+    {
         return Summary {
             operation: "delegatecall".to_owned(),
             asset: String::new(),
@@ -160,12 +171,7 @@ fn summarize(call: &Call, chain_id: u64, tokens: &TokenList) -> Summary {
             let (asset, amount) = short(&Amount::token(chain_id, &call.target, *amount, tokens));
             Summary { operation: "approve".into(), asset, amount, destination: Some(*spender) }
         }
-        Action::MultiSend { calls } => Summary {
-            operation: format!("MultiSend ({} steps)", calls.len()),
-            asset: "several".into(),
-            amount: String::new(),
-            destination: None,
-        },
+        Action::MultiSend { calls } => batch_summary(calls, chain_id, tokens),
         Action::SafeAdmin(op) => Summary {
             operation: format!("Safe settings: {}", op.kind().name()),
             asset: String::new(),
@@ -178,5 +184,57 @@ fn summarize(call: &Call, chain_id: u64, tokens: &TokenList) -> Summary {
             amount: String::new(),
             destination: Some(call.target),
         },
+    }
+}
+
+/// A batch: one asset and its total when every step is a transfer of the same asset (native
+/// or one token), else "several assets".
+fn batch_summary(calls: &[Call], chain_id: u64, tokens: &TokenList) -> Summary {
+    let operation = format!("MultiSend ({} steps)", calls.len());
+    let mut asset: Option<Option<Address>> = None;
+    let mut total = U256::ZERO;
+    let mut same = !calls.is_empty();
+    for call in calls {
+        let (this, amount) = match &call.action {
+            Action::Erc20Transfer { amount, .. } if call.operation == Operation::CALL => {
+                (Some(call.target), *amount)
+            }
+            Action::NoData if call.operation == Operation::CALL => (None, call.value),
+            _ => {
+                same = false;
+                break;
+            }
+        };
+        if asset.is_some_and(|a| a != this) {
+            same = false;
+            break;
+        }
+        asset = Some(this);
+        total = total.saturating_add(amount);
+    }
+    match asset.filter(|_| same) {
+        Some(token) => {
+            let amount = match token {
+                Some(token) => Amount::token(chain_id, &token, total, tokens),
+                None => Amount::native(chain_id, total),
+            };
+            let (asset, amount) = short(&amount);
+            Summary { operation, asset, amount, destination: None }
+        }
+        None => Summary {
+            operation,
+            asset: "several assets".into(),
+            amount: String::new(),
+            destination: None,
+        },
+    }
+}
+
+fn short(amount: &Amount) -> (String, String) {
+    match &amount.unit {
+        Some((symbol, decimals)) => {
+            (symbol.clone(), countersign_core::amount::format_units(amount.raw, *decimals))
+        }
+        None => ("unlisted token".to_owned(), format!("{} base units", amount.raw)),
     }
 }

@@ -8,6 +8,12 @@ use countersign_core::tokens::{chain_name, TokenList};
 use countersign_core::typed_data::TypedDataHashes;
 use serde_json::{json, Value};
 
+/// A hash as a Ledger's Ethereum app shows it when it signs EIP-712 by hashes: `0x` and the
+/// 64 hex digits in capitals.
+pub fn ledger_form(hash: &alloy_primitives::B256) -> String {
+    format!("0x{}", hex::encode_upper(hash.as_slice()))
+}
+
 /// The intent lines of a review.
 pub fn intent(review: &Review, tokens: &TokenList) -> Vec<String> {
     describe(&review.call, review.vault.chain_id, tokens)
@@ -206,4 +212,19 @@ pub fn typed_data_text(hashes: &TypedDataHashes) -> String {
          Domain separator: {}\nStruct hash:      {}\nDigest:           {}\n",
         countersign_core::printable(&hashes.primary_type), countersign_core::printable(&hashes.encoded_type), hashes.domain_separator, hashes.struct_hash, hashes.digest
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ledger_form_is_0x_and_capitals() {
+        let hash: alloy_primitives::B256 =
+            "0x1cf7f9b1efe3bc47fe02fd27c649fea19e79d66040683a1c86c7490c80bf7291".parse().unwrap();
+        assert_eq!(
+            ledger_form(&hash),
+            "0x1CF7F9B1EFE3BC47FE02FD27C649FEA19E79D66040683A1C86C7490C80BF7291"
+        );
+    }
 }

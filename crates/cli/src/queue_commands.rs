@@ -311,28 +311,13 @@ pub async fn accept_queue_vault(
                 checksummed(&address)
             ))
         })?;
-    let mut record = countersign_core::vault::VaultRecord::new(
-        chain_id,
-        address,
-        SafeVersion::parse("safeVersion", theirs["safeVersion"].as_str().unwrap_or_default())?,
-    );
-    for (i, owner) in theirs["owners"].as_array().into_iter().flatten().enumerate() {
-        record.owners.push(
-            parse_address(&format!("owners[{i}]"), owner.as_str().unwrap_or_default())?.address,
-        );
-    }
-    record.threshold = theirs["threshold"].as_u64().map(|t| t as u32);
-    record.next_nonce =
-        countersign_core::request::parse_uint("nextNonce", &theirs["nextNonce"]).ok();
+    let record = countersign_approver::vaults::from_queue(&theirs)?;
     let owners = |r: &countersign_core::vault::VaultRecord| {
         r.owners.iter().map(checksummed).collect::<Vec<_>>().join(", ")
     };
     outln!("Pinned: Safe {}, {:?} of [{}]", pinned.version, pinned.threshold, owners(&pinned));
     outln!("Queue:  Safe {}, {:?} of [{}]", record.version, record.threshold, owners(&record));
-    if record.version == pinned.version
-        && record.owners == pinned.owners
-        && record.threshold == pinned.threshold
-    {
+    if countersign_approver::vaults::agree(&record, &pinned) {
         outln!("They agree; nothing to accept.");
         return Ok(Outcome::Done);
     }
