@@ -1,0 +1,532 @@
+//! The window's commands. Each checks its arguments, calls the approver crate or the store,
+//! and answers data or a `{code, message}` problem. None of them decides anything itself.
+
+use std::time::Duration;
+
+use alloy_primitives::{Address, B256};
+use countersign_approver::actions::{self, Approved, ConfirmedHash, Signed, Step};
+use countersign_approver::rows::Row;
+use countersign_approver::{setup, Problem};
+use countersign_core::address::{checksummed, parse_address};
+use countersign_core::secret::SecretString;
+use countersign_core::signer::Signer;
+use countersign_store::keywrap::Protection;
+use countersign_store::{ProtectionKind, Store};
+use countersign_sync::sync::Connection;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tauri::{AppHandle, Emitter, Runtime, State};
+
+use crate::state::{AppState, IDLE_RANGE};
+
+type Answer<T> = Result<T, Problem>;
+
+/// Every command the window may call, for tauri-build's app manifest (build.rs includes the
+/// same file) and the invoke handler.
+pub const NAMES: &[&str] = include!("command_names.in");
+
+const MAX_TEXT: usize = 1000;
+
+/// A command's arguments, read strictly: an unknown or missing field is named.
+fn parse<T: serde::de::DeserializeOwned>(args: Option<Value>) -> Answer<T> {
+    let args = args.ok_or_else(|| bad("args", "missing"))?;
+    serde_json::from_value(args).map_err(|e| bad("args", &e.to_string()))
+}
+
+fn bad(field: &str, what: &str) -> Problem {
+    Problem::input("invalid_argument", format!("{field}: {what}"))
+}
+
+/// A request id as the queue defines them.
+fn check_id(field: &str, id: &str) -> Answer<()> {
+    Ok(countersign_core::intent::check_request_id(field, id)?)
+}
+
+/// Free text from a person: not empty, not too long, no control characters.
+fn check_text(field: &str, text: &str) -> Answer<String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(bad(field, "is empty"));
+    }
+    if text.chars().count() > MAX_TEXT {
+        return Err(bad(field, &format!("is longer than {MAX_TEXT} characters")));
+    }
+    if text.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(bad(field, "holds control characters"));
+    }
+    Ok(text.to_owned())
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// `none` (no store yet), `locked` or `unlocked`.
+    pub store: &'static str,
+    pub protection: Option<&'static str>,
+    pub queue: Option<String>,
+    pub keys: Vec<String>,
+}
+
+#[tauri::command]
+pub async fn app_status(state: State<'_, AppState>) -> Answer<Status> {
+    if state.first_status()
+        && Store::exists(&state.data_dir)
+        && Store::protection_of(&state.data_dir).await? == ProtectionKind::Keyring
+    {
+        let store =
+            Store::open(&state.data_dir, || Err(countersign_store::StoreError::PassphraseRequired))
+                .await?;
+        state.set_store(store).await;
+    }
+    status(&state).await
+}
+
+pub async fn status(state: &AppState) -> Answer<Status> {
+    if !Store::exists(&state.data_dir) {
+        return Ok(Status { store: "none", protection: None, queue: None, keys: vec![] });
+    }
+    let Some(store) = state.store_quietly().await else {
+        let protection = Store::protection_of(&state.data_dir).await?;
+        return Ok(Status {
+            store: "locked",
+            protection: Some(protection_name(protection)),
+            queue: None,
+            keys: vec![],
+        });
+    };
+    let queue = match actions::stored_connection(&store).await {
+        Ok(connection) => Some(connection.url),
+        Err(_) => None,
+    };
+    let keys = store.keys().await?.iter().map(|k| checksummed(&k.address)).collect();
+    Ok(Status {
+        store: "unlocked",
+        protection: Some(protection_name(store.protection())),
+        queue,
+        keys,
+    })
+}
+
+fn protection_name(kind: ProtectionKind) -> &'static str {
+    match kind {
+        ProtectionKind::Keyring => "keyring",
+        ProtectionKind::Passphrase => "passphrase",
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PassphraseArgs {
+    /// None for a store whose key the OS keyring keeps.
+    pub passphrase: Option<String>,
+}
+
+/// Minimum passphrase length for a new store.
+const MIN_PASSPHRASE: usize = 12;
+
+#[tauri::command]
+pub async fn create_store(state: State<'_, AppState>, args: Option<Value>) -> Answer<Status> {
+    let args: PassphraseArgs = parse(args)?;
+    if Store::exists(&state.data_dir) {
+        return Err(Problem::input("store_exists", "a Countersign store already exists here"));
+    }
+    let protection = match args.passphrase {
+        None => Protection::Keyring,
+        Some(p) if p.chars().count() < MIN_PASSPHRASE => {
+            return Err(bad("passphrase", &format!("use at least {MIN_PASSPHRASE} characters")))
+        }
+        Some(p) => Protection::Passphrase(SecretString::new(p)),
+    };
+    std::fs::create_dir_all(&state.data_dir).map_err(|e| {
+        Problem::other("data_dir", format!("the data folder could not be made: {e}"))
+    })?;
+    let store = Store::create(&state.data_dir, protection).await?;
+    state.set_store(store).await;
+    status(&state).await
+}
+
+#[tauri::command]
+pub async fn unlock(state: State<'_, AppState>, args: Option<Value>) -> Answer<Status> {
+    let args: PassphraseArgs = parse(args)?;
+    let passphrase = args.passphrase.map(SecretString::new);
+    let store = Store::open(&state.data_dir, move || {
+        passphrase.ok_or(countersign_store::StoreError::PassphraseRequired)
+    })
+    .await?;
+    state.set_store(store).await;
+    status(&state).await
+}
+
+#[tauri::command]
+pub async fn lock(state: State<'_, AppState>) -> Answer<bool> {
+    Ok(state.lock().await)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyArgs {
+    /// A 32-byte secret in hex to import; none makes a new key.
+    pub secret_hex: Option<String>,
+    pub label: Option<String>,
+}
+
+#[tauri::command]
+pub async fn add_key(state: State<'_, AppState>, args: Option<Value>) -> Answer<String> {
+    let args: KeyArgs = parse(args)?;
+    let store = state.store().await?;
+    let label = args.label.as_deref().map(|l| check_text("label", l)).transpose()?;
+    if label.as_ref().is_some_and(|l| l.chars().count() > 64) {
+        return Err(bad("label", "is longer than 64 characters"));
+    }
+    let secret = args.secret_hex.map(SecretString::new);
+    let address = setup::add_software_key(&store, secret.as_ref(), label.as_deref()).await?;
+    Ok(checksummed(&address))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectArgs {
+    pub url: String,
+    /// One pin, or two during a rotation.
+    pub pins: Vec<String>,
+    pub api_key: String,
+    /// The initiators' addresses whose intent signatures this approver trusts.
+    #[serde(default)]
+    pub initiators: Vec<String>,
+}
+
+fn connection(args: ConnectArgs) -> Answer<Connection> {
+    let url = args.url.trim().trim_end_matches('/').to_owned();
+    if !url.starts_with("https://") {
+        return Err(bad("url", "the queue is reached over https:// only"));
+    }
+    if args.pins.is_empty() || args.pins.len() > 2 {
+        return Err(bad("pins", "give one pin, or two during a rotation"));
+    }
+    let initiators = args
+        .initiators
+        .iter()
+        .enumerate()
+        .map(|(i, a)| parse_address(&format!("initiators[{i}]"), a.trim()).map(|p| p.address))
+        .collect::<Result<Vec<Address>, _>>()?;
+    Ok(Connection {
+        url,
+        pins: args.pins.iter().map(|p| p.trim().to_owned()).collect(),
+        api_key: SecretString::new(args.api_key.trim().to_owned()),
+        initiators,
+    })
+}
+
+#[tauri::command]
+pub async fn test_queue(state: State<'_, AppState>, args: Option<Value>) -> Answer<Value> {
+    let args: ConnectArgs = parse(args)?;
+    state.touch();
+    setup::test_connection(&connection(args)?).await
+}
+
+#[tauri::command]
+pub async fn connect_queue(state: State<'_, AppState>, args: Option<Value>) -> Answer<Value> {
+    let args: ConnectArgs = parse(args)?;
+    let store = state.store().await?;
+    setup::connect(&store, &connection(args)?).await
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncSummary {
+    pub fetched: usize,
+    pub marked: Vec<Value>,
+    pub incidents: Vec<String>,
+    pub vault_differences: Vec<String>,
+    pub more: bool,
+    /// Requests this sync asked a desktop notification for.
+    pub notified: Vec<String>,
+}
+
+#[tauri::command]
+pub async fn sync_queue(state: State<'_, AppState>) -> Answer<SyncSummary> {
+    let store = state.store().await?;
+    sync_and_notify(&state, &store).await
+}
+
+/// Syncs, then asks for one notification for each request newly awaiting this approver.
+pub async fn sync_and_notify(state: &AppState, store: &Store) -> Answer<SyncSummary> {
+    let connection = actions::stored_connection(store).await?;
+    let report = countersign_sync::sync::sync(store, &connection).await?;
+    let notified = notify_awaiting(state, store).await?;
+    Ok(SyncSummary {
+        fetched: report.fetched,
+        marked: report.marked.iter().map(|(id, why)| json!({ "id": id, "why": why })).collect(),
+        incidents: report.incidents,
+        vault_differences: report.vault_differences,
+        more: report.more,
+        notified,
+    })
+}
+
+/// Pending, unmarked requests on a vault where one of this store's keys is an owner that has
+/// not approved yet: each is announced once per unlock.
+async fn notify_awaiting(state: &AppState, store: &Store) -> Answer<Vec<String>> {
+    let keys: Vec<String> = store.keys().await?.iter().map(|k| checksummed(&k.address)).collect();
+    let vaults = store.vaults(None).await?;
+    let mut notified = Vec::new();
+    for row in countersign_approver::rows::rows(store, &state.tokens).await? {
+        if row.state != "pending" || row.marked {
+            continue;
+        }
+        let Some(vault) = vaults
+            .iter()
+            .find(|v| v.chain_id == row.chain_id && checksummed(&v.address) == row.safe)
+        else {
+            continue;
+        };
+        let owners: Vec<String> = vault.owners.iter().map(checksummed).collect();
+        let cached = actions::cached(store, &row.id).await?;
+        let (approved_by, _) = actions::approvals_of(&cached);
+        let awaits = keys.iter().any(|k| owners.contains(k) && !approved_by.contains(k));
+        if awaits && state.first_notice(&row.id) {
+            let what = [row.operation.as_str(), row.amount.as_str(), row.asset.as_str()]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let vault = row.vault.clone().unwrap_or_else(|| row.safe.clone());
+            state
+                .notifier
+                .notify("A withdrawal awaits your approval", &format!("{what} from {vault}"));
+            notified.push(row.id);
+        }
+    }
+    Ok(notified)
+}
+
+#[tauri::command]
+pub async fn queue_rows(state: State<'_, AppState>) -> Answer<Vec<Row>> {
+    let store = state.store().await?;
+    countersign_approver::rows::rows(&store, &state.tokens).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdArgs {
+    pub id: String,
+}
+
+/// The address of the store's only key, if it has exactly one.
+async fn own_address(store: &Store) -> Answer<Option<Address>> {
+    let keys = store.keys().await?;
+    Ok(match keys.as_slice() {
+        [only] => Some(only.address),
+        _ => None,
+    })
+}
+
+#[tauri::command]
+pub async fn request_detail(state: State<'_, AppState>, args: Option<Value>) -> Answer<Value> {
+    let args: IdArgs = parse(args)?;
+    check_id("id", &args.id)?;
+    let store = state.store().await?;
+    let signer = own_address(&store).await?;
+    actions::detail(&store, &state.tokens, &args.id, signer).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApproveArgs {
+    pub id: String,
+    /// The safeTxHash the person saw when they confirmed: nothing else is signed.
+    pub safe_tx_hash: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApproveAnswer {
+    pub signer: String,
+    pub state: String,
+    pub approvals: usize,
+}
+
+#[tauri::command]
+pub async fn approve_request<R: Runtime>(
+    app: AppHandle<R>,
+    state: State<'_, AppState>,
+    args: Option<Value>,
+) -> Answer<ApproveAnswer> {
+    let args: ApproveArgs = parse(args)?;
+    check_id("id", &args.id)?;
+    let confirmed: B256 = args
+        .safe_tx_hash
+        .trim()
+        .parse()
+        .map_err(|_| bad("safeTxHash", "is not a 32-byte hex hash"))?;
+    let store = state.store().await?;
+    let signer = setup::software_signer(&store, None).await?;
+    let id = args.id.clone();
+    let on_step = move |step: Step| {
+        let _ = app.emit("approval-step", json!({ "id": id, "step": step.name() }));
+    };
+    let approved = actions::approve(
+        &store,
+        &state.tokens,
+        &args.id,
+        &signer,
+        &ConfirmedHash(confirmed),
+        &on_step,
+    )
+    .await?;
+    match approved {
+        Approved::Sent { signer, state, approvals, .. } => {
+            Ok(ApproveAnswer { signer: checksummed(&signer), state, approvals })
+        }
+        Approved::Marked { marks, .. } => Err(Problem::refused(
+            "marked",
+            format!("Not signed: Countersign marked this request ({}).", marks.join("; ")),
+        )),
+        Approved::NotSigned(signed) => Err(not_signed(signed, signer.address())),
+    }
+}
+
+fn not_signed(signed: Signed, _signer: Address) -> Problem {
+    let reasons = |review: &countersign_core::guard::Review| {
+        review.refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    };
+    match signed {
+        Signed::Tripwire { review, incident } => Problem::refused(
+            "tripwire",
+            format!(
+                "Not signed: {}. Incident {incident} is open and blocks signing on this vault until a person clears it.",
+                reasons(&review)
+            ),
+        ),
+        Signed::Refused { review } => {
+            Problem::refused("guard_refused", format!("Not signed: {}.", reasons(&review)))
+        }
+        Signed::Declined { .. } => Problem::refused(
+            "not_confirmed",
+            "Not signed: the request's safeTxHash is not the one you confirmed; open it again",
+        ),
+        Signed::Late { review, .. } => Problem::refused(
+            "discarded",
+            format!("Not signed: the signature was discarded ({}).", reasons(&review)),
+        ),
+        Signed::Done { .. } => Problem::other("internal", "a signature was made but not sent"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RejectArgs {
+    pub id: String,
+    pub reason: String,
+}
+
+#[tauri::command]
+pub async fn reject_request(state: State<'_, AppState>, args: Option<Value>) -> Answer<String> {
+    let args: RejectArgs = parse(args)?;
+    check_id("id", &args.id)?;
+    let reason = check_text("reason", &args.reason)?;
+    let store = state.store().await?;
+    actions::reject(&store, &args.id, &reason).await
+}
+
+#[tauri::command]
+pub async fn incidents(state: State<'_, AppState>) -> Answer<Vec<Value>> {
+    let store = state.store().await?;
+    Ok(store
+        .incidents(false)
+        .await?
+        .into_iter()
+        .map(|i| {
+            json!({ "id": i.id, "vault": i.vault_id, "kind": i.kind, "openedAt": i.opened_at,
+                    "detail": i.detail })
+        })
+        .collect())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClearArgs {
+    pub id: String,
+    pub note: String,
+}
+
+#[tauri::command]
+pub async fn clear_incident(state: State<'_, AppState>, args: Option<Value>) -> Answer<()> {
+    let args: ClearArgs = parse(args)?;
+    let note = check_text("note", &args.note)?;
+    if args.id.is_empty()
+        || args.id.len() > 64
+        || !args.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(bad("id", "is not an incident id"));
+    }
+    let store = state.store().await?;
+    Ok(store.clear_incident(&args.id, &note).await?)
+}
+
+#[tauri::command]
+pub async fn settings(state: State<'_, AppState>) -> Answer<Value> {
+    let store = state.store().await?;
+    let connection = actions::stored_connection(&store).await.ok();
+    let vaults: Vec<Value> = store.vaults(None).await?.iter().map(|v| v.to_json()).collect();
+    let keys: Vec<Value> = store
+        .keys()
+        .await?
+        .iter()
+        .map(|k| json!({ "address": checksummed(&k.address), "kind": k.kind, "label": k.label }))
+        .collect();
+    let protection = store.protection();
+    Ok(json!({
+        "queue": connection.as_ref().map(|c| json!({ "url": c.url, "pins": c.pins,
+            "initiators": c.initiators.iter().map(checksummed).collect::<Vec<_>>() })),
+        "idleLockSeconds": state.idle_after().as_secs(),
+        "protection": protection_name(protection),
+        // The keyring hands the data key back without asking: locking then only hides.
+        "canTrulyLock": protection == ProtectionKind::Passphrase,
+        "vaults": vaults,
+        "keys": keys,
+        "dataDir": state.data_dir.display().to_string(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdleArgs {
+    pub seconds: u64,
+}
+
+#[tauri::command]
+pub async fn set_idle_lock(state: State<'_, AppState>, args: Option<Value>) -> Answer<u64> {
+    let args: IdleArgs = parse(args)?;
+    if !IDLE_RANGE.contains(&args.seconds) {
+        return Err(bad(
+            "seconds",
+            &format!("must be from {} to {}", IDLE_RANGE.start(), IDLE_RANGE.end()),
+        ));
+    }
+    state.set_idle_after(Duration::from_secs(args.seconds));
+    Ok(args.seconds)
+}
+
+#[tauri::command]
+pub async fn queue_vaults(state: State<'_, AppState>) -> Answer<Vec<Value>> {
+    let store = state.store().await?;
+    countersign_approver::vaults::compare(&store).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PinVaultArgs {
+    pub chain_id: u64,
+    pub address: String,
+}
+
+#[tauri::command]
+pub async fn pin_queue_vault(state: State<'_, AppState>, args: Option<Value>) -> Answer<Value> {
+    let args: PinVaultArgs = parse(args)?;
+    let address = parse_address("address", args.address.trim())?.address;
+    let store = state.store().await?;
+    let record = countersign_approver::vaults::pin(&store, args.chain_id, address).await?;
+    Ok(record.to_json())
+}

@@ -1,0 +1,132 @@
+//! What the app holds between commands: where its store lives, the store itself while
+//! unlocked, the idle-lock clock, and which requests it has already notified about.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use countersign_approver::Problem;
+use countersign_core::tokens::TokenList;
+use countersign_store::Store;
+use tokio::sync::RwLock;
+
+/// The idle lock's default: 5 minutes without a command.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
+/// The idle times the settings accept.
+pub const IDLE_RANGE: std::ops::RangeInclusive<u64> = 30..=86_400;
+
+/// Asks the desktop for a notification. The app's notifier goes through Tauri's
+/// notification plugin; tests record what was asked.
+pub trait Notifier: Send + Sync {
+    fn notify(&self, title: &str, body: &str);
+}
+
+pub struct AppState {
+    pub data_dir: PathBuf,
+    pub tokens: TokenList,
+    /// `Some` while unlocked. Locking drops this reference; the data key is gone from memory
+    /// once the commands still running with it finish.
+    store: RwLock<Option<Arc<Store>>>,
+    idle: Mutex<Idle>,
+    /// Requests a notification was already asked for, so each is announced once.
+    notified: Mutex<HashSet<String>>,
+    pub notifier: Box<dyn Notifier>,
+    /// Set until the window first asks for the status: a store whose key the keyring keeps is
+    /// then opened without asking, since the keyring would hand the key back anyway.
+    first_status: std::sync::atomic::AtomicBool,
+}
+
+struct Idle {
+    after: Duration,
+    last: Instant,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("data_dir", &self.data_dir).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn new(data_dir: PathBuf, tokens: TokenList, notifier: Box<dyn Notifier>) -> Self {
+        Self {
+            data_dir,
+            tokens,
+            store: RwLock::new(None),
+            idle: Mutex::new(Idle { after: DEFAULT_IDLE, last: Instant::now() }),
+            notified: Mutex::new(HashSet::new()),
+            notifier,
+            first_status: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// The unlocked store, or `locked`. Counts as activity for the idle lock.
+    pub async fn store(&self) -> Result<Arc<Store>, Problem> {
+        self.touch();
+        self.store
+            .read()
+            .await
+            .clone()
+            .ok_or_else(|| Problem::input("locked", "Countersign is locked: unlock it to go on"))
+    }
+
+    /// The store if unlocked, without counting as activity (for background work).
+    pub async fn store_quietly(&self) -> Option<Arc<Store>> {
+        self.store.read().await.clone()
+    }
+
+    pub async fn is_unlocked(&self) -> bool {
+        self.store.read().await.is_some()
+    }
+
+    pub async fn set_store(&self, store: Store) {
+        self.touch();
+        *self.store.write().await = Some(Arc::new(store));
+    }
+
+    /// Drops the store and with it the data key. Returns whether it was unlocked.
+    pub async fn lock(&self) -> bool {
+        let taken = self.store.write().await.take();
+        self.lock_notified().clear();
+        taken.is_some()
+    }
+
+    /// True once: the first time the window asks for the status.
+    pub fn first_status(&self) -> bool {
+        self.first_status.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn touch(&self) {
+        self.lock_idle().last = Instant::now();
+    }
+
+    pub fn idle_after(&self) -> Duration {
+        self.lock_idle().after
+    }
+
+    pub fn set_idle_after(&self, after: Duration) {
+        let mut idle = self.lock_idle();
+        idle.after = after;
+        idle.last = Instant::now();
+    }
+
+    /// Whether the idle time has passed since the last command.
+    pub fn idle_expired(&self) -> bool {
+        let idle = self.lock_idle();
+        idle.last.elapsed() >= idle.after
+    }
+
+    /// Marks `id` notified; true the first time.
+    pub fn first_notice(&self, id: &str) -> bool {
+        self.lock_notified().insert(id.to_owned())
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_notified(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.notified.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,336 @@
+//! The app's commands through Tauri's mock runtime, with no window on screen, against the
+//! demo queue over real TLS on loopback and a real SQLite store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test fails by panicking")]
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use countersign_app::state::{AppState, Notifier};
+use countersign_core::signer::Signer;
+use serde_json::{json, Value};
+use tauri::ipc::{CallbackFn, InvokeBody};
+use tauri::test::{get_ipc_response, mock_builder, MockRuntime, INVOKE_KEY};
+use tauri::webview::InvokeRequest;
+use tauri::{Listener, Manager, WebviewWindow};
+
+/// Records what the app asked to notify.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+impl Notifier for Recorder {
+    fn notify(&self, title: &str, body: &str) {
+        self.0.lock().unwrap().push(format!("{title}: {body}"));
+    }
+}
+
+fn app(
+    data_dir: &Path,
+    recorder: &Recorder,
+) -> (tauri::App<MockRuntime>, WebviewWindow<MockRuntime>) {
+    let app = countersign_app::builder(
+        mock_builder(),
+        data_dir.to_owned(),
+        Some(Box::new(recorder.clone())),
+    )
+    .build(tauri::generate_context!("../tauri.conf.json", test = true))
+    .unwrap();
+    let mut app = app;
+    // The app's setup (its state, its background tasks) runs with the first iteration.
+    #[allow(deprecated, reason = "one iteration, not a loop")]
+    app.run_iteration(|_, _| {});
+    let window = app.get_webview_window("main").expect("the config makes the main window");
+    (app, window)
+}
+
+fn invoke(window: &WebviewWindow<MockRuntime>, cmd: &str, args: Value) -> Result<Value, Value> {
+    let request = InvokeRequest {
+        cmd: cmd.into(),
+        callback: CallbackFn(0),
+        error: CallbackFn(1),
+        url: "tauri://localhost".parse().unwrap(),
+        body: InvokeBody::Json(args),
+        headers: Default::default(),
+        invoke_key: INVOKE_KEY.to_string(),
+    };
+    get_ipc_response(window, request).map(|body| body.deserialize::<Value>().unwrap())
+}
+
+fn ok(window: &WebviewWindow<MockRuntime>, cmd: &str, args: Value) -> Value {
+    invoke(window, cmd, args).unwrap_or_else(|e| panic!("{cmd}: {e}"))
+}
+
+/// The error's code, after checking it is `{code, message}` with a message.
+fn code(window: &WebviewWindow<MockRuntime>, cmd: &str, args: Value) -> String {
+    let error = invoke(window, cmd, args).expect_err(cmd);
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{error}");
+    error["code"].as_str().unwrap().to_owned()
+}
+
+fn message(window: &WebviewWindow<MockRuntime>, cmd: &str, args: Value) -> String {
+    invoke(window, cmd, args).expect_err(cmd)["message"].as_str().unwrap().to_owned()
+}
+
+const PASSPHRASE: &str = "correct horse battery staple";
+
+#[test]
+fn the_manifest_the_capability_and_the_handler_list_the_same_commands() {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| dir.to_owned());
+    let capability: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{dir}/capabilities/main.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(capability["windows"], json!(["main"]));
+    let allowed: Vec<String> = capability["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str()?.strip_prefix("allow-").map(|n| n.replace('-', "_")))
+        .collect();
+    assert_eq!(allowed, countersign_app::commands::NAMES);
+}
+
+#[test]
+fn fail_a_window_the_capability_does_not_name_may_call_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let (app, _main) = app(data.path(), &Recorder::default());
+    let other =
+        tauri::WebviewWindowBuilder::new(&app, "other", Default::default()).build().unwrap();
+    let refused = invoke(&other, "app_status", json!({})).unwrap_err();
+    assert!(refused.to_string().contains("not allowed"), "{refused}");
+}
+
+#[test]
+fn an_approver_onboards_reviews_approves_and_rejects_through_the_commands() {
+    let queue_dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let queue = tauri::async_runtime::block_on(countersign_demo::start_queue(
+        queue_dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .unwrap();
+    let recorder = Recorder::default();
+    let (app, w) = app(data.path(), &recorder);
+
+    // Onboarding, each bad argument named.
+    assert_eq!(ok(&w, "app_status", json!({}))["store"], "none");
+    assert!(message(&w, "create_store", json!({ "args": { "passphrase": "short" } }))
+        .starts_with("passphrase:"));
+    assert!(!countersign_store::Store::exists(data.path()), "a refused store is not made");
+    ok(&w, "create_store", json!({ "args": { "passphrase": PASSPHRASE } }));
+    assert_eq!(
+        code(&w, "create_store", json!({ "args": { "passphrase": PASSPHRASE } })),
+        "store_exists"
+    );
+    assert!(message(&w, "add_key", json!({ "args": { "secretHex": "zz", "label": null } }))
+        .starts_with("secret:"));
+    let alice = countersign_demo::approvers()[0].address();
+    let imported =
+        ok(&w, "add_key", json!({ "args": { "secretHex": "21".repeat(32), "label": "alice" } }));
+    assert_eq!(imported, json!(countersign_core::address::checksummed(&alice)));
+    let connect = |pin: &str, key: &str| {
+        json!({ "args": { "url": queue.url, "pins": [pin], "apiKey": key,
+                          "initiators": [countersign_core::address::checksummed(&countersign_demo::initiator().address())] } })
+    };
+    let impostor = countersign_queue::tls::Identity::ephemeral().unwrap().pin();
+    assert_eq!(
+        code(&w, "test_queue", connect(&impostor, &queue.approver_api_keys[0])),
+        "wrong_pin"
+    );
+    assert_eq!(
+        code(&w, "connect_queue", connect(&impostor, &queue.approver_api_keys[0])),
+        "wrong_pin"
+    );
+    assert_eq!(
+        ok(&w, "app_status", json!({}))["queue"],
+        Value::Null,
+        "a refused connection is not kept"
+    );
+    assert_eq!(code(&w, "test_queue", connect(&queue.pin, "not-a-key")), "queue_refused");
+    assert!(message(
+        &w,
+        "connect_queue",
+        json!({ "args": { "url": "http://x", "pins": [queue.pin], "apiKey": "k" } })
+    )
+    .starts_with("url:"));
+    assert_eq!(
+        ok(&w, "test_queue", connect(&queue.pin, &queue.approver_api_keys[0]))["id"],
+        "alice"
+    );
+    ok(&w, "connect_queue", connect(&queue.pin, &queue.approver_api_keys[0]));
+    let vaults = ok(&w, "queue_vaults", json!({}));
+    assert_eq!(vaults[0]["pinned"], Value::Null);
+    let safe = countersign_core::address::checksummed(&countersign_demo::SAFE);
+    ok(&w, "pin_queue_vault", json!({ "args": { "chainId": 1, "address": safe } }));
+    assert_eq!(ok(&w, "queue_vaults", json!({}))[0]["agrees"], true);
+
+    // Sync: every seeded request awaits alice, and each is announced once.
+    let synced = ok(&w, "sync_queue", json!({}));
+    assert_eq!(synced["fetched"], 4);
+    assert_eq!(synced["notified"].as_array().unwrap().len(), 4);
+    assert_eq!(recorder.0.lock().unwrap().len(), 4);
+    let asked = recorder.0.lock().unwrap().clone();
+    assert!(asked.iter().any(|n| n.contains("transfer 250000 USDC from 0x5aFE")), "{asked:?}");
+    assert_eq!(ok(&w, "sync_queue", json!({}))["notified"], json!([]));
+    assert_eq!(recorder.0.lock().unwrap().len(), 4);
+
+    let rows = ok(&w, "queue_rows", json!({}));
+    let row = |id: &str| rows.as_array().unwrap().iter().find(|r| r["id"] == id).unwrap().clone();
+    assert_eq!(row(countersign_demo::USDC_TRANSFER)["amount"], "250000");
+    assert_eq!(row(countersign_demo::USDC_TRANSFER)["asset"], "USDC");
+    assert_eq!(
+        row(countersign_demo::USDC_TRANSFER)["vault"],
+        Value::Null,
+        "the queue's record has no label"
+    );
+    assert_eq!(row(countersign_demo::ETH_TRANSFER)["operation"], "native transfer");
+    assert_eq!(row(countersign_demo::PAYROLL)["operation"], "MultiSend (4 steps)");
+    assert_eq!(row(countersign_demo::PAYROLL)["asset"], "several assets");
+    assert_eq!(
+        row(countersign_demo::DELEGATECALL)["operation"],
+        "untrusted delegatecall: MultiSend (2 steps)"
+    );
+    assert_eq!(row(countersign_demo::DELEGATECALL)["asset"], "USDC");
+    assert_eq!(row(countersign_demo::DELEGATECALL)["amount"], "2000");
+    assert_eq!(row(countersign_demo::USDC_TRANSFER)["approvals"], 0);
+    assert_eq!(row(countersign_demo::USDC_TRANSFER)["threshold"], 2);
+
+    // The delegatecall the queue trusts and alice's policy does not: no approval, its reason.
+    let delegatecall =
+        ok(&w, "request_detail", json!({ "args": { "id": countersign_demo::DELEGATECALL } }));
+    assert_eq!(delegatecall["canApprove"], false);
+    assert_eq!(delegatecall["verdict"], "refused");
+    assert!(
+        delegatecall["whyNot"].to_string().contains("does not trust"),
+        "{}",
+        delegatecall["whyNot"]
+    );
+    let hash = delegatecall["safeTxHash"].as_str().unwrap().to_owned();
+    assert_eq!(
+        code(
+            &w,
+            "approve_request",
+            json!({ "args": { "id": countersign_demo::DELEGATECALL, "safeTxHash": hash } })
+        ),
+        "guard_refused"
+    );
+
+    let usdc =
+        ok(&w, "request_detail", json!({ "args": { "id": countersign_demo::USDC_TRANSFER } }));
+    assert_eq!(usdc["canApprove"], true, "{}", usdc["whyNot"]);
+    let ledger = usdc["ledgerDomainHash"].as_str().unwrap();
+    assert_eq!(ledger, format!("0x{}", usdc["domainHash"].as_str().unwrap()[2..].to_uppercase()));
+    assert!(usdc["intent"][0].as_str().unwrap().contains("250000 USDC"), "{}", usdc["intent"]);
+
+    // Approve: a hash other than the one confirmed signs nothing; bad ids are named.
+    let steps = Arc::new(Mutex::new(Vec::new()));
+    let seen = steps.clone();
+    app.listen_any("approval-step", move |event| {
+        seen.lock().unwrap().push(event.payload().to_owned())
+    });
+    let wrong = format!("0x{}", "ab".repeat(32));
+    assert_eq!(
+        code(
+            &w,
+            "approve_request",
+            json!({ "args": { "id": countersign_demo::USDC_TRANSFER, "safeTxHash": wrong } })
+        ),
+        "not_confirmed"
+    );
+    assert!(message(
+        &w,
+        "approve_request",
+        json!({ "args": { "id": "../x", "safeTxHash": wrong } })
+    )
+    .starts_with("id:"));
+    assert!(message(
+        &w,
+        "approve_request",
+        json!({ "args": { "id": "r1", "safeTxHash": "0x12" } })
+    )
+    .starts_with("safeTxHash:"));
+    let unknown = message(&w, "approve_request", json!({ "args": { "id": "r1", "extra": 1 } }));
+    assert!(unknown.starts_with("args:") && unknown.contains("extra"), "{unknown}");
+    assert_eq!(code(&w, "approve_request", json!({})), "invalid_argument");
+    let hash = usdc["safeTxHash"].as_str().unwrap();
+    let approved = ok(
+        &w,
+        "approve_request",
+        json!({ "args": { "id": countersign_demo::USDC_TRANSFER, "safeTxHash": hash } }),
+    );
+    assert_eq!(approved["state"], "pending");
+    assert_eq!(approved["approvals"], 1);
+    let on_queue = tauri::async_runtime::block_on(countersign_queue::model::request_view(
+        &queue.db,
+        countersign_demo::USDC_TRANSFER,
+    ))
+    .unwrap();
+    let view: Value = serde_json::from_str(&on_queue.json).unwrap();
+    let approval = &view["approvals"][0];
+    let signature = countersign_core::signature::OwnerSignature::parse_hex(
+        "signature",
+        approval["signature"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        signature.recover(&hash.parse().unwrap()).unwrap(),
+        alice,
+        "the queue holds alice's signature"
+    );
+    let steps = steps.lock().unwrap().clone();
+    for step in ["checking", "signing", "sending"] {
+        assert!(steps.iter().any(|s| s.contains(step)), "{steps:?}");
+    }
+
+    // Reject: a reason is required.
+    assert!(message(
+        &w,
+        "reject_request",
+        json!({ "args": { "id": countersign_demo::ETH_TRANSFER, "reason": "  " } })
+    )
+    .starts_with("reason:"));
+    let rejected = ok(
+        &w,
+        "reject_request",
+        json!({ "args": { "id": countersign_demo::ETH_TRANSFER, "reason": "not ours" } }),
+    );
+    assert_eq!(rejected, "rejected");
+
+    // Settings and the lock.
+    let settings = ok(&w, "settings", json!({}));
+    assert_eq!(settings["canTrulyLock"], true);
+    assert_eq!(ok(&w, "incidents", json!({})), json!([]));
+    assert!(
+        message(&w, "set_idle_lock", json!({ "args": { "seconds": 5 } })).starts_with("seconds:")
+    );
+    assert_eq!(ok(&w, "set_idle_lock", json!({ "args": { "seconds": 120 } })), 120);
+    assert_eq!(ok(&w, "lock", json!({})), true);
+    assert_eq!(code(&w, "queue_rows", json!({})), "locked");
+    assert_eq!(
+        code(&w, "unlock", json!({ "args": { "passphrase": "wrong passphrase!" } })),
+        "wrong_passphrase"
+    );
+    assert_eq!(
+        code(&w, "unlock", json!({ "args": { "passphrase": null } })),
+        "passphrase_required"
+    );
+    ok(&w, "unlock", json!({ "args": { "passphrase": PASSPHRASE } }));
+    assert_eq!(ok(&w, "queue_rows", json!({})).as_array().unwrap().len(), 4);
+
+    // The idle lock drops the store by itself and says so.
+    let locked = Arc::new(Mutex::new(false));
+    let heard = locked.clone();
+    app.listen_any("locked", move |_| *heard.lock().unwrap() = true);
+    app.state::<AppState>().set_idle_after(Duration::from_millis(100));
+    for _ in 0..100 {
+        if *locked.lock().unwrap() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(*locked.lock().unwrap(), "the idle lock fired");
+    assert_eq!(ok(&w, "app_status", json!({}))["store"], "locked");
+    queue.running.stop();
+}

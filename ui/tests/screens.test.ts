@@ -1,0 +1,160 @@
+// The screens against a mocked backend: the queue's table renders a window of 10,000 rows,
+// moves with the keyboard and filters; a refused request shows its reasons and no approve
+// button; approving shows each step and the queue's answer.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { clearMocks, mockIPC } from "@tauri-apps/api/mocks";
+import { emit } from "@tauri-apps/api/event";
+import type { Detail, Row } from "../src/ipc";
+
+const rows: Row[] = Array.from({ length: 10_000 }, (_, i) => ({
+  id: `r${i}`,
+  state: "pending",
+  chainId: 1,
+  chain: "Ethereum",
+  safe: "0x5aFE3855358E112B5647B952709E6165e1c1eEEe",
+  vault: "Treasury",
+  nonce: String(i),
+  operation: "transfer",
+  asset: i === 7 ? "DAI" : "USDC",
+  amount: String(1000 + i),
+  destination: "0x28C6c06298d514Db089934071355E5743bf21d60",
+  destinationLabel: null,
+  createdAt: 1_700_000_000,
+  approvals: 0,
+  threshold: 2,
+  marked: false,
+}));
+
+function detail(id: string): Detail {
+  const refused = id === "r1";
+  return {
+    id,
+    state: "pending",
+    chainId: 1,
+    safe: "0x5aFE3855358E112B5647B952709E6165e1c1eEEe",
+    safeVersion: "1.3.0",
+    nonce: "1",
+    nextNonce: "1",
+    domainHash: `0x${"ab".repeat(32)}`,
+    messageHash: `0x${"cd".repeat(32)}`,
+    safeTxHash: `0x${"ef".repeat(32)}`,
+    ledgerDomainHash: `0x${"AB".repeat(32)}`,
+    ledgerMessageHash: `0x${"CD".repeat(32)}`,
+    claimedSafeTxHash: null,
+    verdict: refused ? "refused" : "ok",
+    reasons: refused ? [{ code: "untrusted_delegatecall", message: "the transaction is a delegatecall the local policy does not trust" }] : [],
+    warnings: [],
+    rejection: false,
+    intent: ["Transfer 1000 USDC to 0x28C6…"],
+    calls: [],
+    fields: { to: "0xA0b8", value: "0" },
+    marks: [],
+    approvedBy: [],
+    unverifiedApprovals: 0,
+    threshold: 2,
+    createdAt: 1_700_000_000,
+    canApprove: !refused,
+    whyNot: refused ? ["the transaction is a delegatecall the local policy does not trust."] : [],
+  };
+}
+
+const calls: string[] = [];
+
+beforeAll(async () => {
+  document.body.innerHTML = '<div id="app"></div>';
+  // happy-dom lays nothing out: give the table's viewport a height.
+  Object.defineProperty(HTMLElement.prototype, "clientHeight", { configurable: true, get: () => 720 });
+  Object.defineProperty(HTMLElement.prototype, "clientWidth", { configurable: true, get: () => 1200 });
+  mockIPC(
+    (cmd, payload) => {
+      calls.push(cmd);
+      const args = (payload as { args?: Record<string, string> } | undefined)?.args ?? {};
+      switch (cmd) {
+        case "app_status":
+          return { store: "unlocked", protection: "passphrase", queue: "https://127.0.0.1:1", keys: ["0xA"] };
+        case "queue_rows":
+          return rows;
+        case "request_detail":
+          return detail(String(args.id));
+        case "approve_request":
+          void emit("approval-step", { id: args.id, step: "checking" });
+          void emit("approval-step", { id: args.id, step: "signing" });
+          void emit("approval-step", { id: args.id, step: "sending" });
+          return { signer: "0xA", state: "pending", approvals: 1 };
+        default:
+          throw { code: "unknown", message: `no mock for ${cmd}` };
+      }
+    },
+    { shouldMockEvents: true },
+  );
+  await import("../src/main");
+});
+
+afterAll(() => clearMocks());
+
+async function until<T>(find: () => T | null | undefined, what: string): Promise<T> {
+  for (let i = 0; i < 200; i++) {
+    const found = find();
+    if (found) return found;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`never found: ${what}`);
+}
+
+describe("the queue screen", () => {
+  it("renders a window of the 10,000 rows, not all of them", async () => {
+    const count = await until(() => {
+      const c = document.getElementById("row-count");
+      return c?.textContent?.startsWith("10000") ? c : null;
+    }, "the row count");
+    expect(count.textContent).toBe("10000 of 10000 requests");
+    const rendered = document.querySelectorAll("#queue-table .row").length;
+    expect(rendered).toBeGreaterThan(0);
+    expect(rendered).toBeLessThan(100);
+  });
+
+  it("moves the selection with the arrow keys", async () => {
+    const table = document.getElementById("queue-table") as HTMLElement;
+    table.dispatchEvent(new KeyboardEvent("keydown", { key: "ArrowDown", bubbles: true }));
+    table.dispatchEvent(new KeyboardEvent("keydown", { key: "ArrowDown", bubbles: true }));
+    const selected = document.querySelector("#queue-table .row.selected") as HTMLElement;
+    expect(selected.dataset.id).toBe("r2");
+  });
+
+  it("filters by text", async () => {
+    const search = document.getElementById("filter-text") as HTMLInputElement;
+    search.value = "dai";
+    search.dispatchEvent(new Event("input"));
+    expect(document.getElementById("row-count")?.textContent).toBe("1 of 10000 requests");
+    expect((document.querySelector("#queue-table .row") as HTMLElement).dataset.id).toBe("r7");
+    search.value = "";
+    search.dispatchEvent(new Event("input"));
+  });
+});
+
+describe("a request", () => {
+  it("that a guard refuses shows why and offers no approval", async () => {
+    (document.querySelector('#queue-table .row[data-id="r1"]') as HTMLElement).click();
+    const why = await until(() => document.getElementById("why-not"), "the reasons");
+    expect(why.textContent).toContain("does not trust");
+    expect(document.getElementById("approve")).toBeNull();
+    expect(document.getElementById("domain-hash")?.textContent).toBe(`0x${"AB".repeat(32)}`);
+    (document.getElementById("back") as HTMLElement).click();
+  });
+
+  it("is approved after an explicit confirmation, each step shown", async () => {
+    const row = await until(() => document.querySelector('#queue-table .row[data-id="r0"]') as HTMLElement | null, "row r0");
+    row.click();
+    const approve = await until(() => document.getElementById("approve"), "the approve button");
+    expect(calls.filter((c) => c === "approve_request")).toHaveLength(0);
+    approve.click();
+    expect(calls.filter((c) => c === "approve_request")).toHaveLength(0);
+    (document.getElementById("confirm-approve") as HTMLElement).click();
+    const notice = await until(() => {
+      const m = document.getElementById("message");
+      return m?.textContent?.includes("recorded your approval") ? m : null;
+    }, "the queue's acknowledgement");
+    expect(notice.textContent).toContain("1 approval(s)");
+    expect(calls.filter((c) => c === "approve_request")).toHaveLength(1);
+  });
+});
