@@ -29,3 +29,13 @@ build_ui() {
     fi
     (cd "$ui" && npm run --silent build)
 }
+
+# tauri-driver, the WebDriver front for the app, built once into a folder outside the clone.
+ensure_tauri_driver() {
+    local root="$HOME/.cache/countersign-tools"
+    if [ ! -x "$root/bin/tauri-driver" ]; then
+        echo "Installing tauri-driver 2.1.0 into $root"
+        cargo install tauri-driver --version 2.1.0 --locked --root "$root" --quiet
+    fi
+    export TAURI_DRIVER="$root/bin/tauri-driver"
+}

@@ -1,7 +1,12 @@
 //! The app's commands through Tauri's mock runtime, with no window on screen, against the
 //! demo queue over real TLS on loopback and a real SQLite store.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test fails by panicking")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

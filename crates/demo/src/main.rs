@@ -87,9 +87,15 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     if args.passphrase {
         println!("passphrase: {DEMO_PASSPHRASE} (a demo store of test keys)");
     }
-    for (id, key) in countersign_demo::APPROVER_IDS.iter().zip(queue.approver_api_keys.iter()) {
-        println!("api-key {id}: {key}");
-    }
+    // The other approvers' API keys, for the CLI, in a file only this user can read.
+    let keys = root.join("api-keys");
+    let text: String = countersign_demo::APPROVER_IDS
+        .iter()
+        .zip(queue.approver_api_keys.iter())
+        .map(|(id, key)| format!("{id} {key}\n"))
+        .collect();
+    write_private(&keys, &text).map_err(|e| format!("{}: {e}", keys.display()))?;
+    println!("api keys of alice, bob and carol: {}", keys.display());
     if args.no_app {
         println!("Serving; stop with Ctrl-C.");
         let _ = tokio::signal::ctrl_c().await;
@@ -109,4 +115,12 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         .map_err(|e| format!("{}: {e}", app.display()))?;
     queue.running.stop();
     Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())
 }

@@ -1,0 +1,368 @@
+//! End to end: the built app under Xvfb, driven through WebDriver (tauri-driver in front of
+//! WebKitWebDriver), against the demo queue over TLS on loopback. The test starts Xvfb, the
+//! driver and the queue itself, and stops them by process id.
+//!
+//! It needs Xvfb, `/usr/bin/WebKitWebDriver` (Debian's webkit2gtk-driver) and tauri-driver
+//! (`TAURI_DRIVER`, else on PATH). The test script sets COUNTERSIGN_REQUIRE_E2E=1, so that a
+//! missing piece fails the run instead of skipping this test.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use countersign_core::address::checksummed;
+use countersign_core::signer::Signer;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+/// A child process, stopped by its process id when dropped.
+struct Running(Child, &'static str);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("{} did not stop on TERM; killing it", self.1);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not come up");
+}
+
+/// Xvfb on the first free display from :91.
+fn start_xvfb() -> (Running, String) {
+    let number = (91..200)
+        .find(|n| !Path::new(&format!("/tmp/.X{n}-lock")).exists())
+        .expect("a free X display");
+    let child = Command::new("Xvfb")
+        .arg(format!(":{number}"))
+        .args(["-screen", "0", "1280x900x24", "-nolisten", "tcp"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("Xvfb (package xvfb)");
+    let running = Running(child, "Xvfb");
+    wait_for("Xvfb", || Path::new(&format!("/tmp/.X11-unix/X{number}")).exists());
+    (running, format!(":{number}"))
+}
+
+fn start_driver(display: &str, data_dir: &Path) -> (Running, u16) {
+    let driver = std::env::var("TAURI_DRIVER").unwrap_or_else(|_| "tauri-driver".to_owned());
+    let (port, native) = (free_port(), free_port());
+    let child = Command::new(&driver)
+        .args(["--port", &port.to_string(), "--native-port", &native.to_string()])
+        .args(["--native-driver", "/usr/bin/WebKitWebDriver"])
+        .env("DISPLAY", display)
+        .env("COUNTERSIGN_DATA_DIR", data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{driver}: {e} (cargo install tauri-driver --version 2.1.0)"));
+    let running = Running(child, "tauri-driver");
+    wait_for("tauri-driver", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    (running, port)
+}
+
+async fn session(port: u16) -> Client {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "tauri:options".into(),
+        json!({ "application": env!("CARGO_BIN_EXE_countersign-app") }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a WebDriver session with the app")
+}
+
+async fn find(client: &Client, css: &str) -> fantoccini::elements::Element {
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+}
+
+async fn text(client: &Client, css: &str) -> String {
+    find(client, css).await.text().await.unwrap()
+}
+
+async fn fill(client: &Client, css: &str, value: &str) {
+    let input = find(client, css).await;
+    input.clear().await.unwrap();
+    input.send_keys(value).await.unwrap();
+}
+
+async fn click(client: &Client, css: &str) {
+    find(client, css).await.click().await.unwrap();
+}
+
+/// Waits until the element's text content satisfies `test` (read in the page, so that a row
+/// the table has just redrawn is read afresh).
+async fn until_text(client: &Client, css: &str, test: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    for _ in 0..200 {
+        let found = client
+            .execute(
+                "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+                vec![json!(css)],
+            )
+            .await
+            .unwrap();
+        if let Some(text) = found.as_str() {
+            last = text.to_owned();
+            if test(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{css}: the text never matched; last {last:?}");
+}
+
+async fn absent(client: &Client, css: &str) -> bool {
+    client.find(Locator::Css(css)).await.is_err()
+}
+
+fn artifacts() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("e2e-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A screenshot after two animation frames, so that it shows what was just rendered.
+async fn screenshot(client: &Client, name: &str) {
+    client
+        .execute_async(
+            "const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(() => done()));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let png = client.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let path = artifacts().join(format!("{name}.png"));
+    std::fs::write(&path, png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+}
+
+fn rows_selector(id: &str) -> String {
+    format!("#queue-table .row[data-id=\"{id}\"]")
+}
+
+/// One app at a time on these 2 cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Whether to run: the test script requires it; elsewhere it runs when its tools are here.
+fn wanted() -> bool {
+    let required = std::env::var("COUNTERSIGN_REQUIRE_E2E").as_deref() == Ok("1");
+    let driver_present =
+        Command::new(std::env::var("TAURI_DRIVER").unwrap_or_else(|_| "tauri-driver".into()))
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+    if !required && (!driver_present || !Path::new("/usr/bin/WebKitWebDriver").exists()) {
+        eprintln!(
+            "skipped: tauri-driver or WebKitWebDriver missing and COUNTERSIGN_REQUIRE_E2E is not 1"
+        );
+        return false;
+    }
+    true
+}
+
+/// The demo queue in a temporary folder, and an empty folder for the app's data.
+async fn demo_queue() -> (tempfile::TempDir, tempfile::TempDir, countersign_demo::DemoQueue) {
+    let queue_dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let queue = countersign_demo::start_queue(queue_dir.path(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    (queue_dir, data, queue)
+}
+
+/// Xvfb, the driver and a session with the app on the store in `data`.
+async fn app_on(data: &Path) -> (Running, Running, Client) {
+    let (xvfb, display) = start_xvfb();
+    let (driver, port) = start_driver(&display, data);
+    let client = session(port).await;
+    (xvfb, driver, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_store_opens_connected_and_pinned() {
+    if !wanted() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (_queue_dir, data, queue) = demo_queue().await;
+    let protection = if std::env::var("COUNTERSIGN_REQUIRE_KEYRING").as_deref() == Ok("1") {
+        countersign_store::keywrap::Protection::Keyring
+    } else {
+        eprintln!("no keyring here: the demo store gets a passphrase, and the test stops at the lock screen");
+        countersign_store::keywrap::Protection::Passphrase(
+            countersign_core::secret::SecretString::new("demo passphrase".into()),
+        )
+    };
+    let keyring = matches!(protection, countersign_store::keywrap::Protection::Keyring);
+    countersign_demo::prepare_approver(data.path(), &queue, 1, protection)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let (_xvfb, _driver, client) = app_on(data.path()).await;
+    if keyring {
+        // No onboarding and no passphrase: the queue screen, a sync away from the requests.
+        click(&client, "#sync").await;
+        until_text(&client, "#row-count", |t| t.starts_with("4 of 4")).await;
+        click(&client, "#nav-settings").await;
+        let note = until_text(&client, "#lock-note", |t| !t.is_empty()).await;
+        assert!(note.contains("only hides"), "{note}");
+    } else {
+        find(&client, "#screen-lock").await;
+    }
+    client.close().await.unwrap();
+    queue.running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_onboards_approves_refuses_and_marks_a_lying_queue() {
+    if !wanted() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (_queue_dir, data, queue) = demo_queue().await;
+    let (_xvfb, _driver, client) = app_on(data.path()).await;
+
+    // Onboarding: a store with a passphrase, alice's key, the queue (a wrong pin first).
+    fill(&client, "#new-passphrase", "correct horse battery staple").await;
+    fill(&client, "#new-passphrase-again", "correct horse battery staple").await;
+    click(&client, "#create-store").await;
+    fill(&client, "#key-label", "alice").await;
+    fill(&client, "#key-secret", &"21".repeat(32)).await;
+    click(&client, "#import-key").await;
+    let impostor = countersign_queue::tls::Identity::ephemeral().unwrap().pin();
+    fill(&client, "#queue-url", &queue.url).await;
+    fill(&client, "#queue-pin", &impostor).await;
+    fill(&client, "#queue-key", &queue.approver_api_keys[0]).await;
+    fill(&client, "#queue-initiators", &checksummed(&countersign_demo::initiator().address()))
+        .await;
+    click(&client, "#test-queue").await;
+    let wrong = text(&client, "#queue-error").await;
+    assert!(wrong.contains("does not match the pin"), "{wrong}");
+    fill(&client, "#queue-pin", &queue.pin).await;
+    click(&client, "#test-queue").await;
+    assert!(text(&client, "#queue-ok").await.contains("alice"));
+    click(&client, "#connect-queue").await;
+    click(&client, ".pin-vault").await;
+    until_text(&client, "#step-vaults", |t| t.contains("it agrees with the queue")).await;
+    click(&client, "#open-queue").await;
+
+    // The queue: a sync fetches the four seeded requests.
+    click(&client, "#sync").await;
+    until_text(&client, "#row-count", |t| t.starts_with("4 of 4")).await;
+    screenshot(&client, "queue").await;
+
+    // Approve the USDC transfer, then ask the queue itself.
+    click(&client, &rows_selector(countersign_demo::USDC_TRANSFER)).await;
+    let domain = text(&client, "#domain-hash").await;
+    assert!(
+        domain.starts_with("0x")
+            && domain[2..].chars().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()),
+        "{domain}"
+    );
+    screenshot(&client, "request").await;
+    click(&client, "#approve").await;
+    click(&client, "#confirm-approve").await;
+    until_text(&client, "#message", |t| t.contains("recorded your approval")).await;
+    let view = countersign_queue::model::request_view(&queue.db, countersign_demo::USDC_TRANSFER)
+        .await
+        .unwrap();
+    let view: Value = serde_json::from_str(&view.json).unwrap();
+    let hash: alloy_primitives::B256 = view["safeTxHash"].as_str().unwrap().parse().unwrap();
+    let signature = countersign_core::signature::OwnerSignature::parse_hex(
+        "signature",
+        view["approvals"][0]["signature"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(signature.recover(&hash).unwrap(), countersign_demo::approvers()[0].address());
+
+    // The delegatecall the approver's policy does not trust: its reason, no approve button.
+    click(&client, "#back").await;
+    click(&client, &rows_selector(countersign_demo::DELEGATECALL)).await;
+    assert!(text(&client, "#why-not").await.contains("does not trust"));
+    assert!(absent(&client, "#approve").await);
+    screenshot(&client, "refused-request").await;
+    click(&client, "#back").await;
+
+    // The queue turns hostile: the payroll's fields change between two syncs, and the ETH
+    // transfer claims a hash that is not its own.
+    sqlx::query("UPDATE requests SET view = replace(view, '\"nonce\":44', '\"nonce\":45'), seq = seq + 100 WHERE id = $1")
+        .bind(countersign_demo::PAYROLL)
+        .execute(&queue.db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE requests SET view = replace(view, safe_tx_hash, $1), seq = seq + 200 WHERE id = $2",
+    )
+    .bind(format!("0x{}", "ee".repeat(32)))
+    .bind(countersign_demo::ETH_TRANSFER)
+    .execute(&queue.db.pool)
+    .await
+    .unwrap();
+    // Marked requests no longer await approval: show every state.
+    client
+        .execute(
+            "const s = document.getElementById('filter-state'); s.value = 'all'; s.dispatchEvent(new Event('change'));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    click(&client, "#sync").await;
+    until_text(&client, "#message", |t| t.contains("marked")).await;
+    for id in [countersign_demo::PAYROLL, countersign_demo::ETH_TRANSFER] {
+        until_text(&client, &rows_selector(id), |t| t.contains("MARKED")).await;
+        click(&client, &rows_selector(id)).await;
+        assert!(!text(&client, "#marks").await.is_empty());
+        assert!(absent(&client, "#approve").await, "{id} offers no approval");
+        click(&client, "#back").await;
+    }
+    click(&client, "#nav-incidents").await;
+    until_text(&client, "#incident-list", |t| t.contains("queue incident")).await;
+    screenshot(&client, "incidents").await;
+
+    client.close().await.unwrap();
+    queue.running.stop();
+}
