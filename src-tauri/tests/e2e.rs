@@ -94,12 +94,22 @@ async fn session(port: u16) -> Client {
         "tauri:options".into(),
         json!({ "application": env!("CARGO_BIN_EXE_countersign-app") }),
     );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    ClientBuilder::new(connector)
-        .capabilities(capabilities)
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("a WebDriver session with the app")
+    // tauri-driver takes connections before the native driver behind it is ready: a first
+    // attempt can be cut off, so try a few times.
+    let mut last = None;
+    for _ in 0..20 {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        match ClientBuilder::new(connector)
+            .capabilities(capabilities.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(client) => return client,
+            Err(error) => last = Some(error),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("no WebDriver session with the app: {last:?}");
 }
 
 async fn find(client: &Client, css: &str) -> fantoccini::elements::Element {
