@@ -267,24 +267,26 @@ pub async fn sync_and_notify(state: &AppState, store: &Store) -> Answer<SyncSumm
 /// Pending, unmarked requests on a vault where one of this store's keys is an owner that has
 /// not approved yet: each is announced once per unlock.
 async fn notify_awaiting(state: &AppState, store: &Store) -> Answer<Vec<String>> {
-    let keys: Vec<String> = store.keys().await?.iter().map(|k| checksummed(&k.address)).collect();
-    let vaults = store.vaults(None).await?;
+    let keys: Vec<Address> = store.keys().await?.iter().map(|k| k.address).collect();
+    let context = countersign_approver::rows::RowContext::load(store, &state.tokens).await?;
+    let now = countersign_store::unix_now();
     let mut notified = Vec::new();
-    for row in countersign_approver::rows::rows(store, &state.tokens).await? {
-        if row.state != "pending" || row.marked {
+    for cached in store.cached_requests().await? {
+        if cached.body["state"] != "pending" || !actions::marks_now(&cached, now).is_empty() {
             continue;
         }
-        let Some(vault) = vaults
-            .iter()
-            .find(|v| v.chain_id == row.chain_id && checksummed(&v.address) == row.safe)
+        let chain_id = cached.body["chainId"].as_u64().unwrap_or(0);
+        let Some(safe) =
+            cached.body["countersign"]["safe"].as_str().and_then(|s| s.parse::<Address>().ok())
         else {
             continue;
         };
-        let owners: Vec<String> = vault.owners.iter().map(checksummed).collect();
-        let cached = actions::cached(store, &row.id).await?;
+        let Some(vault) = context.vault(chain_id, &safe) else { continue };
         let (approved_by, _) = actions::approvals_of(&cached);
-        let awaits = keys.iter().any(|k| owners.contains(k) && !approved_by.contains(k));
-        if awaits && state.first_notice(&row.id) {
+        let awaits =
+            keys.iter().any(|k| vault.owners.contains(k) && !approved_by.contains(&checksummed(k)));
+        if awaits && state.first_notice(&cached.id) {
+            let row = context.row(&cached);
             let what = [row.operation.as_str(), row.amount.as_str(), row.asset.as_str()]
                 .iter()
                 .filter(|s| !s.is_empty())

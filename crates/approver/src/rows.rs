@@ -47,33 +47,50 @@ pub struct Row {
     pub marked: bool,
 }
 
+/// What a row is read with: the pinned vaults, the local policy, the token list.
+#[derive(Debug)]
+pub struct RowContext<'a> {
+    tokens: &'a TokenList,
+    policy: Policy,
+    vaults: HashMap<(u64, Address), VaultRecord>,
+    labels: HashMap<Address, String>,
+    now: i64,
+}
+
+impl<'a> RowContext<'a> {
+    pub async fn load(store: &Store, tokens: &'a TokenList) -> Result<Self, Problem> {
+        let vaults = store.vaults(None).await?;
+        let labels =
+            vaults.iter().filter_map(|v| v.label.clone().map(|l| (v.address, l))).collect();
+        Ok(Self {
+            tokens,
+            policy: store.policy().await?,
+            vaults: vaults.into_iter().map(|v| ((v.chain_id, v.address), v)).collect(),
+            labels,
+            now: countersign_store::unix_now(),
+        })
+    }
+
+    /// The pinned vault a request is for, if pinned.
+    pub fn vault(&self, chain_id: u64, safe: &Address) -> Option<&VaultRecord> {
+        self.vaults.get(&(chain_id, *safe))
+    }
+
+    pub fn row(&self, cached: &CachedRequest) -> Row {
+        row(cached, self)
+    }
+}
+
 /// The rows of every synced request, newest first.
 pub async fn rows(store: &Store, tokens: &TokenList) -> Result<Vec<Row>, Problem> {
-    let vaults = store.vaults(None).await?;
-    let policy = store.policy().await?;
-    let by_key: HashMap<(u64, Address), &VaultRecord> =
-        vaults.iter().map(|v| ((v.chain_id, v.address), v)).collect();
-    let labels: HashMap<Address, &str> =
-        vaults.iter().filter_map(|v| v.label.as_deref().map(|l| (v.address, l))).collect();
-    let now = countersign_store::unix_now();
-    let mut out: Vec<Row> = store
-        .cached_requests()
-        .await?
-        .iter()
-        .map(|cached| row(cached, tokens, &policy, &by_key, &labels, now))
-        .collect();
+    let context = RowContext::load(store, tokens).await?;
+    let mut out: Vec<Row> = store.cached_requests().await?.iter().map(|c| context.row(c)).collect();
     out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
     Ok(out)
 }
 
-fn row(
-    cached: &CachedRequest,
-    tokens: &TokenList,
-    policy: &Policy,
-    vaults: &HashMap<(u64, Address), &VaultRecord>,
-    labels: &HashMap<Address, &str>,
-    now: i64,
-) -> Row {
+fn row(cached: &CachedRequest, context: &RowContext<'_>) -> Row {
+    let (tokens, policy, now) = (context.tokens, &context.policy, context.now);
     let body = &cached.body;
     let chain_id = body["chainId"].as_u64().unwrap_or(0);
     let text = |v: &serde_json::Value| countersign_core::printable(v.as_str().unwrap_or("?"));
@@ -100,7 +117,7 @@ fn row(
         marked: !marks_now(cached, now).is_empty(),
     };
     let Some(request) = parsed else { return row };
-    let vault = vaults.get(&(chain_id, request.safe));
+    let vault = context.vault(chain_id, &request.safe);
     row.vault = vault.and_then(|v| v.label.clone());
     row.threshold = vault.and_then(|v| v.threshold);
     let call = decode_call(request.safe, chain_id, &request.tx);
@@ -114,8 +131,7 @@ fn row(
     };
     row.asset = summary.asset;
     row.amount = summary.amount;
-    row.destination_label =
-        summary.destination.and_then(|d| labels.get(&d).map(|l| (*l).to_owned()));
+    row.destination_label = summary.destination.and_then(|d| context.labels.get(&d).cloned());
     row.destination = summary.destination.map(|d| checksummed(&d));
     row
 }

@@ -241,20 +241,31 @@ async fn add_member(
     Ok(key["apiKey"].as_str().unwrap_or_default().to_owned())
 }
 
-/// Submits `transaction` as request `id`, signed by `initiator` over the queue's intent.
+/// Submits `transaction` to the demo's vault as request `id`, signed by `initiator` over the
+/// queue's intent.
 pub async fn submit(
     session: &countersign_sync::client::Session,
     initiator: &SoftwareSigner,
     id: &str,
     transaction: Value,
 ) -> Result<Value, DemoError> {
+    submit_to(session, initiator, &vault(), id, transaction).await
+}
+
+async fn submit_to(
+    session: &countersign_sync::client::Session,
+    initiator: &SoftwareSigner,
+    record: &VaultRecord,
+    id: &str,
+    transaction: Value,
+) -> Result<Value, DemoError> {
     let parsed = SafeTxRequest::from_json(transaction.to_string().as_bytes())
         .map_err(|e| fail("transaction")(&e))?;
-    let hash = vault().domain().hashes(&parsed.tx).safe_tx;
+    let hash = record.domain().hashes(&parsed.tx).safe_tx;
     let created = countersign_store::unix_now();
     let created =
         u64::try_from(created).map_err(|_| DemoError("the clock is before 1970".into()))?;
-    let digest = intent_digest(CHAIN_ID, id, SAFE, hash, created);
+    let digest = intent_digest(CHAIN_ID, id, record.address, hash, created);
     let signature = initiator.sign_digest(&digest).map_err(|e| fail("intent signature")(&e))?;
     session
         .post(
@@ -295,4 +306,81 @@ pub async fn prepare_approver(
         .await
         .map_err(|e| fail("connect")(&e))?;
     Ok(store)
+}
+
+/// Requests per vault in [`load`]: a strict policy signs at most 20 nonces ahead.
+const LOAD_PER_VAULT: usize = 20;
+
+/// The `n`-th vault of [`load`]: the demo's owners and threshold at another address.
+pub fn load_vault(n: usize) -> VaultRecord {
+    let mut bytes = [0u8; 20];
+    bytes[0] = 0x10;
+    bytes[12..20].copy_from_slice(&(n as u64).to_be_bytes());
+    let mut record = vault();
+    record.address = Address::from(bytes);
+    record.next_nonce = Some(U256::ZERO);
+    record.label = Some(format!("Desk {n}"));
+    record
+}
+
+/// Adds `requests` pending USDC transfers to the demo queue, spread over as many vaults as
+/// they need, for benchmarks. Returns the vault records to pin.
+pub async fn load(queue: &DemoQueue, requests: usize) -> Result<Vec<VaultRecord>, DemoError> {
+    let connect = |api_key: &str| Connection {
+        url: queue.url.clone(),
+        pins: vec![queue.pin.clone()],
+        api_key: SecretString::new(api_key.to_owned()),
+        initiators: vec![],
+    };
+    let admin = connect(&queue.admin_api_key).session().await.map_err(|e| fail("admin")(&e))?;
+    let vaults: Vec<VaultRecord> = (0..requests.div_ceil(LOAD_PER_VAULT)).map(load_vault).collect();
+    for record in &vaults {
+        let owners: Vec<String> = record.owners.iter().map(checksummed).collect();
+        admin
+            .post(
+                "/v1/vaults",
+                &json!({ "chainId": CHAIN_ID, "address": checksummed(&record.address),
+                         "safeVersion": "1.3.0", "owners": owners, "threshold": 2, "nextNonce": "0" }),
+            )
+            .await
+            .map_err(|e| fail("vault")(&e))?;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // One API key a submitter, so that the per-key rate limit does not pace the load.
+    for _ in 0..16 {
+        let key = admin
+            .post("/v1/members/ops/api-keys", &json!({}))
+            .await
+            .map_err(|e| fail("api key")(&e))?;
+        let ops = connect(key["apiKey"].as_str().unwrap_or_default())
+            .session()
+            .await
+            .map_err(|e| fail("initiator")(&e))?;
+        let (next, vaults) = (next.clone(), vaults.clone());
+        tasks.spawn(async move {
+            let initiator = initiator();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= requests {
+                    return Ok::<(), DemoError>(());
+                }
+                let Some(record) = vaults.get(i / LOAD_PER_VAULT) else { return Ok(()) };
+                let to = Address::with_last_byte((i % 250) as u8 + 1);
+                let mut transaction = tx(
+                    USDC,
+                    U256::ZERO,
+                    encode_transfer(to, usdc(1_000 + i as u64)),
+                    Operation::CALL,
+                    (i % LOAD_PER_VAULT) as u64,
+                );
+                transaction["safe"] = json!(checksummed(&record.address));
+                submit_to(&ops, &initiator, record, &format!("load-{i}"), transaction).await?;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| DemoError(e.to_string()))??;
+    }
+    Ok(vaults)
 }

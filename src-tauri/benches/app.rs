@@ -1,0 +1,209 @@
+//! The desktop app's benchmark: `scripts/bench-app` (it runs `cargo bench -p countersign-app
+//! --bench app` under a D-Bus session with a keyring). Not run by the test command.
+//!
+//! It seeds the demo queue with 10,000 more pending requests, syncs them into an approver's
+//! store (keyring-protected, so that opening it asks nothing), stops the queue, and then
+//! starts the built app through tauri-driver under Xvfb on that local data. It measures:
+//!
+//! - cold start: from asking WebDriver for a session (which launches the app) to the queue
+//!   screen showing all the rows, painted; WebDriver's own start is included, so the figure
+//!   is an upper bound;
+//! - first paint of the queue: in the page, from the rows being asked of the backend to the
+//!   second animation frame after they were laid out (User Timing marks `queue-requested` and
+//!   `queue-painted`);
+//! - scrolling: the table scrolled by three rows every frame for 300 frames, the frame times
+//!   as the page saw them;
+//! - memory: resident set (RSS) and proportional set (PSS) summed over the app's processes,
+//!   WebKit's included, with the 10,000 rows shown.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark stops at the first failure"
+)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const REQUESTS: usize = 10_000;
+/// Frames of the scrolling run, three rows each: 900 rows, through the middle of the table.
+const FRAMES: usize = 300;
+
+/// The process ids under `root`, itself included.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The parent is the second field after the command, which is in parentheses.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(c, _)| *c));
+        i += 1;
+    }
+    out
+}
+
+/// (command, RSS kB, PSS kB) of a process.
+fn memory(pid: u32) -> Option<(String, u64, u64)> {
+    let command = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim().to_owned();
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Some((command, field("Rss:"), field("Pss:")))
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "the app benchmark runs with `cargo bench` (see scripts/bench-app), not as a test"
+        );
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let queue_dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let queue = countersign_demo::start_queue(queue_dir.path(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let seeding = Instant::now();
+    let vaults = countersign_demo::load(&queue, REQUESTS).await.unwrap();
+    eprintln!("seeded {REQUESTS} requests in {:.1} s", seeding.elapsed().as_secs_f64());
+    let store = countersign_demo::prepare_approver(
+        data.path(),
+        &queue,
+        0,
+        countersign_store::keywrap::Protection::Keyring,
+    )
+    .await
+    .expect("a keyring: run this through scripts/bench-app");
+    for record in &vaults {
+        store.add_vault(record).await.unwrap();
+    }
+    let connection = countersign_approver::actions::stored_connection(&store).await.unwrap();
+    let mut fetched = 0;
+    loop {
+        let report = countersign_sync::sync::sync(&store, &connection).await.unwrap();
+        fetched += report.fetched;
+        assert!(report.marked.is_empty(), "{:?}", report.marked.first());
+        if !report.more {
+            break;
+        }
+    }
+    store.close().await;
+    queue.running.stop();
+    let total = REQUESTS + countersign_demo::transactions().len();
+    assert_eq!(fetched, total);
+    eprintln!("synced {fetched} requests; the queue is stopped, the app reads local data");
+
+    let (xvfb, display) = support::start_xvfb();
+    let (driver, port) = support::start_driver(&display, data.path());
+    let started = Instant::now();
+    let client = support::session(port, env!("CARGO_BIN_EXE_countersign-app")).await;
+    let want = format!("{total} of {total}");
+    // All rows: the filter shows those awaiting approval, every one of them here.
+    support::until_text(&client, "#row-count", |t| t.starts_with(&want)).await;
+    let mut marks = Value::Null;
+    for _ in 0..100 {
+        marks = client
+            .execute(
+                "const m = performance.getEntriesByName('queue-painted'); \
+                 const r = performance.getEntriesByName('queue-requested'); \
+                 return m.length ? { painted: m[0].startTime, requested: r[0].startTime } : null;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if !marks.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cold = started.elapsed();
+    let painted = marks["painted"].as_f64().unwrap();
+    let requested = marks["requested"].as_f64().unwrap();
+    eprintln!("cold start {} ms; first paint {:.0} ms", cold.as_millis(), painted - requested);
+    client
+        .update_timeouts(fantoccini::wd::TimeoutConfiguration::new(
+            Some(Duration::from_secs(300)),
+            None,
+            None,
+        ))
+        .await
+        .unwrap();
+
+    let script = "const done = arguments[0]; const view = document.getElementById('queue-table'); \
+             const times = []; let last = performance.now(); let frames = 0; \
+             function step(now) { times.push(now - last); last = now; view.scrollTop += 108; \
+               if (++frames < FRAMES) requestAnimationFrame(step); else done(times); } \
+             requestAnimationFrame(step);"
+        .replace("FRAMES", &FRAMES.to_string());
+    let scroll = client.execute_async(&script, vec![]).await.unwrap();
+    let mut frames: Vec<f64> =
+        scroll.as_array().unwrap().iter().skip(1).filter_map(Value::as_f64).collect();
+    frames.sort_by(f64::total_cmp);
+    let p = |q: f64| frames[((frames.len() - 1) as f64 * q).round() as usize];
+    let over_50 = frames.iter().filter(|f| **f > 50.0).count();
+    let rendered = client
+        .execute("return document.querySelectorAll('#queue-table .row').length;", vec![])
+        .await
+        .unwrap();
+
+    let mut rss = 0;
+    let mut pss = 0;
+    let mut parts = Vec::new();
+    for pid in descendants(driver.0.id()) {
+        if let Some((command, r, p)) = memory(pid) {
+            if command.starts_with("tauri-driver") || command.starts_with("WebKitWebDriver") {
+                continue; // the test harness, not the app
+            }
+            rss += r;
+            pss += p;
+            parts.push(format!("{command} {} MB", r / 1024));
+        }
+    }
+    client.close().await.unwrap();
+    drop(driver);
+    drop(xvfb);
+
+    println!("\n| measurement ({total} pending requests, local data, debug UI bundle in a release app) | figure | goal |");
+    println!("|---|---:|---|");
+    println!(
+        "| cold start to the painted queue (WebDriver's start included) | {} ms | ≤ 1000 ms |",
+        cold.as_millis()
+    );
+    println!(
+        "| first paint of the queue, rows asked → painted | {:.0} ms | ≤ 200 ms |",
+        painted - requested
+    );
+    println!("| scrolling, frame time median / p99 / max | {:.1} / {:.1} / {:.1} ms ({over_50} frames over 50 ms of {}) | no visible stall |", p(0.5), p(0.99), p(1.0), frames.len());
+    println!("| rows in the DOM while {total} are listed | {rendered} | |");
+    println!(
+        "| memory of the app's processes, RSS (PSS) | {} MB ({} MB): {} | ≤ 200 MB |",
+        rss / 1024,
+        pss / 1024,
+        parts.join(", ")
+    );
+}

@@ -1,0 +1,149 @@
+//! What the end-to-end test and the app benchmark share: Xvfb, tauri-driver and a WebDriver
+//! session with the built app, each stopped by its process id.
+
+#![allow(dead_code, reason = "each user takes part of it")]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+/// A child process, stopped by its process id when dropped.
+pub struct Running(pub Child, pub &'static str);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("{} did not stop on TERM; killing it", self.1);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not come up");
+}
+
+/// Xvfb on the first free display from :91.
+pub fn start_xvfb() -> (Running, String) {
+    let number = (91..200)
+        .find(|n| !Path::new(&format!("/tmp/.X{n}-lock")).exists())
+        .expect("a free X display");
+    let child = Command::new("Xvfb")
+        .arg(format!(":{number}"))
+        .args(["-screen", "0", "1280x900x24", "-nolisten", "tcp"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("Xvfb (package xvfb)");
+    let running = Running(child, "Xvfb");
+    wait_for("Xvfb", || Path::new(&format!("/tmp/.X11-unix/X{number}")).exists());
+    (running, format!(":{number}"))
+}
+
+pub fn start_driver(display: &str, data_dir: &Path) -> (Running, u16) {
+    let driver = std::env::var("TAURI_DRIVER").unwrap_or_else(|_| "tauri-driver".to_owned());
+    let (port, native) = (free_port(), free_port());
+    let child = Command::new(&driver)
+        .args(["--port", &port.to_string(), "--native-port", &native.to_string()])
+        .args(["--native-driver", "/usr/bin/WebKitWebDriver"])
+        .env("DISPLAY", display)
+        .env("COUNTERSIGN_DATA_DIR", data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{driver}: {e} (cargo install tauri-driver --version 2.1.0)"));
+    let running = Running(child, "tauri-driver");
+    wait_for("tauri-driver", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    (running, port)
+}
+
+/// A session with the app at `app` (an absolute path).
+pub async fn session(port: u16, app: &str) -> Client {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert("tauri:options".into(), json!({ "application": app }));
+    // tauri-driver takes connections before the native driver behind it is ready: a first
+    // attempt can be cut off, so try a few times.
+    let mut last = None;
+    for _ in 0..20 {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        match ClientBuilder::new(connector)
+            .capabilities(capabilities.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(client) => return client,
+            Err(error) => last = Some(error),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("no WebDriver session with the app: {last:?}");
+}
+
+pub async fn find(client: &Client, css: &str) -> fantoccini::elements::Element {
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+}
+
+pub async fn text(client: &Client, css: &str) -> String {
+    find(client, css).await.text().await.unwrap()
+}
+
+pub async fn fill(client: &Client, css: &str, value: &str) {
+    let input = find(client, css).await;
+    input.clear().await.unwrap();
+    input.send_keys(value).await.unwrap();
+}
+
+pub async fn click(client: &Client, css: &str) {
+    find(client, css).await.click().await.unwrap();
+}
+
+/// Waits until the element's text content satisfies `test` (read in the page, so that a row
+/// the table has just redrawn is read afresh).
+pub async fn until_text(client: &Client, css: &str, test: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    for _ in 0..200 {
+        let found = client
+            .execute(
+                "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+                vec![json!(css)],
+            )
+            .await
+            .unwrap();
+        if let Some(text) = found.as_str() {
+            last = text.to_owned();
+            if test(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{css}: the text never matched; last {last:?}");
+}
+
+pub async fn absent(client: &Client, css: &str) -> bool {
+    client.find(Locator::Css(css)).await.is_err()
+}
