@@ -131,7 +131,8 @@ async fn run() {
             .execute(
                 "const m = performance.getEntriesByName('queue-painted'); \
                  const r = performance.getEntriesByName('queue-requested'); \
-                 return m.length ? { painted: m[0].startTime, requested: r[0].startTime } : null;",
+                 const g = performance.getEntriesByName('queue-received'); \
+                 return m.length ? { painted: m[0].startTime, requested: r[0].startTime, received: g[0].startTime } : null;",
                 vec![],
             )
             .await
@@ -144,7 +145,13 @@ async fn run() {
     let cold = started.elapsed();
     let painted = marks["painted"].as_f64().unwrap();
     let requested = marks["requested"].as_f64().unwrap();
-    eprintln!("cold start {} ms; first paint {:.0} ms", cold.as_millis(), painted - requested);
+    let received = marks["received"].as_f64().unwrap();
+    eprintln!(
+        "cold start {} ms; first paint {:.0} ms, of which {:.0} ms until the rows arrived",
+        cold.as_millis(),
+        painted - requested,
+        received - requested
+    );
     client
         .update_timeouts(fantoccini::wd::TimeoutConfiguration::new(
             Some(Duration::from_secs(300)),

@@ -306,7 +306,10 @@ async fn notify_awaiting(state: &AppState, store: &Store) -> Answer<Vec<String>>
 #[tauri::command]
 pub async fn queue_rows(state: State<'_, AppState>) -> Answer<Vec<Row>> {
     let store = state.store().await?;
-    countersign_approver::rows::rows(&store, &state.tokens).await
+    let started = std::time::Instant::now();
+    let rows = countersign_approver::rows::rows(&store, &state.tokens).await?;
+    tracing::info!(rows = rows.len(), ms = started.elapsed().as_millis() as u64, "queue rows read");
+    Ok(rows)
 }
 
 #[derive(Debug, Deserialize)]

@@ -146,6 +146,7 @@ export function queueScreen(shell: Shell): HTMLElement {
     performance.mark("queue-requested");
     try {
       rows = await api.rows();
+      performance.mark("queue-received");
       refilter();
       requestAnimationFrame(() => requestAnimationFrame(() => performance.mark("queue-painted")));
     } catch (error) {

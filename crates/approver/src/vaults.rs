@@ -31,9 +31,9 @@ pub fn from_queue(value: &Value) -> Result<VaultRecord, Problem> {
     Ok(record)
 }
 
-/// Whether the parts that decide who signs agree: version, owners, threshold.
+/// Whether the parts that decide who signs agree: version, owners (in any order), threshold.
 pub fn agree(a: &VaultRecord, b: &VaultRecord) -> bool {
-    a.version == b.version && a.owners == b.owners && a.threshold == b.threshold
+    a.same_signers(b)
 }
 
 async fn queue_records(store: &Store) -> Result<Vec<VaultRecord>, Problem> {

@@ -207,7 +207,6 @@ pub enum VaultCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Record the vault's next nonce after transactions executed.
     /// Show the connected queue's record of a vault and, with --yes, pin it in place of ours.
     AcceptQueue {
         address: String,
@@ -217,6 +216,7 @@ pub enum VaultCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Record the vault's next nonce after transactions executed.
     SetNextNonce {
         address: String,
         #[arg(long, value_name = "N")]

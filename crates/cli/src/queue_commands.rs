@@ -315,8 +315,11 @@ pub async fn accept_queue_vault(
     let owners = |r: &countersign_core::vault::VaultRecord| {
         r.owners.iter().map(checksummed).collect::<Vec<_>>().join(", ")
     };
-    outln!("Pinned: Safe {}, {:?} of [{}]", pinned.version, pinned.threshold, owners(&pinned));
-    outln!("Queue:  Safe {}, {:?} of [{}]", record.version, record.threshold, owners(&record));
+    let threshold = |r: &countersign_core::vault::VaultRecord| {
+        r.threshold.map_or_else(|| "?".to_owned(), |t| t.to_string())
+    };
+    outln!("Pinned: Safe {}, {} of [{}]", pinned.version, threshold(&pinned), owners(&pinned));
+    outln!("Queue:  Safe {}, {} of [{}]", record.version, threshold(&record), owners(&record));
     if countersign_approver::vaults::agree(&record, &pinned) {
         outln!("They agree; nothing to accept.");
         return Ok(Outcome::Done);

@@ -53,6 +53,17 @@ impl VaultRecord {
     }
 
     /// `label (0xSafe…)` or the checksummed address.
+    /// Whether `other` names the same signers: the same version and threshold, and the same
+    /// owners in any order (a Safe's owner list is a set; queues and people list it in
+    /// different orders).
+    pub fn same_signers(&self, other: &VaultRecord) -> bool {
+        let mut mine = self.owners.clone();
+        let mut theirs = other.owners.clone();
+        mine.sort();
+        theirs.sort();
+        self.version == other.version && self.threshold == other.threshold && mine == theirs
+    }
+
     pub fn display_name(&self) -> String {
         match &self.label {
             Some(label) => format!("{label} ({})", checksummed(&self.address)),

@@ -87,15 +87,14 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     if args.passphrase {
         println!("passphrase: {DEMO_PASSPHRASE} (a demo store of test keys)");
     }
-    // The other approvers' API keys, for the CLI, in a file only this user can read.
-    let keys = root.join("api-keys");
-    let text: String = countersign_demo::APPROVER_IDS
-        .iter()
-        .zip(queue.approver_api_keys.iter())
-        .map(|(id, key)| format!("{id} {key}\n"))
-        .collect();
-    write_private(&keys, &text).map_err(|e| format!("{}: {e}", keys.display()))?;
-    println!("api keys of alice, bob and carol: {}", keys.display());
+    // The approvers' API keys, for the CLI (`--api-key-file`), in files only this user can
+    // read.
+    for (id, key) in countersign_demo::APPROVER_IDS.iter().zip(queue.approver_api_keys.iter()) {
+        let file = root.join(format!("api-key-{id}"));
+        write_private(&file, &format!("{key}\n"))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    println!("api keys: {}/api-key-alice, -bob, -carol", root.display());
     if args.no_app {
         println!("Serving; stop with Ctrl-C.");
         let _ = tokio::signal::ctrl_c().await;

@@ -523,17 +523,27 @@ fn compare_vaults(vaults: &PinnedVaults, remote: &Value, report: &mut SyncReport
             continue;
         };
         let owners: Vec<String> = ours.owners.iter().map(checksummed).collect();
+        // The owners are a set: the same addresses in another order are the same owners.
+        let mut pinned_set = ours.owners.clone();
+        pinned_set.sort();
+        let mut their_set: Vec<Option<Address>> = theirs["owners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| o.as_str().and_then(|o| Address::from_str(o).ok()))
+            .collect();
+        their_set.sort();
         let mut differences = Vec::new();
         if theirs["safeVersion"] != json!(ours.version.to_string()) {
             differences
                 .push(format!("version {} (pinned {})", theirs["safeVersion"], ours.version));
         }
-        if theirs["owners"] != json!(owners) {
-            differences.push(format!("owners {} (pinned {owners:?})", theirs["owners"]));
+        if their_set != pinned_set.into_iter().map(Some).collect::<Vec<_>>() {
+            differences.push(format!("owners {} (pinned {})", theirs["owners"], owners.join(", ")));
         }
         if theirs["threshold"] != json!(ours.threshold) {
-            differences
-                .push(format!("threshold {} (pinned {:?})", theirs["threshold"], ours.threshold));
+            let pinned = ours.threshold.map_or_else(|| "none".to_owned(), |t| t.to_string());
+            differences.push(format!("threshold {} (pinned {pinned})", theirs["threshold"]));
         }
         if !differences.is_empty() {
             report.vault_differences.push(format!(

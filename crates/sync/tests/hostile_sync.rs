@@ -369,3 +369,22 @@ async fn fail_an_event_that_never_ends_is_refused_at_its_cap() {
     let error = events.next().await.unwrap_err();
     assert!(error.to_string().contains("over 65536 bytes"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_owners_in_another_order_are_no_difference_and_another_owner_is() {
+    let world = world().await;
+    let pinned = world.store.vaults(None).await.unwrap().remove(0);
+    let mut reversed = pinned.owners.clone();
+    reversed.reverse();
+    world.store.replace_vault(&vault(&reversed), "test").await.unwrap();
+    let same = sync(&world.store, &world.connection).await.unwrap();
+    assert!(same.vault_differences.is_empty(), "{:?}", same.vault_differences);
+
+    let mut other = reversed.clone();
+    other[0] = key(0x44).address();
+    world.store.replace_vault(&vault(&other), "test").await.unwrap();
+    let differs = sync(&world.store, &world.connection).await.unwrap();
+    assert_eq!(differs.vault_differences.len(), 1);
+    assert!(differs.vault_differences[0].contains("owners"), "{:?}", differs.vault_differences);
+    assert!(!differs.vault_differences[0].contains("Some("), "{:?}", differs.vault_differences);
+}
