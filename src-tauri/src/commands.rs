@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use alloy_primitives::{Address, B256};
 use countersign_approver::actions::{self, Approved, ConfirmedHash, Signed, Step};
-use countersign_approver::rows::Row;
 use countersign_approver::{setup, Problem};
 use countersign_core::address::{checksummed, parse_address};
 use countersign_core::secret::SecretString;
@@ -15,7 +14,7 @@ use countersign_store::{ProtectionKind, Store};
 use countersign_sync::sync::Connection;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tauri::{AppHandle, Emitter, Runtime, State};
+use tauri::{AppHandle, Emitter, Manager, Runtime, State};
 
 use crate::state::{AppState, IDLE_RANGE};
 
@@ -27,10 +26,30 @@ pub const NAMES: &[&str] = include!("command_names.in");
 
 const MAX_TEXT: usize = 1000;
 
-/// A command's arguments, read strictly: an unknown or missing field is named.
+/// A command's arguments, read strictly: an object, each unknown, missing or mistyped field
+/// named by its path, and never the value that was sent (it may be a secret).
 fn parse<T: serde::de::DeserializeOwned>(args: Option<Value>) -> Answer<T> {
     let args = args.ok_or_else(|| bad("args", "missing"))?;
-    serde_json::from_value(args).map_err(|e| bad("args", &e.to_string()))
+    if !args.is_object() {
+        return Err(bad("args", "must be an object of named fields"));
+    }
+    serde_path_to_error::deserialize(args).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner().to_string();
+        let quoted = |prefix: &str| {
+            inner.strip_prefix(prefix).and_then(|rest| rest.split('`').next()).map(str::to_owned)
+        };
+        if let Some(field) = quoted("unknown field `") {
+            bad(&field, "is not an argument of this command")
+        } else if let Some(field) = quoted("missing field `") {
+            let field = if path == "." { field } else { format!("{path}.{field}") };
+            bad(&field, "missing")
+        } else if inner.starts_with("invalid type") {
+            bad(&path, "has the wrong type")
+        } else {
+            bad(&path, "is not valid")
+        }
+    })
 }
 
 fn bad(field: &str, what: &str) -> Problem {
@@ -54,6 +73,9 @@ fn check_text(field: &str, text: &str) -> Answer<String> {
     if text.chars().any(|c| c.is_control() && c != '\n') {
         return Err(bad(field, "holds control characters"));
     }
+    if text.chars().any(countersign_core::is_invisible) {
+        return Err(bad(field, "holds invisible or direction-changing characters"));
+    }
     Ok(text.to_owned())
 }
 
@@ -68,7 +90,10 @@ pub struct Status {
 }
 
 #[tauri::command]
-pub async fn app_status(state: State<'_, AppState>) -> Answer<Status> {
+pub async fn app_status<R: Runtime>(
+    app: AppHandle<R>,
+    state: State<'_, AppState>,
+) -> Answer<Status> {
     if state.first_status()
         && Store::exists(&state.data_dir)
         && Store::protection_of(&state.data_dir).await? == ProtectionKind::Keyring
@@ -77,8 +102,20 @@ pub async fn app_status(state: State<'_, AppState>) -> Answer<Status> {
             Store::open(&state.data_dir, || Err(countersign_store::StoreError::PassphraseRequired))
                 .await?;
         state.set_store(store).await;
+        warm_rows(app);
     }
     status(&state).await
+}
+
+/// Reads the queue's rows in the background after an unlock, so that the queue screen, which
+/// asks for them next, finds them read or being read.
+fn warm_rows<R: Runtime>(app: AppHandle<R>) {
+    tauri::async_runtime::spawn(async move {
+        let state = app.state::<AppState>();
+        if let Some(store) = state.store_quietly().await {
+            let _ = state.rows_json(&store).await;
+        }
+    });
 }
 
 pub async fn status(state: &AppState) -> Answer<Status> {
@@ -146,7 +183,11 @@ pub async fn create_store(state: State<'_, AppState>, args: Option<Value>) -> An
 }
 
 #[tauri::command]
-pub async fn unlock(state: State<'_, AppState>, args: Option<Value>) -> Answer<Status> {
+pub async fn unlock<R: Runtime>(
+    app: AppHandle<R>,
+    state: State<'_, AppState>,
+    args: Option<Value>,
+) -> Answer<Status> {
     let args: PassphraseArgs = parse(args)?;
     let passphrase = args.passphrase.map(SecretString::new);
     let store = Store::open(&state.data_dir, move || {
@@ -154,6 +195,7 @@ pub async fn unlock(state: State<'_, AppState>, args: Option<Value>) -> Answer<S
     })
     .await?;
     state.set_store(store).await;
+    warm_rows(app);
     status(&state).await
 }
 
@@ -174,9 +216,15 @@ pub struct KeyArgs {
 pub async fn add_key(state: State<'_, AppState>, args: Option<Value>) -> Answer<String> {
     let args: KeyArgs = parse(args)?;
     let store = state.store().await?;
+    if !store.keys().await?.is_empty() {
+        return Err(Problem::input(
+            "key_exists",
+            "key: this store has a signing key already; the app signs with one key",
+        ));
+    }
     let label = args.label.as_deref().map(|l| check_text("label", l)).transpose()?;
-    if label.as_ref().is_some_and(|l| l.chars().count() > 64) {
-        return Err(bad("label", "is longer than 64 characters"));
+    if label.as_ref().is_some_and(|l| l.chars().count() > 64 || l.contains('\n')) {
+        return Err(bad("label", "is longer than 64 characters or spans lines"));
     }
     let secret = args.secret_hex.map(SecretString::new);
     let address = setup::add_software_key(&store, secret.as_ref(), label.as_deref()).await?;
@@ -195,13 +243,24 @@ pub struct ConnectArgs {
     pub initiators: Vec<String>,
 }
 
+/// At most this many trusted initiators.
+const MAX_INITIATORS: usize = 64;
+
 fn connection(args: ConnectArgs) -> Answer<Connection> {
-    let url = args.url.trim().trim_end_matches('/').to_owned();
-    if !url.starts_with("https://") {
-        return Err(bad("url", "the queue is reached over https:// only"));
-    }
+    let url = queue_url(&args.url)?;
     if args.pins.is_empty() || args.pins.len() > 2 {
         return Err(bad("pins", "give one pin, or two during a rotation"));
+    }
+    let pins: Vec<String> = args.pins.iter().map(|p| p.trim().to_owned()).collect();
+    if pins.len() == 2 && pins[0] == pins[1] {
+        return Err(bad("pins", "the two pins are the same"));
+    }
+    let api_key = args.api_key.trim();
+    if api_key.is_empty() || api_key.len() > 256 || !api_key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("apiKey", "is not an API key (printable characters, at most 256)"));
+    }
+    if args.initiators.len() > MAX_INITIATORS {
+        return Err(bad("initiators", &format!("at most {MAX_INITIATORS}")));
     }
     let initiators = args
         .initiators
@@ -209,11 +268,29 @@ fn connection(args: ConnectArgs) -> Answer<Connection> {
         .enumerate()
         .map(|(i, a)| parse_address(&format!("initiators[{i}]"), a.trim()).map(|p| p.address))
         .collect::<Result<Vec<Address>, _>>()?;
-    Ok(Connection {
-        url,
-        pins: args.pins.iter().map(|p| p.trim().to_owned()).collect(),
-        api_key: SecretString::new(args.api_key.trim().to_owned()),
-        initiators,
+    Ok(Connection { url, pins, api_key: SecretString::new(api_key.to_owned()), initiators })
+}
+
+/// `https://host[:port]`, nothing else: no user, path, query or fragment.
+fn queue_url(text: &str) -> Answer<String> {
+    let text = text.trim().trim_end_matches('/');
+    if text.chars().any(|c| c.is_control() || countersign_core::is_invisible(c)) {
+        return Err(bad("url", "holds control or invisible characters"));
+    }
+    let url = url::Url::parse(text).map_err(|_| bad("url", "is not a URL"))?;
+    if url.scheme() != "https" {
+        return Err(bad("url", "the queue is reached over https:// only"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("url", "holds a user name or password; the API key goes in its own field"));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("url", "give the queue's address only: https://host:port"));
+    }
+    let Some(host) = url.host_str() else { return Err(bad("url", "has no host")) };
+    Ok(match url.port() {
+        Some(port) => format!("https://{host}:{port}"),
+        None => format!("https://{host}"),
     })
 }
 
@@ -252,7 +329,9 @@ pub async fn sync_queue(state: State<'_, AppState>) -> Answer<SyncSummary> {
 /// Syncs, then asks for one notification for each request newly awaiting this approver.
 pub async fn sync_and_notify(state: &AppState, store: &Store) -> Answer<SyncSummary> {
     let connection = actions::stored_connection(store).await?;
-    let report = countersign_sync::sync::sync(store, &connection).await?;
+    let report = countersign_sync::sync::sync(store, &connection).await;
+    state.forget_rows().await;
+    let report = report?;
     let notified = notify_awaiting(state, store).await?;
     Ok(SyncSummary {
         fetched: report.fetched,
@@ -304,12 +383,11 @@ async fn notify_awaiting(state: &AppState, store: &Store) -> Answer<Vec<String>>
 }
 
 #[tauri::command]
-pub async fn queue_rows(state: State<'_, AppState>) -> Answer<Vec<Row>> {
+pub async fn queue_rows(state: State<'_, AppState>) -> Answer<tauri::ipc::Response> {
     let store = state.store().await?;
-    let started = std::time::Instant::now();
-    let rows = countersign_approver::rows::rows(&store, &state.tokens).await?;
-    tracing::info!(rows = rows.len(), ms = started.elapsed().as_millis() as u64, "queue rows read");
-    Ok(rows)
+    let json = state.rows_json(&store).await?;
+    // Raw bytes: the window parses the JSON itself, rather than the IPC converting it twice.
+    Ok(tauri::ipc::Response::new(json.to_vec()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -333,7 +411,14 @@ pub async fn request_detail(state: State<'_, AppState>, args: Option<Value>) -> 
     check_id("id", &args.id)?;
     let store = state.store().await?;
     let signer = own_address(&store).await?;
-    actions::detail(&store, &state.tokens, &args.id, signer).await
+    let mut detail = actions::detail(&store, &state.tokens, &args.id, signer).await?;
+    if signer.is_none() && !store.keys().await?.is_empty() {
+        detail["canApprove"] = json!(false);
+        detail["whyNot"] = json!([
+            "This store has several keys and the app signs with one: approve with the CLI's --key."
+        ]);
+    }
+    Ok(detail)
 }
 
 #[derive(Debug, Deserialize)]
@@ -368,8 +453,12 @@ pub async fn approve_request<R: Runtime>(
     let store = state.store().await?;
     let signer = setup::software_signer(&store, None).await?;
     let id = args.id.clone();
+    let gate = state.inner();
+    // Each step goes on only while the app is unlocked: a lock during an approval stops it
+    // before the signature is made or sent.
     let on_step = move |step: Step| {
         let _ = app.emit("approval-step", json!({ "id": id, "step": step.name() }));
+        gate.unlocked_now()
     };
     let approved = actions::approve(
         &store,
@@ -379,8 +468,9 @@ pub async fn approve_request<R: Runtime>(
         &ConfirmedHash(confirmed),
         &on_step,
     )
-    .await?;
-    match approved {
+    .await;
+    state.forget_rows().await;
+    match approved? {
         Approved::Sent { signer, state, approvals, .. } => {
             Ok(ApproveAnswer { signer: checksummed(&signer), state, approvals })
         }
@@ -432,7 +522,9 @@ pub async fn reject_request(state: State<'_, AppState>, args: Option<Value>) -> 
     check_id("id", &args.id)?;
     let reason = check_text("reason", &args.reason)?;
     let store = state.store().await?;
-    actions::reject(&store, &args.id, &reason).await
+    let rejected = actions::reject(&store, &args.id, &reason).await;
+    state.forget_rows().await;
+    rejected
 }
 
 #[tauri::command]
@@ -525,13 +617,32 @@ pub async fn queue_vaults(state: State<'_, AppState>) -> Answer<Vec<Value>> {
 pub struct PinVaultArgs {
     pub chain_id: u64,
     pub address: String,
+    /// The record as the window showed it: only this record is pinned.
+    pub safe_version: String,
+    pub owners: Vec<String>,
+    pub threshold: Option<u32>,
 }
 
 #[tauri::command]
 pub async fn pin_queue_vault(state: State<'_, AppState>, args: Option<Value>) -> Answer<Value> {
     let args: PinVaultArgs = parse(args)?;
     let address = parse_address("address", args.address.trim())?.address;
+    let version = countersign_core::version::SafeVersion::parse("safeVersion", &args.safe_version)?;
+    let mut shown = countersign_core::vault::VaultRecord::new(args.chain_id, address, version);
+    for (i, owner) in args.owners.iter().enumerate() {
+        shown.owners.push(parse_address(&format!("owners[{i}]"), owner.trim())?.address);
+    }
+    shown.threshold = args.threshold;
     let store = state.store().await?;
-    let record = countersign_approver::vaults::pin(&store, args.chain_id, address).await?;
+    let record = countersign_approver::vaults::pin(&store, &shown).await?;
+    state.forget_rows().await;
     Ok(record.to_json())
+}
+
+/// The person did something in the window: the idle lock starts again. Only this and the
+/// commands a person starts count; redraws after live updates do not.
+#[tauri::command]
+pub async fn user_active(state: State<'_, AppState>) -> Answer<()> {
+    state.touch();
+    Ok(())
 }

@@ -62,6 +62,7 @@ macro_rules! handler {
             commands::set_idle_lock,
             commands::queue_vaults,
             commands::pin_queue_vault,
+            commands::user_active,
         ]
     };
 }

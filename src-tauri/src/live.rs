@@ -11,6 +11,10 @@ use crate::state::AppState;
 
 /// How often the idle lock looks at the clock.
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// How long opening the event stream may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Events closer together than this are synced once.
+const COALESCE: Duration = Duration::from_millis(300);
 /// Waits between attempts to reach the event stream: doubling up to the last.
 const RECONNECT: [u64; 6] = [1, 2, 4, 8, 16, 30];
 
@@ -39,7 +43,7 @@ async fn live_updates<R: Runtime>(app: AppHandle<R>) {
         let wait = match follow(&app).await {
             Ok(()) => {
                 failures = 0;
-                Duration::from_secs(1)
+                Duration::from_secs(2)
             }
             Err(error) => {
                 tracing::warn!(%error, "the queue's event stream stopped");
@@ -59,9 +63,21 @@ async fn follow<R: Runtime>(app: &AppHandle<R>) -> Result<(), String> {
     let Some(store) = state.store_quietly().await else { return Ok(()) };
     let Ok(connection) = actions::stored_connection(&store).await else { return Ok(()) };
     drop(store);
-    let session = connection.session().await.map_err(|e| e.to_string())?;
+    // Opening the stream is bounded in time, so that a queue that never answers cannot hold
+    // this task (and the session token) past a lock.
+    let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
+        let session = connection.session().await.map_err(|e| e.to_string())?;
+        session.events().await.map_err(|e| e.to_string())
+    })
+    .await;
     drop(connection);
-    let mut events = session.events().await.map_err(|e| e.to_string())?;
+    let mut events = match opened {
+        Ok(events) => events?,
+        Err(_) => return Err("the queue did not open its event stream in time".to_owned()),
+    };
+    if !state.is_unlocked().await {
+        return Ok(());
+    }
     let _ = app.emit("live", serde_json::json!({ "connected": true }));
     loop {
         let next = tokio::select! {
@@ -76,6 +92,21 @@ async fn follow<R: Runtime>(app: &AppHandle<R>) -> Result<(), String> {
         if next.map_err(|e| e.to_string())?.is_none() {
             return Ok(());
         }
+        // A burst of events is one sync: take whatever else arrives within a moment, for at
+        // most a few moments (a queue that never pauses is still synced).
+        let mut ended = false;
+        let burst = tokio::time::Instant::now() + COALESCE * 6;
+        while tokio::time::Instant::now() < burst {
+            match tokio::time::timeout(COALESCE, events.next()).await {
+                Err(_) => break,
+                Ok(more) => {
+                    if more.map_err(|e| e.to_string())?.is_none() {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+        }
         // The event only says that something changed; what changed is read by a sync, which
         // checks it like any other.
         let Some(store) = state.store_quietly().await else { return Ok(()) };
@@ -87,6 +118,9 @@ async fn follow<R: Runtime>(app: &AppHandle<R>) -> Result<(), String> {
                 let _ =
                     app.emit("live", serde_json::json!({ "connected": true, "error": problem }));
             }
+        }
+        if ended {
+            return Ok(());
         }
     }
 }

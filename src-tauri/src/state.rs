@@ -32,6 +32,11 @@ pub struct AppState {
     /// Requests a notification was already asked for, so each is announced once.
     notified: Mutex<HashSet<String>>,
     pub notifier: Box<dyn Notifier>,
+    /// Whether a store is open, readable without waiting (for the approval's last checks).
+    unlocked: std::sync::atomic::AtomicBool,
+    /// The queue's rows as JSON, kept until something changes them: a listing of 10,000
+    /// requests unseals and decodes each, which is too slow to do at every redraw.
+    rows: tokio::sync::Mutex<Option<Arc<Vec<u8>>>>,
     /// Set until the window first asks for the status: a store whose key the keyring keeps is
     /// then opened without asking, since the keyring would hand the key back anyway.
     first_status: std::sync::atomic::AtomicBool,
@@ -58,12 +63,14 @@ impl AppState {
             notified: Mutex::new(HashSet::new()),
             notifier,
             first_status: std::sync::atomic::AtomicBool::new(true),
+            unlocked: std::sync::atomic::AtomicBool::new(false),
+            rows: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// The unlocked store, or `locked`. Counts as activity for the idle lock.
+    /// The unlocked store, or `locked`. Not activity for the idle lock: what the person does
+    /// is (see [`AppState::touch`]), not the redraws that live updates cause.
     pub async fn store(&self) -> Result<Arc<Store>, Problem> {
-        self.touch();
         self.store
             .read()
             .await
@@ -83,13 +90,47 @@ impl AppState {
     pub async fn set_store(&self, store: Store) {
         self.touch();
         *self.store.write().await = Some(Arc::new(store));
+        self.forget_rows().await;
+        self.unlocked.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Drops the store and with it the data key. Returns whether it was unlocked.
     pub async fn lock(&self) -> bool {
+        self.unlocked.store(false, std::sync::atomic::Ordering::SeqCst);
         let taken = self.store.write().await.take();
+        self.forget_rows().await;
         self.lock_notified().clear();
         taken.is_some()
+    }
+
+    /// Whether the app is unlocked right now.
+    pub fn unlocked_now(&self) -> bool {
+        self.unlocked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The rows of the queue screen as JSON, read once and kept until [`Self::forget_rows`].
+    pub async fn rows_json(&self, store: &Store) -> Result<Arc<Vec<u8>>, Problem> {
+        let mut kept = self.rows.lock().await;
+        if let Some(json) = kept.as_ref() {
+            return Ok(json.clone());
+        }
+        let started = Instant::now();
+        let rows = countersign_approver::rows::rows(store, &self.tokens).await?;
+        let json = Arc::new(
+            serde_json::to_vec(&rows).map_err(|e| Problem::other("internal", e.to_string()))?,
+        );
+        tracing::info!(
+            rows = rows.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "queue rows read"
+        );
+        *kept = Some(json.clone());
+        Ok(json)
+    }
+
+    /// Something changed the local copy (a sync, an approval, a rejection, a pinned vault).
+    pub async fn forget_rows(&self) {
+        *self.rows.lock().await = None;
     }
 
     /// True once: the first time the window asks for the status.

@@ -59,7 +59,11 @@ fn invoke(window: &WebviewWindow<MockRuntime>, cmd: &str, args: Value) -> Result
         headers: Default::default(),
         invoke_key: INVOKE_KEY.to_string(),
     };
-    get_ipc_response(window, request).map(|body| body.deserialize::<Value>().unwrap())
+    get_ipc_response(window, request).map(|body| match body {
+        // queue_rows answers raw JSON bytes.
+        tauri::ipc::InvokeResponseBody::Raw(bytes) => serde_json::from_slice(&bytes).unwrap(),
+        json => json.deserialize::<Value>().unwrap(),
+    })
 }
 
 fn ok(window: &WebviewWindow<MockRuntime>, cmd: &str, args: Value) -> Value {
@@ -135,6 +139,11 @@ fn an_approver_onboards_reviews_approves_and_rejects_through_the_commands() {
     let imported =
         ok(&w, "add_key", json!({ "args": { "secretHex": "21".repeat(32), "label": "alice" } }));
     assert_eq!(imported, json!(countersign_core::address::checksummed(&alice)));
+    assert_eq!(
+        code(&w, "add_key", json!({ "args": { "secretHex": null, "label": "second" } })),
+        "key_exists",
+        "the app signs with one key"
+    );
     let connect = |pin: &str, key: &str| {
         json!({ "args": { "url": queue.url, "pins": [pin], "apiKey": key,
                           "initiators": [countersign_core::address::checksummed(&countersign_demo::initiator().address())] } })
@@ -144,6 +153,25 @@ fn an_approver_onboards_reviews_approves_and_rejects_through_the_commands() {
         code(&w, "test_queue", connect(&impostor, &queue.approver_api_keys[0])),
         "wrong_pin"
     );
+    // The address is the queue's and nothing else; two pins differ; an API key is one line.
+    let with = |url: &str, pins: Vec<&str>, key: &str| json!({ "args": { "url": url, "pins": pins, "apiKey": key } });
+    let at = |rest: &str| queue.url.replace("https://", rest);
+    for url in [at("https://user:pw@"), format!("{}/v1?x=1", queue.url), at("https://\n")] {
+        let refused = message(&w, "test_queue", with(&url, vec![&queue.pin], "k"));
+        assert!(refused.starts_with("url:"), "{url}: {refused}");
+    }
+    assert!(message(&w, "test_queue", with(&queue.url, vec![&queue.pin, &queue.pin], "k"))
+        .starts_with("pins:"));
+    assert!(message(&w, "test_queue", with(&queue.url, vec![&queue.pin], "a\r\nb"))
+        .starts_with("apiKey:"));
+    // A mistyped argument is named, and its value is not repeated.
+    let mistyped = message(
+        &w,
+        "test_queue",
+        json!({ "args": { "url": queue.url, "pins": [queue.pin], "apiKey": 31415926535897932u64 } }),
+    );
+    assert!(mistyped.starts_with("apiKey:") && !mistyped.contains("31415926"), "{mistyped}");
+    assert!(message(&w, "set_idle_lock", json!({ "args": [300] })).starts_with("args:"));
     assert_eq!(
         code(&w, "connect_queue", connect(&impostor, &queue.approver_api_keys[0])),
         "wrong_pin"
@@ -167,8 +195,18 @@ fn an_approver_onboards_reviews_approves_and_rejects_through_the_commands() {
     ok(&w, "connect_queue", connect(&queue.pin, &queue.approver_api_keys[0]));
     let vaults = ok(&w, "queue_vaults", json!({}));
     assert_eq!(vaults[0]["pinned"], Value::Null);
-    let safe = countersign_core::address::checksummed(&countersign_demo::SAFE);
-    ok(&w, "pin_queue_vault", json!({ "args": { "chainId": 1, "address": safe } }));
+    // Only the record the window showed is pinned.
+    let shown = &vaults[0]["queue"];
+    let mut other = shown.clone();
+    other["threshold"] = json!(1);
+    let pin = |record: &Value| {
+        json!({ "args": { "chainId": record["chainId"], "address": record["address"],
+                          "safeVersion": record["safeVersion"], "owners": record["owners"],
+                          "threshold": record["threshold"] } })
+    };
+    assert_eq!(code(&w, "pin_queue_vault", pin(&other)), "record_changed");
+    assert_eq!(ok(&w, "queue_vaults", json!({}))[0]["pinned"], Value::Null, "nothing pinned");
+    ok(&w, "pin_queue_vault", pin(shown));
     assert_eq!(ok(&w, "queue_vaults", json!({}))[0]["agrees"], true);
 
     // Sync: every seeded request awaits alice, and each is announced once.
@@ -257,7 +295,7 @@ fn an_approver_onboards_reviews_approves_and_rejects_through_the_commands() {
     )
     .starts_with("safeTxHash:"));
     let unknown = message(&w, "approve_request", json!({ "args": { "id": "r1", "extra": 1 } }));
-    assert!(unknown.starts_with("args:") && unknown.contains("extra"), "{unknown}");
+    assert!(unknown.starts_with("extra:"), "{unknown}");
     assert_eq!(code(&w, "approve_request", json!({})), "invalid_argument");
     let hash = usdc["safeTxHash"].as_str().unwrap();
     let approved = ok(
@@ -288,6 +326,20 @@ fn an_approver_onboards_reviews_approves_and_rejects_through_the_commands() {
     for step in ["checking", "signing", "sending"] {
         assert!(steps.iter().any(|s| s.contains(step)), "{steps:?}");
     }
+
+    // Connecting again: the same queue keeps the synced copy; another queue is refused.
+    ok(&w, "connect_queue", connect(&queue.pin, &queue.approver_api_keys[0]));
+    assert_eq!(ok(&w, "queue_rows", json!({})).as_array().unwrap().len(), 4);
+    let elsewhere =
+        json!({ "args": { "url": "https://127.0.0.1:9", "pins": [queue.pin], "apiKey": "k" } });
+    assert_eq!(code(&w, "connect_queue", elsewhere), "already_connected");
+    // A label that reads differently from what it holds is refused.
+    assert!(message(
+        &w,
+        "reject_request",
+        json!({ "args": { "id": countersign_demo::ETH_TRANSFER, "reason": "ok\u{202e}txt" } })
+    )
+    .starts_with("reason:"));
 
     // Reject: a reason is required.
     assert!(message(
@@ -328,11 +380,14 @@ fn an_approver_onboards_reviews_approves_and_rejects_through_the_commands() {
     let locked = Arc::new(Mutex::new(false));
     let heard = locked.clone();
     app.listen_any("locked", move |_| *heard.lock().unwrap() = true);
-    app.state::<AppState>().set_idle_after(Duration::from_millis(100));
+    app.state::<AppState>().set_idle_after(Duration::from_millis(300));
     for _ in 0..100 {
         if *locked.lock().unwrap() {
             break;
         }
+        // Redraws (as after live updates) are not the person's activity: they do not hold
+        // the lock off.
+        let _ = invoke(&w, "queue_rows", json!({}));
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(*locked.lock().unwrap(), "the idle lock fired");

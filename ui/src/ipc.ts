@@ -172,7 +172,11 @@ export const api = {
   testQueue: (args: ConnectArgs) => call<Member>("test_queue", { ...args }),
   connectQueue: (args: ConnectArgs) => call<Member>("connect_queue", { ...args }),
   sync: () => call<SyncSummary>("sync_queue"),
-  rows: () => call<Row[]>("queue_rows"),
+  /** The backend answers raw JSON bytes (an ArrayBuffer) to spare a conversion. */
+  rows: async () => {
+    const answer = await call<ArrayBuffer | Row[]>("queue_rows");
+    return Array.isArray(answer) ? answer : (JSON.parse(new TextDecoder().decode(answer)) as Row[]);
+  },
   detail: (id: string) => call<Detail>("request_detail", { id }),
   approve: (id: string, safeTxHash: string) =>
     call<ApproveAnswer>("approve_request", { id, safeTxHash }),
@@ -182,8 +186,16 @@ export const api = {
   settings: () => call<Settings>("settings"),
   setIdleLock: (seconds: number) => call<number>("set_idle_lock", { seconds }),
   queueVaults: () => call<QueueVault[]>("queue_vaults"),
-  pinQueueVault: (chainId: number, address: string) =>
-    call<VaultRecord>("pin_queue_vault", { chainId, address }),
+  /** Pins the record as shown: the backend refuses if the queue's record is another. */
+  pinQueueVault: (record: VaultRecord) =>
+    call<VaultRecord>("pin_queue_vault", {
+      chainId: record.chainId,
+      address: record.address,
+      safeVersion: record.safeVersion,
+      owners: record.owners,
+      threshold: record.threshold,
+    }),
+  active: () => call<null>("user_active"),
 };
 
 export type AppEvent = "approval-step" | "locked" | "queue-changed" | "live";

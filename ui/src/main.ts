@@ -147,6 +147,18 @@ function firstRoute(status: Status): Route {
   return { name: "queue" };
 }
 
+/** What the person does restarts the idle lock (at most every 10 s); redraws do not. */
+let lastActive = 0;
+function active(): void {
+  const now = Date.now();
+  if (now - lastActive < 10_000 || current.store !== "unlocked") return;
+  lastActive = now;
+  void api.active().catch(() => undefined);
+}
+for (const kind of ["keydown", "pointerdown", "wheel"]) {
+  document.addEventListener(kind, active, { passive: true, capture: true });
+}
+
 async function start(): Promise<void> {
   await on<null>("locked", async () => {
     await shell.refreshStatus();

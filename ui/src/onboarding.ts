@@ -208,7 +208,7 @@ export function onboardingScreen(shell: Shell): HTMLElement {
                 class: "pin-vault",
                 onclick: async () => {
                   try {
-                    await api.pinQueueVault(record.chainId, record.address);
+                    await api.pinQueueVault(record);
                     await load();
                   } catch (error) {
                     row.append(failure(error, "pin-error"));

@@ -209,14 +209,16 @@ pub enum Approved {
 }
 
 /// Approves a synced request: reviews it, checks it is unchanged and pending on the queue,
-/// signs it under the guards and sends the signature.
+/// signs it under the guards and sends the signature. `on_step` hears each step as it starts
+/// and answers whether to go on (false: the caller was locked meanwhile; nothing further is
+/// signed or sent).
 pub async fn approve(
     store: &Store,
     tokens: &TokenList,
     id: &str,
     signer: &dyn Signer,
     prompt: &dyn Prompt,
-    on_step: &(dyn Fn(Step) + Send + Sync),
+    on_step: &(dyn Fn(Step) -> bool + Send + Sync),
 ) -> Result<Approved, Problem> {
     let cached = cached(store, id).await?;
     let mut review = local_review(store, &cached, tokens).await?;
@@ -235,7 +237,9 @@ pub async fn approve(
     }
     // What was reviewed is the synced copy: ask the queue for the request as it is now, and
     // sign only if it is still pending and its payload is the one reviewed.
-    on_step(Step::Checking);
+    if !on_step(Step::Checking) {
+        return Err(stopped());
+    }
     let session = stored_connection(store).await?.session().await?;
     let current = session.get(&format!("/v1/requests/{id}")).await?;
     if payload_hash(&current) != cached.payload_hash {
@@ -256,13 +260,17 @@ pub async fn approve(
         ));
     }
     let hash = review.hashes.safe_tx;
-    on_step(Step::Signing);
+    if !on_step(Step::Signing) {
+        return Err(stopped());
+    }
     let (signature, review) =
         match sign_reviewed(store, review, signer, prompt, tokens, &shown).await? {
             Signed::Done { signature, review } => (signature, review),
             other => return Ok(Approved::NotSigned(other)),
         };
-    on_step(Step::Sending);
+    if !on_step(Step::Sending) {
+        return Err(stopped());
+    }
     let reply = send_approval(&session, id, hash, &signature).await?;
     Ok(Approved::Sent {
         signer: signer.address(),
@@ -270,6 +278,13 @@ pub async fn approve(
         state: countersign_core::printable(reply["state"].as_str().unwrap_or("?")),
         approvals: reply["approvals"].as_array().map(Vec::len).unwrap_or(0),
     })
+}
+
+fn stopped() -> Problem {
+    Problem::refused(
+        "locked",
+        "Countersign was locked during the approval; nothing further was signed or sent",
+    )
 }
 
 async fn send_approval(

@@ -84,7 +84,20 @@ impl<'a> RowContext<'a> {
 /// The rows of every synced request, newest first.
 pub async fn rows(store: &Store, tokens: &TokenList) -> Result<Vec<Row>, Problem> {
     let context = RowContext::load(store, tokens).await?;
-    let mut out: Vec<Row> = store.cached_requests().await?.iter().map(|c| context.row(c)).collect();
+    let cached = store.cached_requests().await?;
+    // Decoding 10,000 requests is worth the cores: one chunk a thread.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let chunk = cached.len().div_ceil(threads).max(256);
+    let mut out: Vec<Row> = std::thread::scope(|scope| {
+        let context = &context;
+        let handles: Vec<_> = cached
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || part.iter().map(|c| context.row(c)).collect::<Vec<_>>())
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
     out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
     Ok(out)
 }

@@ -50,10 +50,33 @@ pub async fn software_signer(
 
 /// Opens a session with the queue through the pins, which proves the pin and the API key,
 /// and only then keeps the connection in the store. Returns the member the queue names.
+///
+/// Once connected, only the same queue's credentials may change (new pins, a new API key,
+/// other initiators), and the synced copy with its marks is kept: connecting elsewhere would
+/// drop the marks that block signing, so it is refused.
 pub async fn connect(store: &Store, connection: &Connection) -> Result<Value, Problem> {
-    let session = test_connection(connection).await?;
-    store.set_queue_config(&connection.to_secret()).await?;
-    Ok(session)
+    let current = match store.queue_config().await? {
+        Some((config, _)) => Some(Connection::from_secret(&config)?),
+        None => None,
+    };
+    if let Some(current) = &current {
+        if current.url != connection.url {
+            return Err(Problem::refused(
+                "already_connected",
+                format!(
+                    "url: this store is connected to {}; another queue needs a store of its own",
+                    current.url
+                ),
+            ));
+        }
+    }
+    let member = test_connection(connection).await?;
+    if current.is_some() {
+        store.update_queue_config(&connection.to_secret()).await?;
+    } else {
+        store.set_queue_config(&connection.to_secret()).await?;
+    }
+    Ok(member)
 }
 
 /// Opens a session with the queue through the pins and returns the member it names; stores

@@ -1,7 +1,6 @@
 //! The queue's vault records beside the pinned ones. A record from the queue changes nothing
 //! until the approver, having checked it out of band, pins it.
 
-use alloy_primitives::Address;
 use countersign_core::address::{checksummed, parse_address};
 use countersign_core::request::parse_uint;
 use countersign_core::vault::VaultRecord;
@@ -61,9 +60,12 @@ pub async fn compare(store: &Store) -> Result<Vec<Value>, Problem> {
     Ok(out)
 }
 
-/// Pins the queue's record of one vault: added when none is pinned, replaced (and audited)
-/// when the pinned one differs.
-pub async fn pin(store: &Store, chain_id: u64, address: Address) -> Result<VaultRecord, Problem> {
+/// Pins the queue's record of one vault, as the person saw it (`shown`): only if the queue's
+/// record is still that one (the same version, owners and threshold), so that what is pinned
+/// is what was checked. Added when none is pinned, replaced (and audited) when the pinned one
+/// differs.
+pub async fn pin(store: &Store, shown: &VaultRecord) -> Result<VaultRecord, Problem> {
+    let (chain_id, address) = (shown.chain_id, shown.address);
     let theirs = queue_records(store)
         .await?
         .into_iter()
@@ -77,6 +79,12 @@ pub async fn pin(store: &Store, chain_id: u64, address: Address) -> Result<Vault
                 ),
             )
         })?;
+    if !agree(&theirs, shown) {
+        return Err(Problem::refused(
+            "record_changed",
+            "the queue's record of this vault is not the one shown: nothing was pinned; look at it again",
+        ));
+    }
     match store.vault(chain_id, &address).await {
         Ok(pinned) if agree(&pinned, &theirs) => Ok(pinned),
         Ok(_) => {

@@ -255,7 +255,7 @@ pub async fn approve(
     let review =
         actions::local_review(&store, &actions::cached(&store, id).await?, &tokens).await?;
     let prompt = TerminalPrompt { yes, preface: Some(report::review_text(&review, &tokens)) };
-    let approved = actions::approve(&store, &tokens, id, &signer, &prompt, &|_| {}).await?;
+    let approved = actions::approve(&store, &tokens, id, &signer, &prompt, &|_| true).await?;
     match approved {
         Approved::Marked { review, marks } => {
             out!("{}", report::review_text(&review, &tokens));

@@ -18,16 +18,19 @@ impl InputError {
     }
 }
 
+/// Bidirectional marks and overrides, zero-width and other invisible format characters, and
+/// line or paragraph separators: characters that change how text reads without being seen.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
 /// `text` with control characters and bidirectional overrides written as `\u{…}` escapes.
 pub fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        // Bidirectional marks and overrides, zero-width and other invisible format characters,
-        // and line or paragraph separators.
-        let invisible = matches!(c,
-            '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
-            | '\u{2060}'..='\u{2069}' | '\u{feff}');
-        if c.is_control() || invisible {
+        if c.is_control() || is_invisible(c) {
             out.extend(c.escape_unicode());
         } else {
             out.push(c);

@@ -40,4 +40,4 @@ pub mod typed_data;
 pub mod vault;
 pub mod version;
 
-pub use error::{printable, InputError};
+pub use error::{is_invisible, printable, InputError};

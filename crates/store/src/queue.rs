@@ -34,6 +34,23 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces the credentials of the same queue (a pin rotation, a new API key), keeping the
+    /// synced copy, its marks and the cursor. `NotFound` when no queue is connected.
+    pub async fn update_queue_config(&self, config: &SecretBytes) -> Result<(), StoreError> {
+        let sealed = self.sealer.seal(CONFIG, config.expose())?;
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query("UPDATE queue_config SET sealed_config = ? WHERE id = 1")
+            .bind(sealed)
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() != 1 {
+            return Err(StoreError::NotFound { what: "a queue connection".into() });
+        }
+        self.audit_in(&mut tx, "queue_credentials_changed", &serde_json::json!({})).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The sealed queue connection and the sync cursor, if a queue is configured.
     pub async fn queue_config(&self) -> Result<Option<(SecretBytes, i64)>, StoreError> {
         let row = sqlx::query("SELECT cursor, sealed_config FROM queue_config WHERE id = 1")

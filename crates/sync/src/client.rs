@@ -161,12 +161,22 @@ async fn read_reply(mut response: reqwest::Response) -> Result<Vec<u8>, ClientEr
 }
 
 /// An authenticated session on one queue.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Session {
     client: QueueClient,
     token: String,
     /// The member the queue says this session belongs to.
     pub member: Value,
+}
+
+/// Without the token: a session's Debug form may reach a log.
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("client", &self.client)
+            .field("member", &self.member)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {
