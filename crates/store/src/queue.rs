@@ -101,6 +101,34 @@ impl Store {
         Ok(CachedRequest { id, seq: row.get("seq"), payload_hash: row.get("payload_hash"), body })
     }
 
+    /// Adds `mark` to a synced request's marks, read and written in one transaction, leaving
+    /// the cursor alone. Returns whether the request was there.
+    pub async fn add_mark(&self, id: &str, mark: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(
+            "SELECT id, seq, payload_hash, sealed_body FROM queue_requests WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(false) };
+        let mut cached = self.open_cached(&row)?;
+        if let Some(list) = cached.body["countersign"]["marks"].as_array_mut() {
+            list.push(serde_json::Value::from(mark));
+        } else {
+            cached.body["countersign"]["marks"] = serde_json::json!([mark]);
+        }
+        let place = Place { table: "queue_requests", column: "sealed_body", row: id };
+        let sealed = self.sealer.seal(place, cached.body.to_string().as_bytes())?;
+        sqlx::query("UPDATE queue_requests SET sealed_body = ? WHERE id = ?")
+            .bind(sealed)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Stores a batch of synced requests and the new cursor in one transaction, so a sync cut
     /// short resumes from the last batch it finished, without duplicates.
     pub async fn store_synced(

@@ -422,3 +422,30 @@ async fn fail_writing_after_the_log_was_cut_is_refused() {
         "a new entry must not paper over the cut"
     );
 }
+
+#[tokio::test]
+async fn a_mark_is_added_in_place_and_leaves_the_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path(), passphrase("marks")).await.unwrap();
+    store
+        .set_queue_config(&countersign_core::secret::SecretBytes::new(b"{}".to_vec()))
+        .await
+        .unwrap();
+    let body = serde_json::json!({ "id": "r1", "countersign": { "marks": ["first"] } });
+    let cached = countersign_store::CachedRequest {
+        id: "r1".into(),
+        seq: 7,
+        payload_hash: "h".into(),
+        body,
+    };
+    store.store_synced(&[cached], 7).await.unwrap();
+    assert!(store.add_mark("r1", "this approver rejected it").await.unwrap());
+    assert!(!store.add_mark("nope", "x").await.unwrap(), "an unknown request is not made");
+    let marked = store.cached_request("r1").await.unwrap().unwrap();
+    assert_eq!(
+        marked.body["countersign"]["marks"],
+        serde_json::json!(["first", "this approver rejected it"])
+    );
+    assert_eq!(store.queue_config().await.unwrap().unwrap().1, 7, "the cursor is unchanged");
+    assert!(store.cached_request("nope").await.unwrap().is_none());
+}
