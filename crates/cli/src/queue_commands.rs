@@ -87,15 +87,11 @@ pub async fn connect(
         .map(|(i, a)| parse_address(&format!("initiator[{i}]"), a).map(|p| p.address))
         .collect::<Result<Vec<Address>, _>>()?;
     let connection = Connection { url, pins, api_key: api_key(key_file)?, initiators };
-    let session = connection.session().await.map_err(client_failure)?;
     let store = context.open_store().await?;
-    store.set_queue_config(&connection.to_secret()).await?;
-    outln!(
-        "Connected to {} as {} ({}).",
-        connection.url,
-        session.member["id"],
-        session.member["role"]
-    );
+    // As in the app: the same queue's credentials may change and the synced copy with its
+    // marks is kept; another queue is refused.
+    let member = countersign_approver::setup::connect(&store, &connection).await?;
+    outln!("Connected to {} as {} ({}).", connection.url, member["id"], member["role"]);
     Ok(Outcome::Done)
 }
 

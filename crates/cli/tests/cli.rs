@@ -661,6 +661,21 @@ fn queue_walkthrough_from_submitted_to_approved() {
             &initiator.1,
         ]);
         assert_ok(&connect);
+        // Another queue would drop the synced copy and its marks: refused.
+        let elsewhere = home.run(&[
+            "queue",
+            "connect",
+            "--url",
+            "https://127.0.0.1:9",
+            "--pin",
+            &pin,
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+            "--initiator",
+            &initiator.1,
+        ]);
+        assert_eq!(elsewhere.status.code(), Some(1), "{}", stderr(&elsewhere));
+        assert!(stderr(&elsewhere).contains("another queue needs a store of its own"));
     }
 
     let request = repo("cases/ok_usdc_transfer/request.json");
