@@ -195,7 +195,7 @@ async fn run() {
     drop(driver);
     drop(xvfb);
 
-    println!("\n| measurement ({total} pending requests, local data, debug UI bundle in a release app) | figure | goal |");
+    println!("\n| measurement ({total} pending requests, local data, release build, Xvfb) | figure | goal |");
     println!("|---|---:|---|");
     println!(
         "| cold start to the painted queue (WebDriver's start included) | {} ms | ≤ 1000 ms |",
