@@ -65,6 +65,7 @@ export function settingsScreen(shell: Shell): HTMLElement {
             : el("p", {}, "Not connected."),
         ),
       );
+      if (queue) body.append(credentialsForm(shell, queue));
       body.append(
         el(
           "section",
@@ -112,4 +113,47 @@ export function settingsScreen(shell: Shell): HTMLElement {
   };
   void load();
   return screen;
+}
+
+/** New pins (a rotation), a new API key or other initiators for the same queue. The backend
+ * proves them before keeping them, and keeps the synced copy with its marks. */
+function credentialsForm(shell: Shell, queue: { url: string; pins: string[]; initiators: string[] }): HTMLElement {
+  const pin = el("input", { id: "settings-pin", value: queue.pins[0] ?? "" });
+  const pin2 = el("input", { id: "settings-pin-2", value: queue.pins[1] ?? "" });
+  const apiKey = el("input", { id: "settings-key", type: "password", autocomplete: "off", placeholder: "the API key (asked again)" });
+  const initiators = el("textarea", { id: "settings-initiators", rows: "2" }, queue.initiators.join("\n"));
+  const result = el("div", { id: "settings-queue-result" });
+  const save = el("button", { id: "save-queue" }, "Check and save");
+  save.addEventListener("click", async () => {
+    clear(result);
+    save.disabled = true;
+    shell.busy("Checking the queue with the new pins and key…");
+    try {
+      const member = await api.connectQueue({
+        url: queue.url,
+        pins: [pin.value, pin2.value].map((p) => p.trim()).filter((p) => p !== ""),
+        apiKey: apiKey.value,
+        initiators: initiators.value.split(/\s+/).filter((a) => a !== ""),
+      });
+      apiKey.value = "";
+      result.append(el("p", { class: "ok" }, `Saved: the queue knows you as ${member.id} (${member.role}).`));
+    } catch (error) {
+      result.append(el("p", { class: "danger", "data-code": asProblem(error).code }, sentence(asProblem(error))));
+    } finally {
+      save.disabled = false;
+      shell.busy(null);
+    }
+  });
+  return el(
+    "section",
+    { class: "card", id: "settings-credentials" },
+    el("h2", {}, "Pins, API key and initiators"),
+    el("p", { class: "sub" }, "For a pin rotation give both pins; the synced requests and their marks are kept."),
+    el("label", { class: "field" }, el("span", {}, "Pin"), pin),
+    el("label", { class: "field" }, el("span", {}, "Second pin"), pin2),
+    el("label", { class: "field" }, el("span", {}, "API key"), apiKey),
+    el("label", { class: "field" }, el("span", {}, "Initiators you trust"), initiators),
+    save,
+    result,
+  );
 }

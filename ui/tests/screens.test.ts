@@ -59,6 +59,7 @@ function detail(id: string): Detail {
 }
 
 const calls: string[] = [];
+const connects: Record<string, unknown>[] = [];
 
 beforeAll(async () => {
   document.body.innerHTML = '<div id="app"></div>';
@@ -76,6 +77,19 @@ beforeAll(async () => {
           return rows;
         case "request_detail":
           return detail(String(args.id));
+        case "settings":
+          return {
+            queue: { url: "https://queue.example:8443", pins: ["PIN1"], initiators: ["0xI"] },
+            idleLockSeconds: 300,
+            protection: "keyring",
+            canTrulyLock: false,
+            vaults: [],
+            keys: [{ address: "0xA", kind: "software", label: "alice" }],
+            dataDir: "/tmp/x",
+          };
+        case "connect_queue":
+          connects.push(args as Record<string, unknown>);
+          return { id: "alice", role: "approver" };
         case "approve_request":
           void emit("approval-step", { id: args.id, step: "checking" });
           void emit("approval-step", { id: args.id, step: "signing" });
@@ -156,5 +170,25 @@ describe("a request", () => {
     }, "the queue's acknowledgement");
     expect(notice.textContent).toContain("1 approval(s)");
     expect(calls.filter((c) => c === "approve_request")).toHaveLength(1);
+  });
+});
+
+describe("the settings", () => {
+  it("change the same queue's pins and key, and say a keyring store only hides", async () => {
+    (document.getElementById("nav-settings") as HTMLElement).click();
+    const note = await until(() => document.getElementById("lock-note"), "the lock note");
+    expect(note.textContent).toContain("only hides the window");
+    (document.getElementById("settings-pin-2") as HTMLInputElement).value = "PIN2";
+    (document.getElementById("settings-key") as HTMLInputElement).value = "csk_new";
+    (document.getElementById("save-queue") as HTMLElement).click();
+    await until(() => document.querySelector("#settings-queue-result .ok"), "the saved answer");
+    expect(connects).toHaveLength(1);
+    expect(connects[0]).toEqual({
+      url: "https://queue.example:8443",
+      pins: ["PIN1", "PIN2"],
+      apiKey: "csk_new",
+      initiators: ["0xI"],
+    });
+    expect((document.getElementById("settings-key") as HTMLInputElement).value).toBe("");
   });
 });
