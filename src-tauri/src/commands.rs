@@ -113,7 +113,7 @@ fn warm_rows<R: Runtime>(app: AppHandle<R>) {
     tauri::async_runtime::spawn(async move {
         let state = app.state::<AppState>();
         if let Some(store) = state.store_quietly().await {
-            let _ = state.rows_json(&store).await;
+            let _ = state.rows(&store).await;
         }
     });
 }
@@ -346,26 +346,25 @@ pub async fn sync_and_notify(state: &AppState, store: &Store) -> Answer<SyncSumm
 /// Pending, unmarked requests on a vault where one of this store's keys is an owner that has
 /// not approved yet: each is announced once per unlock.
 async fn notify_awaiting(state: &AppState, store: &Store) -> Answer<Vec<String>> {
-    let keys: Vec<Address> = store.keys().await?.iter().map(|k| k.address).collect();
-    let context = countersign_approver::rows::RowContext::load(store, &state.tokens).await?;
-    let now = countersign_store::unix_now();
+    let keys: Vec<String> = store.keys().await?.iter().map(|k| checksummed(&k.address)).collect();
+    let vaults = store.vaults(None).await?;
+    // The rows the queue screen reads next: read once for both.
+    let kept = state.rows(store).await?;
     let mut notified = Vec::new();
-    for cached in store.cached_requests().await? {
-        if cached.body["state"] != "pending" || !actions::marks_now(&cached, now).is_empty() {
+    for row in &kept.rows {
+        if row.state != "pending" || row.marked {
             continue;
         }
-        let chain_id = cached.body["chainId"].as_u64().unwrap_or(0);
-        let Some(safe) =
-            cached.body["countersign"]["safe"].as_str().and_then(|s| s.parse::<Address>().ok())
+        let Some(vault) = vaults
+            .iter()
+            .find(|v| v.chain_id == row.chain_id && checksummed(&v.address) == row.safe)
         else {
             continue;
         };
-        let Some(vault) = context.vault(chain_id, &safe) else { continue };
-        let (approved_by, _) = actions::approvals_of(&cached);
-        let awaits =
-            keys.iter().any(|k| vault.owners.contains(k) && !approved_by.contains(&checksummed(k)));
-        if awaits && state.first_notice(&cached.id) {
-            let row = context.row(&cached);
+        let awaits = keys.iter().any(|k| {
+            vault.owners.iter().any(|o| checksummed(o) == *k) && !row.approved_by.contains(k)
+        });
+        if awaits && state.first_notice(&row.id) {
             let what = [row.operation.as_str(), row.amount.as_str(), row.asset.as_str()]
                 .iter()
                 .filter(|s| !s.is_empty())
@@ -376,7 +375,7 @@ async fn notify_awaiting(state: &AppState, store: &Store) -> Answer<Vec<String>>
             state
                 .notifier
                 .notify("A withdrawal awaits your approval", &format!("{what} from {vault}"));
-            notified.push(row.id);
+            notified.push(row.id.clone());
         }
     }
     Ok(notified)
@@ -385,9 +384,9 @@ async fn notify_awaiting(state: &AppState, store: &Store) -> Answer<Vec<String>>
 #[tauri::command]
 pub async fn queue_rows(state: State<'_, AppState>) -> Answer<tauri::ipc::Response> {
     let store = state.store().await?;
-    let json = state.rows_json(&store).await?;
+    let kept = state.rows(&store).await?;
     // Raw bytes: the window parses the JSON itself, rather than the IPC converting it twice.
-    Ok(tauri::ipc::Response::new(json.to_vec()))
+    Ok(tauri::ipc::Response::new(kept.json.clone()))
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,13 +18,8 @@ pub fn data_dir() -> Result<PathBuf, String> {
     if let Some(dir) = std::env::var_os("COUNTERSIGN_DATA_DIR").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
-    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir).join("countersign"));
-    }
-    match std::env::var_os("HOME") {
-        Some(home) => Ok(PathBuf::from(home).join(".local/share/countersign")),
-        None => Err("no data folder: set COUNTERSIGN_DATA_DIR or HOME".to_owned()),
-    }
+    countersign_store::default_dir()
+        .ok_or_else(|| "no data folder: set COUNTERSIGN_DATA_DIR or HOME".to_owned())
 }
 
 /// Desktop notifications through Tauri's notification plugin.

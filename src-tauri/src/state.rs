@@ -36,10 +36,17 @@ pub struct AppState {
     unlocked: std::sync::atomic::AtomicBool,
     /// The queue's rows as JSON, kept until something changes them: a listing of 10,000
     /// requests unseals and decodes each, which is too slow to do at every redraw.
-    rows: tokio::sync::Mutex<Option<Arc<Vec<u8>>>>,
+    rows: tokio::sync::Mutex<Option<Arc<KeptRows>>>,
     /// Set until the window first asks for the status: a store whose key the keyring keeps is
     /// then opened without asking, since the keyring would hand the key back anyway.
     first_status: std::sync::atomic::AtomicBool,
+}
+
+/// The queue's rows, and the JSON the window is sent.
+#[derive(Debug)]
+pub struct KeptRows {
+    pub rows: Vec<countersign_approver::rows::Row>,
+    pub json: Vec<u8>,
 }
 
 struct Idle {
@@ -108,24 +115,24 @@ impl AppState {
         self.unlocked.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// The rows of the queue screen as JSON, read once and kept until [`Self::forget_rows`].
-    pub async fn rows_json(&self, store: &Store) -> Result<Arc<Vec<u8>>, Problem> {
+    /// The rows of the queue screen, read once and kept until [`Self::forget_rows`].
+    pub async fn rows(&self, store: &Store) -> Result<Arc<KeptRows>, Problem> {
         let mut kept = self.rows.lock().await;
-        if let Some(json) = kept.as_ref() {
-            return Ok(json.clone());
+        if let Some(rows) = kept.as_ref() {
+            return Ok(rows.clone());
         }
         let started = Instant::now();
         let rows = countersign_approver::rows::rows(store, &self.tokens).await?;
-        let json = Arc::new(
-            serde_json::to_vec(&rows).map_err(|e| Problem::other("internal", e.to_string()))?,
-        );
+        let json =
+            serde_json::to_vec(&rows).map_err(|e| Problem::other("internal", e.to_string()))?;
         tracing::info!(
             rows = rows.len(),
             ms = started.elapsed().as_millis() as u64,
             "queue rows read"
         );
-        *kept = Some(json.clone());
-        Ok(json)
+        let rows = Arc::new(KeptRows { rows, json });
+        *kept = Some(rows.clone());
+        Ok(rows)
     }
 
     /// Something changed the local copy (a sync, an approval, a rejection, a pinned vault).

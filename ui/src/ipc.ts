@@ -46,6 +46,7 @@ export interface Row {
   approvals: number;
   threshold: number | null;
   marked: boolean;
+  approvedBy: string[];
 }
 
 export interface Reason {

@@ -20,6 +20,7 @@ function row(id: string, extra: Partial<Row> = {}): Row {
     approvals: 0,
     threshold: 2,
     marked: false,
+    approvedBy: [],
     ...extra,
   };
 }

@@ -23,6 +23,7 @@ const rows: Row[] = Array.from({ length: 10_000 }, (_, i) => ({
   approvals: 0,
   threshold: 2,
   marked: false,
+  approvedBy: [],
 }));
 
 function detail(id: string): Detail {

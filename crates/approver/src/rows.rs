@@ -43,13 +43,15 @@ pub struct Row {
     pub created_at: i64,
     /// Approvals whose signature Countersign verified.
     pub approvals: usize,
+    /// The owners who gave them, checksummed.
+    pub approved_by: Vec<String>,
     pub threshold: Option<u32>,
     pub marked: bool,
 }
 
 /// What a row is read with: the pinned vaults, the local policy, the token list.
 #[derive(Debug)]
-pub struct RowContext<'a> {
+struct RowContext<'a> {
     tokens: &'a TokenList,
     policy: Policy,
     vaults: HashMap<(u64, Address), VaultRecord>,
@@ -58,7 +60,7 @@ pub struct RowContext<'a> {
 }
 
 impl<'a> RowContext<'a> {
-    pub async fn load(store: &Store, tokens: &'a TokenList) -> Result<Self, Problem> {
+    async fn load(store: &Store, tokens: &'a TokenList) -> Result<Self, Problem> {
         let vaults = store.vaults(None).await?;
         let labels =
             vaults.iter().filter_map(|v| v.label.clone().map(|l| (v.address, l))).collect();
@@ -72,11 +74,11 @@ impl<'a> RowContext<'a> {
     }
 
     /// The pinned vault a request is for, if pinned.
-    pub fn vault(&self, chain_id: u64, safe: &Address) -> Option<&VaultRecord> {
+    fn vault(&self, chain_id: u64, safe: &Address) -> Option<&VaultRecord> {
         self.vaults.get(&(chain_id, *safe))
     }
 
-    pub fn row(&self, cached: &CachedRequest) -> Row {
+    fn row(&self, cached: &CachedRequest) -> Row {
         row(cached, self)
     }
 }
@@ -126,6 +128,7 @@ fn row(cached: &CachedRequest, context: &RowContext<'_>) -> Row {
         destination_label: None,
         created_at: body["createdAt"].as_i64().unwrap_or(0),
         approvals: verified.len(),
+        approved_by: verified,
         threshold: None,
         marked: !marks_now(cached, now).is_empty(),
     };

@@ -30,11 +30,6 @@ pub fn from_queue(value: &Value) -> Result<VaultRecord, Problem> {
     Ok(record)
 }
 
-/// Whether the parts that decide who signs agree: version, owners (in any order), threshold.
-pub fn agree(a: &VaultRecord, b: &VaultRecord) -> bool {
-    a.same_signers(b)
-}
-
 async fn queue_records(store: &Store) -> Result<Vec<VaultRecord>, Problem> {
     let session = stored_connection(store).await?.session().await?;
     let listed = session.get("/v1/vaults").await?;
@@ -54,7 +49,7 @@ pub async fn compare(store: &Store) -> Result<Vec<Value>, Problem> {
         out.push(json!({
             "queue": theirs.to_json(),
             "pinned": pinned.as_ref().map(VaultRecord::to_json),
-            "agrees": pinned.as_ref().map(|p| agree(p, &theirs)),
+            "agrees": pinned.as_ref().map(|p| p.same_signers(&theirs)),
         }));
     }
     Ok(out)
@@ -79,14 +74,14 @@ pub async fn pin(store: &Store, shown: &VaultRecord) -> Result<VaultRecord, Prob
                 ),
             )
         })?;
-    if !agree(&theirs, shown) {
+    if !theirs.same_signers(shown) {
         return Err(Problem::refused(
             "record_changed",
             "the queue's record of this vault is not the one shown: nothing was pinned; look at it again",
         ));
     }
     match store.vault(chain_id, &address).await {
-        Ok(pinned) if agree(&pinned, &theirs) => Ok(pinned),
+        Ok(pinned) if pinned.same_signers(&theirs) => Ok(pinned),
         Ok(_) => {
             store.replace_vault(&theirs, "queue").await?;
             Ok(theirs)

@@ -67,13 +67,8 @@ impl Context {
 }
 
 fn default_data_dir() -> Result<PathBuf, Failure> {
-    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir).join("countersign"));
-    }
-    match std::env::var_os("HOME") {
-        Some(home) => Ok(PathBuf::from(home).join(".local/share/countersign")),
-        None => Err(Failure::input("no data folder: set --data-dir or HOME")),
-    }
+    countersign_store::default_dir()
+        .ok_or_else(|| Failure::input("no data folder: set --data-dir or HOME"))
 }
 
 fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<SecretString, StoreError> {

@@ -316,7 +316,7 @@ pub async fn accept_queue_vault(
     };
     outln!("Pinned: Safe {}, {} of [{}]", pinned.version, threshold(&pinned), owners(&pinned));
     outln!("Queue:  Safe {}, {} of [{}]", record.version, threshold(&record), owners(&record));
-    if countersign_approver::vaults::agree(&record, &pinned) {
+    if record.same_signers(&pinned) {
         outln!("They agree; nothing to accept.");
         return Ok(Outcome::Done);
     }

@@ -157,6 +157,22 @@ pub struct DemoQueue {
     pub admin_api_key: String,
 }
 
+impl DemoQueue {
+    /// A connection to this queue with `api_key`, trusting no initiator.
+    pub fn connection(&self, api_key: &str) -> Connection {
+        connection(&self.url, &self.pin, api_key)
+    }
+}
+
+fn connection(url: &str, pin: &str, api_key: &str) -> Connection {
+    Connection {
+        url: url.to_owned(),
+        pins: vec![pin.to_owned()],
+        api_key: SecretString::new(api_key.to_owned()),
+        initiators: vec![],
+    }
+}
+
 #[derive(Debug)]
 pub struct DemoError(pub String);
 
@@ -190,12 +206,7 @@ pub async fn start_queue(dir: &Path, listen: std::net::SocketAddr) -> Result<Dem
             .map_err(|e| fail("queue server")(&e))?;
     let url = running.url();
     let pin = running.pin.clone();
-    let connect = |api_key: &str| Connection {
-        url: url.clone(),
-        pins: vec![pin.clone()],
-        api_key: SecretString::new(api_key.to_owned()),
-        initiators: vec![],
-    };
+    let connect = |api_key: &str| connection(&url, &pin, api_key);
     let admin = connect(&admin_api_key).session().await.map_err(|e| fail("admin session")(&e))?;
     let record = vault();
     let owners: Vec<String> = record.owners.iter().map(checksummed).collect();
@@ -297,10 +308,8 @@ pub async fn prepare_approver(
     .map_err(|e| fail("key")(&e))?;
     store.add_vault(&vault()).await.map_err(|e| fail("vault")(&e))?;
     let connection = Connection {
-        url: queue.url.clone(),
-        pins: vec![queue.pin.clone()],
-        api_key: SecretString::new(queue.approver_api_keys.get(index).cloned().unwrap_or_default()),
         initiators: vec![initiator().address()],
+        ..queue.connection(queue.approver_api_keys.get(index).map_or("", String::as_str))
     };
     countersign_approver::setup::connect(&store, &connection)
         .await
@@ -326,12 +335,7 @@ pub fn load_vault(n: usize) -> VaultRecord {
 /// Adds `requests` pending USDC transfers to the demo queue, spread over as many vaults as
 /// they need, for benchmarks. Returns the vault records to pin.
 pub async fn load(queue: &DemoQueue, requests: usize) -> Result<Vec<VaultRecord>, DemoError> {
-    let connect = |api_key: &str| Connection {
-        url: queue.url.clone(),
-        pins: vec![queue.pin.clone()],
-        api_key: SecretString::new(api_key.to_owned()),
-        initiators: vec![],
-    };
+    let connect = |api_key: &str| queue.connection(api_key);
     let admin = connect(&queue.admin_api_key).session().await.map_err(|e| fail("admin")(&e))?;
     let vaults: Vec<VaultRecord> = (0..requests.div_ceil(LOAD_PER_VAULT)).map(load_vault).collect();
     for record in &vaults {

@@ -411,6 +411,16 @@ fn canonical_json(value: &serde_json::Value) -> String {
 }
 
 /// Unix time in seconds, as the store writes it.
+/// The store's folder when none is given: `$XDG_DATA_HOME/countersign`, else
+/// `~/.local/share/countersign`; `None` without either variable. The CLI and the desktop app
+/// share it.
+pub fn default_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("countersign"));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share/countersign"))
+}
+
 pub fn unix_now() -> i64 {
     now()
 }
