@@ -134,6 +134,7 @@ pub async fn sign_reviewed(
             store.audit("declined", shown).await?;
             return Ok(Signed::Declined { review: Box::new(shown_review) });
         }
+        Err(SignerError::Unavailable { code, detail }) => return Err(Problem::other(code, detail)),
         Err(error) => return Err(Problem::other("signer_failed", error.to_string())),
     };
     let recorded = store

@@ -47,8 +47,9 @@ pub trait Prompt: Send + Sync {
 pub enum SignerError {
     /// The person declined, at the prompt or on the device. Not a failure.
     Declined,
-    /// The signer could not be reached (no device, locked, app closed, token absent).
-    Unavailable { detail: String },
+    /// The signer could not be reached (no device, locked, app closed, token absent). `code`
+    /// names the case for the `{code, message}` errors.
+    Unavailable { code: &'static str, detail: String },
     /// The signer answered with something unusable.
     Failed { detail: String },
     /// The signature recovers to another address than the signer's: never used.
@@ -59,7 +60,7 @@ impl fmt::Display for SignerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Declined => write!(f, "the signature was declined"),
-            Self::Unavailable { detail } => write!(f, "the signer is not available: {detail}"),
+            Self::Unavailable { detail, .. } => write!(f, "{detail}"),
             Self::Failed { detail } => write!(f, "the signer failed: {detail}"),
             Self::WrongSigner { expected, recovered } => write!(
                 f,

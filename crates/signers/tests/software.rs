@@ -7,29 +7,16 @@
     reason = "a test fails by panicking"
 )]
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use alloy_primitives::{Address, B256};
-use async_trait::async_trait;
-use countersign_core::guard::{review, CheckedRequest, History};
-use countersign_core::policy::Policy;
-use countersign_core::request::SafeTxRequest;
+use common::{checked_s3, json, vectors, Answer};
 use countersign_core::secret::SecretString;
-use countersign_core::signer::{Decision, Prompt, Signer, SignerError};
-use countersign_core::tokens::TokenList;
-use countersign_core::vault::VaultRecord;
-use countersign_core::version::SafeVersion;
+use countersign_core::signer::{Decision, Signer, SignerError};
 use countersign_signers::software::SoftwareSigner;
-use serde_json::Value;
-
-fn vectors(name: &str) -> PathBuf {
-    Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../tests/vectors").join(name)
-}
-
-fn json(path: PathBuf) -> Value {
-    serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
-}
 
 fn signer(hex: &str) -> SoftwareSigner {
     SoftwareSigner::from_hex(&SecretString::new(hex.to_owned())).unwrap()
@@ -87,25 +74,6 @@ fn debug_shows_no_key() {
     let hex = "4646464646464646464646464646464646464646464646464646464646464646";
     let text = format!("{:?}", signer(hex));
     assert!(!text.contains("4646464646"), "{text}");
-}
-
-struct Answer(Decision);
-
-#[async_trait]
-impl Prompt for Answer {
-    async fn confirm(&self, _request: &CheckedRequest, _signer: Address) -> Decision {
-        self.0
-    }
-}
-
-fn checked_s3() -> CheckedRequest {
-    let dir = vectors("safe/S3");
-    let request = SafeTxRequest::from_json(&fs::read(dir.join("request.json")).unwrap()).unwrap();
-    let version = SafeVersion::parse("v", "1.3.0").unwrap();
-    let vault = VaultRecord::new(11155111, request.safe, version);
-    let tokens = TokenList::shipped().unwrap();
-    let review = review(request, &vault, &Policy::default(), &tokens, &History::default());
-    review.into_checked().unwrap()
 }
 
 #[tokio::test]
