@@ -10,5 +10,6 @@ compile_error!(
      a release build"
 );
 
+pub mod hsm;
 pub mod ledger;
 pub mod software;
