@@ -1,6 +1,7 @@
 //! The window's commands. Each checks its arguments, calls the approver crate or the store,
 //! and answers data or a `{code, message}` problem. None of them decides anything itself.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use alloy_primitives::{Address, B256};
@@ -8,7 +9,8 @@ use countersign_approver::actions::{self, Approved, ConfirmedHash, Signed, Step}
 use countersign_approver::{setup, Problem};
 use countersign_core::address::{checksummed, parse_address};
 use countersign_core::secret::SecretString;
-use countersign_core::signer::Signer;
+use countersign_signers::hsm::TokenKey;
+use countersign_signers::ledger::DerivationPath;
 use countersign_store::keywrap::Protection;
 use countersign_store::{ProtectionKind, Store};
 use countersign_sync::sync::Connection;
@@ -87,6 +89,8 @@ pub struct Status {
     pub protection: Option<&'static str>,
     pub queue: Option<String>,
     pub keys: Vec<String>,
+    /// The signing key's kind: `software`, `ledger` or `hsm`.
+    pub signer: Option<String>,
 }
 
 #[tauri::command]
@@ -120,7 +124,13 @@ fn warm_rows<R: Runtime>(app: AppHandle<R>) {
 
 pub async fn status(state: &AppState) -> Answer<Status> {
     if !Store::exists(&state.data_dir) {
-        return Ok(Status { store: "none", protection: None, queue: None, keys: vec![] });
+        return Ok(Status {
+            store: "none",
+            protection: None,
+            queue: None,
+            keys: vec![],
+            signer: None,
+        });
     }
     let Some(store) = state.store_quietly().await else {
         let protection = Store::protection_of(&state.data_dir).await?;
@@ -129,18 +139,21 @@ pub async fn status(state: &AppState) -> Answer<Status> {
             protection: Some(protection_name(protection)),
             queue: None,
             keys: vec![],
+            signer: None,
         });
     };
     let queue = match actions::stored_connection(&store).await {
         Ok(connection) => Some(connection.url),
         Err(_) => None,
     };
-    let keys = store.keys().await?.iter().map(|k| checksummed(&k.address)).collect();
+    let stored = store.keys().await?;
+    let keys = stored.iter().map(|k| checksummed(&k.address)).collect();
     Ok(Status {
         store: "unlocked",
         protection: Some(protection_name(store.protection())),
         queue,
         keys,
+        signer: stored.first().map(|k| k.kind.clone()),
     })
 }
 
@@ -204,12 +217,44 @@ pub async fn lock(state: State<'_, AppState>) -> Answer<bool> {
     Ok(state.lock().await)
 }
 
+/// The signer to set up: a software key, a Ledger account (its address confirmed on the
+/// device), or a key in a PKCS#11 token.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct KeyArgs {
-    /// A 32-byte secret in hex to import; none makes a new key.
-    pub secret_hex: Option<String>,
-    pub label: Option<String>,
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum KeyArgs {
+    Software {
+        /// A 32-byte secret in hex to import; none makes a new key.
+        secret_hex: Option<String>,
+        label: Option<String>,
+    },
+    Ledger {
+        /// Ledger Live's account index (`44'/60'/index'/0/0`), or a full path.
+        account: Option<u32>,
+        path: Option<String>,
+        label: Option<String>,
+    },
+    Hsm {
+        module: String,
+        token: String,
+        key_label: String,
+        pin: String,
+        #[serde(default)]
+        generate: bool,
+        label: Option<String>,
+    },
+}
+
+fn key_label(label: Option<&str>) -> Answer<Option<String>> {
+    let label = label.map(|l| check_text("label", l)).transpose()?;
+    if label.as_ref().is_some_and(|l| l.chars().count() > 64 || l.contains('\n')) {
+        return Err(bad("label", "is longer than 64 characters or spans lines"));
+    }
+    Ok(label)
 }
 
 #[tauri::command]
@@ -222,12 +267,33 @@ pub async fn add_key(state: State<'_, AppState>, args: Option<Value>) -> Answer<
             "key: this store has a signing key already; the app signs with one key",
         ));
     }
-    let label = args.label.as_deref().map(|l| check_text("label", l)).transpose()?;
-    if label.as_ref().is_some_and(|l| l.chars().count() > 64 || l.contains('\n')) {
-        return Err(bad("label", "is longer than 64 characters or spans lines"));
-    }
-    let secret = args.secret_hex.map(SecretString::new);
-    let address = setup::add_software_key(&store, secret.as_ref(), label.as_deref()).await?;
+    let address = match args {
+        KeyArgs::Software { secret_hex, label } => {
+            let label = key_label(label.as_deref())?;
+            let secret = secret_hex.map(SecretString::new);
+            setup::add_software_key(&store, secret.as_ref(), label.as_deref()).await?
+        }
+        KeyArgs::Ledger { account, path, label } => {
+            let label = key_label(label.as_deref())?;
+            let path = match (account, path) {
+                (Some(_), Some(_)) => {
+                    return Err(bad("path", "give an account or a path, not both"))
+                }
+                (_, Some(path)) => DerivationPath::parse("path", &path)?,
+                (account, None) => DerivationPath::account(account.unwrap_or(0))?,
+            };
+            setup::add_ledger_key(&store, &state.ledger, &path, label.as_deref(), true).await?
+        }
+        KeyArgs::Hsm { module, token, key_label: key, pin, generate, label } => {
+            let label = key_label(label.as_deref())?;
+            let pin = SecretString::new(pin);
+            if pin.expose().is_empty() {
+                return Err(bad("pin", "is empty"));
+            }
+            let token = TokenKey { module: PathBuf::from(module.trim()), token, key };
+            setup::add_hsm_key(&store, &token, &pin, generate, label.as_deref()).await?
+        }
+    };
     Ok(checksummed(&address))
 }
 
@@ -426,6 +492,8 @@ pub struct ApproveArgs {
     pub id: String,
     /// The safeTxHash the person saw when they confirmed: nothing else is signed.
     pub safe_tx_hash: String,
+    /// The token's PIN, for a key in an HSM; used for this approval only.
+    pub pin: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -450,7 +518,9 @@ pub async fn approve_request<R: Runtime>(
         .parse()
         .map_err(|_| bad("safeTxHash", "is not a 32-byte hex hash"))?;
     let store = state.store().await?;
-    let signer = setup::software_signer(&store, None).await?;
+    let key = setup::key_info(&store, None).await?;
+    let pin = args.pin.map(SecretString::new);
+    let signer = setup::signer(&store, &key, &state.ledger, pin.as_ref()).await?;
     let id = args.id.clone();
     let gate = state.inner();
     // Each step goes on only while the app is unlocked: a lock during an approval stops it
@@ -463,7 +533,7 @@ pub async fn approve_request<R: Runtime>(
         &store,
         &state.tokens,
         &args.id,
-        &signer,
+        signer.as_ref(),
         &ConfirmedHash(confirmed),
         &on_step,
     )

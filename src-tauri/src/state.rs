@@ -40,6 +40,8 @@ pub struct AppState {
     /// Set until the window first asks for the status: a store whose key the keyring keeps is
     /// then opened without asking, since the keyring would hand the key back anyway.
     first_status: std::sync::atomic::AtomicBool,
+    /// Where a Ledger is reached: USB HID (a test build may be pointed at the simulator).
+    pub ledger: countersign_signers::ledger::Link,
 }
 
 /// The queue's rows, and the JSON the window is sent.
@@ -72,6 +74,7 @@ impl AppState {
             first_status: std::sync::atomic::AtomicBool::new(true),
             unlocked: std::sync::atomic::AtomicBool::new(false),
             rows: tokio::sync::Mutex::new(None),
+            ledger: countersign_signers::ledger::Link::from_env(),
         }
     }
 

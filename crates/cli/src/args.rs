@@ -134,9 +134,31 @@ pub struct VaultFlags {
 
 #[derive(Debug, Args, Clone, Default)]
 pub struct KeyChoice {
-    /// The key's address or label (default: the only key in the store).
+    /// The key's address or label (default: the only key in the store, or of --signer's kind).
     #[arg(long, value_name = "ADDRESS|LABEL")]
     pub key: Option<String>,
+    /// The kind of signer to sign with; the chosen key must be of that kind. An HSM's PIN is
+    /// read from COUNTERSIGN_HSM_PIN, else asked for at the terminal.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub signer: Option<SignerKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignerKind {
+    Software,
+    Ledger,
+    Hsm,
+}
+
+impl SignerKind {
+    /// The store's name for the kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            SignerKind::Software => "software",
+            SignerKind::Ledger => "ledger",
+            SignerKind::Hsm => "hsm",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +184,38 @@ pub enum KeyCommand {
         /// The keystore's password file (asked for when absent).
         #[arg(long, value_name = "FILE", requires = "keystore")]
         password_file: Option<PathBuf>,
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Enroll a Ledger account: the device shows its address, to be confirmed there.
+    AddLedger {
+        /// Ledger Live's account index: the path 44'/60'/N'/0/0.
+        #[arg(long, value_name = "N", conflicts_with = "path")]
+        account: Option<u32>,
+        /// A full BIP-32 path instead, such as m/44'/60'/0'/0/1.
+        #[arg(long, value_name = "PATH")]
+        path: Option<String>,
+        /// Read the address without showing it on the device for confirmation.
+        #[arg(long)]
+        no_confirm: bool,
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Enroll a secp256k1 key in a PKCS#11 token, found by its label or made there with
+    /// --generate. The PIN is read from COUNTERSIGN_HSM_PIN, else asked for; it is not kept.
+    AddHsm {
+        /// The token's PKCS#11 module.
+        #[arg(long, value_name = "FILE", default_value = countersign_signers::hsm::SOFTHSM_MODULE)]
+        module: PathBuf,
+        /// The token's label.
+        #[arg(long, value_name = "LABEL")]
+        token: String,
+        /// The key's label in the token.
+        #[arg(long, value_name = "LABEL")]
+        key_label: String,
+        /// Make the key in the token when none has that label.
+        #[arg(long)]
+        generate: bool,
         #[arg(long)]
         label: Option<String>,
     },

@@ -17,9 +17,11 @@ use countersign_core::tokens::TokenList;
 use countersign_core::typed_data::{self, looks_like_typed_data};
 use countersign_core::vault::VaultRecord;
 use countersign_core::version::SafeVersion;
+use countersign_signers::hsm::TokenKey;
+use countersign_signers::ledger::{DerivationPath, Link};
 use countersign_signers::software::SoftwareSigner;
 use countersign_store::keywrap::Protection;
-use countersign_store::Store;
+use countersign_store::{KeyInfo, Store};
 use serde_json::json;
 
 use crate::args::{
@@ -28,7 +30,7 @@ use crate::args::{
 };
 use crate::context::{parse_nonce, read_limited, read_small_text, resolve_vault, Context};
 use crate::failure::{Failure, Outcome};
-use countersign_approver::{actions, view as report};
+use countersign_approver::{actions, setup, view as report};
 
 pub async fn run(cli: Cli) -> Result<Outcome, Failure> {
     let context = Context::new(&cli)?;
@@ -169,18 +171,27 @@ async fn sign(
     let policy = store.policy().await?;
     let request = SafeTxRequest::from_json(&input)?;
     let vault = pinned_vault(&store, &request).await?;
-    let signer = software_signer(&store, choice).await?;
+    let signer = signer(&store, choice).await?;
     let history = store.history(&vault, request.tx.nonce).await?;
     let mut review = review(request, &vault, &policy, &tokens, &history);
     review.check_signer(signer.address());
     let shown = report::audit_body(&review, &tokens);
     store.audit("inspected", &shown).await?;
 
-    let (signature, shown_review) =
-        match sign_reviewed(&store, review, &signer, yes, &tokens, &shown, as_json).await? {
-            Signed::Done { signature, review } => (signature, *review),
-            Signed::Not(outcome) => return Ok(outcome),
-        };
+    let (signature, shown_review) = match sign_reviewed(
+        &store,
+        review,
+        signer.as_ref(),
+        yes,
+        &tokens,
+        &shown,
+        as_json,
+    )
+    .await?
+    {
+        Signed::Done { signature, review } => (signature, *review),
+        Signed::Not(outcome) => return Ok(outcome),
+    };
     if as_json {
         let mut out = report::review_json(&shown_review, &tokens);
         out["signature"] = json!(signature.to_hex());
@@ -207,7 +218,7 @@ pub(crate) enum Signed {
 pub(crate) async fn sign_reviewed(
     store: &Store,
     review: Review,
-    signer: &SoftwareSigner,
+    signer: &dyn Signer,
     yes: bool,
     tokens: &TokenList,
     shown: &serde_json::Value,
@@ -306,34 +317,69 @@ impl Prompt for TerminalPrompt {
     }
 }
 
+/// The signer for the chosen key, whatever its kind: a Ledger over USB HID, an HSM logged into
+/// with its PIN (COUNTERSIGN_HSM_PIN, else asked for), or the software key.
+pub(crate) async fn signer(store: &Store, choice: &KeyChoice) -> Result<Box<dyn Signer>, Failure> {
+    let key = choose_key(store, choice).await?;
+    let pin = (key.kind == setup::HSM).then(hsm_pin).transpose()?;
+    Ok(setup::signer(store, &key, &Link::from_env(), pin.as_ref()).await?)
+}
+
+/// The chosen key as a software key: an initiator's intent is signed as a bare digest, which
+/// only the software signer offers.
+// Limitation: intents are signed with software keys only; a Ledger or HSM initiator is not built.
 pub(crate) async fn software_signer(
     store: &Store,
     choice: &KeyChoice,
 ) -> Result<SoftwareSigner, Failure> {
-    let address = choose_key(store, choice).await?;
-    let secret = store.key_secret(&address).await?;
+    let key = choose_key(store, choice).await?;
+    if key.kind != setup::SOFTWARE {
+        return Err(Failure::input(format!(
+            "key: an intent is signed with a software key; {} is a {} key",
+            checksummed(&key.address),
+            key.kind
+        )));
+    }
+    let secret = store.key_secret(&key.address).await?;
     SoftwareSigner::from_secret(&secret)
-        .map_err(|e| Failure::other(format!("key {}: {e}", checksummed(&address))))
+        .map_err(|e| Failure::other(format!("key {}: {e}", checksummed(&key.address))))
 }
 
-async fn choose_key(store: &Store, choice: &KeyChoice) -> Result<Address, Failure> {
-    let keys = store.keys().await?;
+fn hsm_pin() -> Result<SecretString, Failure> {
+    if let Ok(pin) = std::env::var("COUNTERSIGN_HSM_PIN") {
+        return Ok(SecretString::new(pin));
+    }
+    rpassword::prompt_password("HSM token PIN: ").map(SecretString::new).map_err(|_| {
+        Failure::input("pin: give the token's PIN in COUNTERSIGN_HSM_PIN or at a terminal")
+    })
+}
+
+async fn choose_key(store: &Store, choice: &KeyChoice) -> Result<KeyInfo, Failure> {
+    let keys: Vec<KeyInfo> = store
+        .keys()
+        .await?
+        .into_iter()
+        .filter(|k| choice.signer.is_none_or(|kind| k.kind == kind.name()))
+        .collect();
+    let kind = choice.signer.map(|k| format!("{} ", k.name())).unwrap_or_default();
     let Some(wanted) = &choice.key else {
         return match keys.as_slice() {
-            [only] => Ok(only.address),
-            [] => Err(Failure::input(
-                "key: the store has no key; create one with `countersign key new`",
-            )),
-            _ => Err(Failure::input(
-                "key: the store has several keys; choose one with --key ADDRESS|LABEL",
-            )),
+            [only] => Ok(only.clone()),
+            [] => Err(Failure::input(format!(
+                "key: the store has no {kind}key; create one with `countersign key new`, \
+                 `key add-ledger` or `key add-hsm`"
+            ))),
+            _ => Err(Failure::input(format!(
+                "key: the store has several {kind}keys; choose one with --key ADDRESS|LABEL"
+            ))),
         };
     };
     let by_address = parse_address("key", wanted).ok().map(|p| p.address);
-    keys.iter()
+    keys.into_iter()
         .find(|k| Some(k.address) == by_address || k.label.as_deref() == Some(wanted.as_str()))
-        .map(|k| k.address)
-        .ok_or_else(|| Failure::input(format!("key: no key with address or label {wanted:?}")))
+        .ok_or_else(|| {
+            Failure::input(format!("key: no {kind}key with address or label {wanted:?}"))
+        })
 }
 
 async fn verify(
@@ -382,6 +428,26 @@ async fn key(context: &Context, command: KeyCommand) -> Result<Outcome, Failure>
                 import_key(hex_file.as_deref(), keystore.as_deref(), password_file.as_deref())?;
             save_key(&store, &signer, label.as_deref()).await?;
         }
+        KeyCommand::AddLedger { account, path, no_confirm, label } => {
+            let path = match path {
+                Some(path) => DerivationPath::parse("path", &path)?,
+                None => DerivationPath::account(account.unwrap_or(0))?,
+            };
+            if !no_confirm {
+                eprintln!("Confirm the address on the Ledger ({path}).");
+            }
+            let link = Link::from_env();
+            let address =
+                setup::add_ledger_key(&store, &link, &path, label.as_deref(), !no_confirm).await?;
+            outln!("{}", checksummed(&address));
+        }
+        KeyCommand::AddHsm { module, token, key_label, generate, label } => {
+            let token = TokenKey { module, token, key: key_label };
+            let pin = hsm_pin()?;
+            let address =
+                setup::add_hsm_key(&store, &token, &pin, generate, label.as_deref()).await?;
+            outln!("{}", checksummed(&address));
+        }
         KeyCommand::List => {
             for key in store.keys().await? {
                 let label = key.label.map(|l| format!("  {l}")).unwrap_or_default();
@@ -389,7 +455,7 @@ async fn key(context: &Context, command: KeyCommand) -> Result<Outcome, Failure>
             }
         }
         KeyCommand::Address { key } => {
-            outln!("{}", checksummed(&choose_key(&store, &key).await?))
+            outln!("{}", checksummed(&choose_key(&store, &key).await?.address))
         }
     }
     Ok(Outcome::Done)

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::args::{
     AdminConnection, KeyChoice, QueueApiKeyCommand, QueueMemberCommand, QueueVaultCommand,
 };
-use crate::commands::{printed, software_signer, Signed, TerminalPrompt};
+use crate::commands::{printed, signer, software_signer, Signed, TerminalPrompt};
 use crate::context::{read_limited, read_small_text, Context};
 use crate::failure::{Failure, Outcome};
 use countersign_approver::actions::{self, Approved};
@@ -247,11 +247,12 @@ pub async fn approve(
 ) -> Result<Outcome, Failure> {
     let store = context.open_store().await?;
     let tokens = context.tokens()?;
-    let signer = software_signer(&store, choice).await?;
+    let signer = signer(&store, choice).await?;
     let review =
         actions::local_review(&store, &actions::cached(&store, id).await?, &tokens).await?;
     let prompt = TerminalPrompt { yes, preface: Some(report::review_text(&review, &tokens)) };
-    let approved = actions::approve(&store, &tokens, id, &signer, &prompt, &|_| true).await?;
+    let approved =
+        actions::approve(&store, &tokens, id, signer.as_ref(), &prompt, &|_| true).await?;
     match approved {
         Approved::Marked { review, marks } => {
             out!("{}", report::review_text(&review, &tokens));

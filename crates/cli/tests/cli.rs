@@ -41,7 +41,13 @@ impl Home {
     }
 
     fn run(&self, args: &[&str]) -> Output {
+        self.run_with(&[], args)
+    }
+
+    /// `run` with more environment variables.
+    fn run_with(&self, env: &[(&str, &std::ffi::OsStr)], args: &[&str]) -> Output {
         bin()
+            .envs(env.iter().copied())
             .env("COUNTERSIGN_DATA_DIR", self.data())
             .env("COUNTERSIGN_PASSPHRASE_FILE", self.dir.path().join("passphrase"))
             .env_remove("COUNTERSIGN_LOG")
@@ -587,37 +593,8 @@ fn fail_token_look_alikes_and_address_labels() {
 /// own store, take a request from submitted to approved by hand.
 #[test]
 fn queue_walkthrough_from_submitted_to_approved() {
-    use std::io::{BufRead, BufReader};
-
-    let admin = Home::new();
-    let queue_dir = admin.dir.path().join("queue");
-    let mut server = bin()
-        .args([
-            "queue",
-            "serve",
-            "--queue-dir",
-            queue_dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Server)
-        .unwrap();
-    let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
-    let mut next =
-        |prefix: &str| lines.next().unwrap().unwrap().strip_prefix(prefix).unwrap().to_owned();
-    let (url, pin, admin_key) = (next("url: "), next("pin-sha256: "), next("admin-api-key: "));
-    let admin_key_file = admin.file("admin.key", &admin_key);
-    let conn = [
-        "--url",
-        url.as_str(),
-        "--pin",
-        pin.as_str(),
-        "--api-key-file",
-        admin_key_file.to_str().unwrap(),
-    ];
+    let queue = Queue::start();
+    let (admin, conn, url, pin) = (&queue.admin, queue.conn(), &queue.url, &queue.pin);
 
     // Three people, each with a store and a key.
     let people: Vec<(Home, String)> = (0..3)
@@ -632,43 +609,20 @@ fn queue_walkthrough_from_submitted_to_approved() {
     let (initiator, alice, bob) = (&people[0], &people[1], &people[2]);
     let owners = [alice.1.as_str(), bob.1.as_str(), initiator.1.as_str()];
 
-    let mut add = vec!["queue", "vault", "add"];
-    add.extend(conn);
-    assert_ok(&admin.run(&with_vault(add, &owners)));
+    queue.add_vault(&owners);
     for (id, role, (home, address)) in
         [("init", "initiator", initiator), ("alice", "approver", alice), ("bob", "approver", bob)]
     {
-        let mut member = vec!["queue", "member", "add"];
-        member.extend(conn);
-        member.extend(["--id", id, "--name", id, "--role", role, "--address", address]);
-        assert_ok(&admin.run(&member));
-        let mut key = vec!["queue", "api-key", "new"];
-        key.extend(conn);
-        key.push(id);
-        let api_key = stdout(&admin.run(&key)).trim().to_owned();
-        let key_file = home.file("api.key", &api_key);
-        assert_ok(&home.run(&with_vault(vec!["vault", "add"], &owners)));
-        let connect = home.run(&[
-            "queue",
-            "connect",
-            "--url",
-            &url,
-            "--pin",
-            &pin,
-            "--api-key-file",
-            key_file.to_str().unwrap(),
-            "--initiator",
-            &initiator.1,
-        ]);
-        assert_ok(&connect);
+        queue.enroll(id, role, home, address, &owners, &initiator.1);
         // Another queue would drop the synced copy and its marks: refused.
+        let key_file = home.dir.path().join("api.key");
         let elsewhere = home.run(&[
             "queue",
             "connect",
             "--url",
             "https://127.0.0.1:9",
             "--pin",
-            &pin,
+            pin,
             "--api-key-file",
             key_file.to_str().unwrap(),
             "--initiator",
@@ -744,9 +698,9 @@ fn queue_walkthrough_from_submitted_to_approved() {
         "queue",
         "connect",
         "--url",
-        &url,
+        url,
         "--pin",
-        &pin,
+        pin,
         "--api-key-file",
         bob_key.to_str().unwrap(),
         "--initiator",
@@ -773,9 +727,179 @@ fn queue_walkthrough_from_submitted_to_approved() {
     assert_ok(&alice.0.run(&["vault", "accept-queue", SAFE, "--chain-id", "1", "--yes"]));
     assert!(stdout(&alice.0.run(&["vault", "show", SAFE])).contains(newcomer));
     assert_ok(&alice.0.run(&["audit", "verify"]));
+    queue.stop();
+}
 
-    Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
-    server.0.wait().unwrap();
+/// A Ledger (the Ethereum app simulator behind the transport's exchange trait) and a key in a
+/// SoftHSM2 token each approve a request from the queue through the CLI; the queue checks each
+/// signature against its owner. The device's states each give their own message.
+#[test]
+fn hardware_signers_approve_through_the_cli() {
+    let Ok(token) = std::env::var("COUNTERSIGN_TEST_HSM_TOKEN") else {
+        assert_ne!(std::env::var("COUNTERSIGN_REQUIRE_HSM").as_deref(), Ok("1"), "no HSM token");
+        eprintln!("skipped: no SoftHSM2 token (run scripts/test)");
+        return;
+    };
+    let pin = std::env::var("COUNTERSIGN_TEST_HSM_PIN").unwrap();
+    let queue = Queue::start();
+    let home = || {
+        let home = Home::new();
+        home.file("passphrase", "a long test passphrase\n");
+        assert_ok(&home.run(&["init", "--passphrase"]));
+        home
+    };
+    let (initiator, ledger, hsm) = (home(), home(), home());
+    let init_address = stdout(&initiator.run(&["key", "new"])).trim().to_owned();
+
+    let mode = ledger.dir.path().join("ledger-mode");
+    let on_ledger = |word: &str, args: &[&str]| {
+        fs::write(&mode, word).unwrap();
+        ledger.run_with(&[("COUNTERSIGN_LEDGER_SIMULATOR", mode.as_os_str())], args)
+    };
+    let locked = on_ledger("locked", &["key", "add-ledger", "--account", "1"]);
+    assert_eq!(locked.status.code(), Some(3), "{}", stderr(&locked));
+    assert!(stderr(&locked).contains("the Ledger is locked"), "{}", stderr(&locked));
+    let refused = on_ledger("rejects", &["key", "add-ledger", "--account", "1"]);
+    assert!(stderr(&refused).contains("rejected on the Ledger"), "{}", stderr(&refused));
+    let added = on_ledger("ready", &["key", "add-ledger", "--account", "1", "--label", "nano"]);
+    assert_ok(&added);
+    let ledger_address = stdout(&added).trim().to_owned();
+    assert!(stdout(&ledger.run(&["key", "list"])).contains("ledger  nano"));
+
+    let key_label = format!("cli-{}", std::process::id());
+    let with_pin = |pin: &str, args: &[&str]| {
+        hsm.run_with(&[("COUNTERSIGN_HSM_PIN", std::ffi::OsStr::new(pin))], args)
+    };
+    let hsm_key = ["key", "add-hsm", "--token", &token, "--key-label", &key_label, "--generate"];
+    let wrong = with_pin("not-the-pin", &hsm_key);
+    assert!(stderr(&wrong).contains("refused the PIN"), "{}", stderr(&wrong));
+    assert!(!stderr(&wrong).contains("not-the-pin"));
+    let added = with_pin(&pin, &hsm_key);
+    assert_ok(&added);
+    let hsm_address = stdout(&added).trim().to_owned();
+
+    let owners = [ledger_address.as_str(), hsm_address.as_str(), init_address.as_str()];
+    queue.add_vault(&owners);
+    queue.enroll("init", "initiator", &initiator, &init_address, &owners, &init_address);
+    queue.enroll("nano", "approver", &ledger, &ledger_address, &owners, &init_address);
+    queue.enroll("vault-hsm", "approver", &hsm, &hsm_address, &owners, &init_address);
+    let request = repo("cases/ok_usdc_transfer/request.json");
+    let submit = ["queue", "submit", request.to_str().unwrap(), "--id", "hw-1", "--chain-id", "1"];
+    assert_ok(&initiator.run(&submit));
+    assert_ok(&ledger.run(&["sync"]));
+    assert_ok(&hsm.run(&["sync"]));
+
+    let approve = ["approve", "hw-1", "--yes", "--signer", "ledger"];
+    for (word, message) in [
+        ("app-closed", "Ethereum app is not open"),
+        ("setting-off", "Blind signing"),
+        ("unplugged", "no Ledger found"),
+        ("goes-away", "went away"),
+        ("rejects", "declined"),
+    ] {
+        let outcome = on_ledger(word, &approve);
+        assert!(!outcome.status.success(), "{word}: {}", stderr(&outcome));
+        assert!(stderr(&outcome).contains(message), "{word}: {}", stderr(&outcome));
+        assert!(!stdout(&outcome).contains("Step 2"), "{word}: nothing reached the queue");
+    }
+    let software = ledger.run(&["approve", "hw-1", "--yes", "--signer", "software"]);
+    assert!(stderr(&software).contains("no software key"), "{}", stderr(&software));
+    let first = on_ledger("ready", &approve);
+    assert_ok(&first);
+    assert!(stdout(&first).contains("pending with 1 approval"), "{}", stdout(&first));
+
+    let approve = ["approve", "hw-1", "--yes", "--signer", "hsm"];
+    let wrong = with_pin("not-the-pin", &approve);
+    assert!(stderr(&wrong).contains("refused the PIN"), "{}", stderr(&wrong));
+    let second = with_pin(&pin, &approve);
+    assert_ok(&second);
+    assert!(stdout(&second).contains("approved with 2 approval"), "{}", stdout(&second));
+    queue.stop();
+}
+
+/// A `queue serve` child on loopback, with its admin's home and the lines it printed.
+struct Queue {
+    server: Server,
+    admin: Home,
+    url: String,
+    pin: String,
+    admin_key_file: PathBuf,
+}
+
+impl Queue {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader};
+        let admin = Home::new();
+        let queue_dir = admin.dir.path().join("queue");
+        let mut server = bin()
+            .args(["queue", "serve", "--queue-dir", queue_dir.to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(Server)
+            .unwrap();
+        let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
+        let mut next =
+            |prefix: &str| lines.next().unwrap().unwrap().strip_prefix(prefix).unwrap().to_owned();
+        let (url, pin, admin_key) = (next("url: "), next("pin-sha256: "), next("admin-api-key: "));
+        let admin_key_file = admin.file("admin.key", &admin_key);
+        Self { server, admin, url, pin, admin_key_file }
+    }
+
+    /// The admin's connection flags.
+    fn conn(&self) -> [&str; 6] {
+        let key = self.admin_key_file.to_str().unwrap();
+        ["--url", &self.url, "--pin", &self.pin, "--api-key-file", key]
+    }
+
+    /// The walkthrough's vault on the queue, with `owners`.
+    fn add_vault(&self, owners: &[&str]) {
+        let mut add = vec!["queue", "vault", "add"];
+        add.extend(self.conn());
+        assert_ok(&self.admin.run(&with_vault(add, owners)));
+    }
+
+    /// Makes `address` member `id` with `role`, hands `home` an API key (in `api.key`), pins
+    /// the vault in its store and connects it, trusting `initiator`.
+    fn enroll(
+        &self,
+        id: &str,
+        role: &str,
+        home: &Home,
+        address: &str,
+        owners: &[&str],
+        initiator: &str,
+    ) {
+        let mut member = vec!["queue", "member", "add"];
+        member.extend(self.conn());
+        member.extend(["--id", id, "--name", id, "--role", role, "--address", address]);
+        assert_ok(&self.admin.run(&member));
+        let mut key = vec!["queue", "api-key", "new"];
+        key.extend(self.conn());
+        key.push(id);
+        let api_key = stdout(&self.admin.run(&key)).trim().to_owned();
+        let key_file = home.file("api.key", &api_key);
+        assert_ok(&home.run(&with_vault(vec!["vault", "add"], owners)));
+        let connect = home.run(&[
+            "queue",
+            "connect",
+            "--url",
+            &self.url,
+            "--pin",
+            &self.pin,
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+            "--initiator",
+            initiator,
+        ]);
+        assert_ok(&connect);
+    }
+
+    fn stop(mut self) {
+        Command::new("kill").args(["-TERM", &self.server.0.id().to_string()]).status().unwrap();
+        self.server.0.wait().unwrap();
+    }
 }
 
 /// A copy of a case's request with another nonce, in `home`'s folder.
