@@ -133,14 +133,25 @@ fn an_approver_onboards_reviews_approves_and_rejects_through_the_commands() {
         code(&w, "create_store", json!({ "args": { "passphrase": PASSPHRASE } })),
         "store_exists"
     );
-    assert!(message(&w, "add_key", json!({ "args": { "secretHex": "zz", "label": null } }))
-        .starts_with("secret:"));
+    assert!(message(
+        &w,
+        "add_key",
+        json!({ "args": { "kind": "software", "secretHex": "zz", "label": null } })
+    )
+    .starts_with("secret:"));
     let alice = countersign_demo::approvers()[0].address();
-    let imported =
-        ok(&w, "add_key", json!({ "args": { "secretHex": "21".repeat(32), "label": "alice" } }));
+    let imported = ok(
+        &w,
+        "add_key",
+        json!({ "args": { "kind": "software", "secretHex": "21".repeat(32), "label": "alice" } }),
+    );
     assert_eq!(imported, json!(countersign_core::address::checksummed(&alice)));
     assert_eq!(
-        code(&w, "add_key", json!({ "args": { "secretHex": null, "label": "second" } })),
+        code(
+            &w,
+            "add_key",
+            json!({ "args": { "kind": "software", "secretHex": null, "label": "second" } })
+        ),
         "key_exists",
         "the app signs with one key"
     );
@@ -393,4 +404,174 @@ fn an_approver_onboards_reviews_approves_and_rejects_through_the_commands() {
     assert!(*locked.lock().unwrap(), "the idle lock fired");
     assert_eq!(ok(&w, "app_status", json!({}))["store"], "locked");
     queue.running.stop();
+}
+
+/// A store onboarded onto the demo queue with a hardware key: the vault with `owner` pinned
+/// as the window showed it, and synced.
+fn hardware_approver(
+    w: &WebviewWindow<MockRuntime>,
+    queue: &countersign_demo::DemoQueue,
+    api_key: &str,
+    safe: &str,
+) {
+    let initiator =
+        countersign_core::address::checksummed(&countersign_demo::initiator().address());
+    let connect = json!({ "args": { "url": queue.url, "pins": [queue.pin], "apiKey": api_key,
+                                    "initiators": [initiator] } });
+    ok(w, "connect_queue", connect);
+    let vaults = ok(w, "queue_vaults", json!({}));
+    let shown = vaults
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| &v["queue"])
+        .find(|v| v["address"] == safe)
+        .unwrap()
+        .clone();
+    ok(
+        w,
+        "pin_queue_vault",
+        json!({ "args": { "chainId": shown["chainId"], "address": shown["address"],
+        "safeVersion": shown["safeVersion"], "owners": shown["owners"], "threshold": shown["threshold"] } }),
+    );
+    ok(w, "sync_queue", json!({}));
+}
+
+/// The signature the queue holds for the hardware request recovers to `owner`.
+fn queue_holds_signature_of(
+    queue: &countersign_demo::DemoQueue,
+    hash: &str,
+    owner: alloy_primitives::Address,
+) {
+    let on_queue = tauri::async_runtime::block_on(countersign_queue::model::request_view(
+        &queue.db,
+        countersign_demo::HARDWARE_REQUEST,
+    ))
+    .unwrap();
+    let view: Value = serde_json::from_str(&on_queue.json).unwrap();
+    assert_eq!(view["state"], "approved", "{view}");
+    let signature = countersign_core::signature::OwnerSignature::parse_hex(
+        "signature",
+        view["approvals"][0]["signature"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(signature.recover(&hash.parse().unwrap()).unwrap(), owner);
+}
+
+#[test]
+fn a_ledger_approves_through_the_commands() {
+    use countersign_signers::ledger::{simulator::Simulator, DerivationPath};
+    let modes = tempfile::tempdir().unwrap();
+    let mode = modes.path().join("ledger-mode");
+    // The app reaches the simulator (a test build only) through this mode file.
+    std::env::set_var("COUNTERSIGN_LEDGER_SIMULATOR", &mode);
+    let simulator = Simulator::with_mode_file(mode.clone());
+    let owner = simulator.address(&DerivationPath::account(0).unwrap());
+    let queue_dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let queue = tauri::async_runtime::block_on(countersign_demo::start_queue(
+        queue_dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .unwrap();
+    let safe = alloy_primitives::Address::repeat_byte(0x4c);
+    let (_, api_key) = tauri::async_runtime::block_on(countersign_demo::add_hardware_vault(
+        &queue, safe, owner, "nano",
+    ))
+    .unwrap();
+    let (_app, w) = app(data.path(), &Recorder::default());
+    ok(&w, "create_store", json!({ "args": { "passphrase": PASSPHRASE } }));
+    let ledger = json!({ "args": { "kind": "ledger", "account": 0 } });
+    for (word, expected) in [
+        ("locked", "ledger_locked"),
+        ("app-closed", "ledger_app_closed"),
+        ("rejects", "ledger_rejected"),
+        ("unplugged", "ledger_not_found"),
+    ] {
+        simulator.set_mode(word.parse().unwrap());
+        assert_eq!(code(&w, "add_key", ledger.clone()), expected, "{word}");
+    }
+    assert_eq!(ok(&w, "app_status", json!({}))["keys"], json!([]), "nothing kept");
+    assert!(message(&w, "add_key", json!({ "args": { "kind": "ledger", "path": "44'/x" } }))
+        .starts_with("path:"));
+    simulator.set_mode("ready".parse().unwrap());
+    let added = ok(&w, "add_key", ledger);
+    assert_eq!(added, json!(countersign_core::address::checksummed(&owner)));
+    assert_eq!(ok(&w, "app_status", json!({}))["signer"], "ledger");
+
+    hardware_approver(&w, &queue, &api_key, &countersign_core::address::checksummed(&safe));
+    let detail =
+        ok(&w, "request_detail", json!({ "args": { "id": countersign_demo::HARDWARE_REQUEST } }));
+    assert_eq!(detail["canApprove"], true, "{}", detail["whyNot"]);
+    let hash = detail["safeTxHash"].as_str().unwrap().to_owned();
+    let approve =
+        json!({ "args": { "id": countersign_demo::HARDWARE_REQUEST, "safeTxHash": hash } });
+    for (word, expected, words) in [
+        ("locked", "ledger_locked", "unlock it"),
+        ("setting-off", "ledger_setting_off", "Blind signing"),
+        ("goes-away", "ledger_disconnected", "went away"),
+    ] {
+        simulator.set_mode(word.parse().unwrap());
+        assert_eq!(code(&w, "approve_request", approve.clone()), expected, "{word}");
+        assert!(
+            message(&w, "approve_request", approve.clone()).contains(words) || word == "goes-away"
+        );
+    }
+    // Plugged back in, without restarting the app.
+    simulator.set_mode("ready".parse().unwrap());
+    let approved = ok(&w, "approve_request", approve);
+    assert_eq!(approved["state"], "approved");
+    queue_holds_signature_of(&queue, &hash, owner);
+}
+
+#[test]
+fn an_hsm_key_approves_through_the_commands() {
+    let Ok(token) = std::env::var("COUNTERSIGN_TEST_HSM_TOKEN") else {
+        assert_ne!(std::env::var("COUNTERSIGN_REQUIRE_HSM").as_deref(), Ok("1"), "no HSM token");
+        eprintln!("skipped: no SoftHSM2 token (run scripts/test)");
+        return;
+    };
+    let pin = std::env::var("COUNTERSIGN_TEST_HSM_PIN").unwrap();
+    let module = std::env::var("COUNTERSIGN_TEST_HSM_MODULE")
+        .unwrap_or_else(|_| countersign_signers::hsm::SOFTHSM_MODULE.to_owned());
+    let key_label = format!("app-{}", std::process::id());
+    let hsm = |pin: &str| {
+        json!({ "args": { "kind": "hsm", "module": module, "token": token,
+                                           "keyLabel": key_label, "pin": pin, "generate": true } })
+    };
+    let queue_dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let queue = tauri::async_runtime::block_on(countersign_demo::start_queue(
+        queue_dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .unwrap();
+    let (_app, w) = app(data.path(), &Recorder::default());
+    ok(&w, "create_store", json!({ "args": { "passphrase": PASSPHRASE } }));
+    let wrong = message(&w, "add_key", hsm("wrong-pin"));
+    assert!(wrong.contains("refused the PIN") && !wrong.contains("wrong-pin"), "{wrong}");
+    let added = ok(&w, "add_key", hsm(&pin));
+    let owner: alloy_primitives::Address = added.as_str().unwrap().parse().unwrap();
+    assert_eq!(ok(&w, "app_status", json!({}))["signer"], "hsm");
+    let safe = alloy_primitives::Address::repeat_byte(0x4d);
+    let (_, api_key) = tauri::async_runtime::block_on(countersign_demo::add_hardware_vault(
+        &queue,
+        safe,
+        owner,
+        "vault-hsm",
+    ))
+    .unwrap();
+    hardware_approver(&w, &queue, &api_key, &countersign_core::address::checksummed(&safe));
+    let detail =
+        ok(&w, "request_detail", json!({ "args": { "id": countersign_demo::HARDWARE_REQUEST } }));
+    let hash = detail["safeTxHash"].as_str().unwrap().to_owned();
+    let approve = |pin: Option<&str>| {
+        json!({ "args": { "id": countersign_demo::HARDWARE_REQUEST,
+                                                        "safeTxHash": hash, "pin": pin } })
+    };
+    assert_eq!(code(&w, "approve_request", approve(None)), "pin_missing");
+    assert_eq!(code(&w, "approve_request", approve(Some("wrong-pin"))), "hsm_wrong_pin");
+    let approved = ok(&w, "approve_request", approve(Some(&pin)));
+    assert_eq!(approved["state"], "approved");
+    queue_holds_signature_of(&queue, &hash, owner);
 }

@@ -388,3 +388,53 @@ pub async fn load(queue: &DemoQueue, requests: usize) -> Result<Vec<VaultRecord>
     }
     Ok(vaults)
 }
+
+/// The one request of each [`add_hardware_vault`].
+pub const HARDWARE_REQUEST: &str = "hardware-usdc-topup";
+
+/// Adds a 1-of-2 vault whose owners are `owner` (a Ledger's or an HSM's address) and alice,
+/// at `safe`, makes `owner` the approver member `id`, and submits one USDC transfer to it
+/// ([`HARDWARE_REQUEST`], once per queue). Returns the vault record and the member's API key.
+pub async fn add_hardware_vault(
+    queue: &DemoQueue,
+    safe: Address,
+    owner: Address,
+    id: &str,
+) -> Result<(VaultRecord, String), DemoError> {
+    let mut record = VaultRecord::new(CHAIN_ID, safe, SafeVersion::V1_3_0);
+    record.owners = vec![owner, approvers()[0].address()];
+    record.owners.sort();
+    record.threshold = Some(1);
+    record.next_nonce = Some(U256::ZERO);
+    let admin = queue
+        .connection(&queue.admin_api_key)
+        .session()
+        .await
+        .map_err(|e| fail("admin session")(&e))?;
+    let owners: Vec<String> = record.owners.iter().map(checksummed).collect();
+    admin
+        .post(
+            "/v1/vaults",
+            &json!({ "chainId": CHAIN_ID, "address": checksummed(&safe),
+                     "safeVersion": "1.3.0", "owners": owners, "threshold": 1, "nextNonce": "0" }),
+        )
+        .await
+        .map_err(|e| fail("vault")(&e))?;
+    let body = json!({ "id": id, "name": id, "role": "approver", "address": checksummed(&owner) });
+    admin.post("/v1/members", &body).await.map_err(|e| fail("member")(&e))?;
+    let key = admin
+        .post(&format!("/v1/members/{id}/api-keys"), &json!({}))
+        .await
+        .map_err(|e| fail("api key")(&e))?;
+    let ops = queue
+        .connection(&queue.initiator_api_key)
+        .session()
+        .await
+        .map_err(|e| fail("initiator session")(&e))?;
+    let exchange = address!("28C6c06298d514Db089934071355E5743bf21d60");
+    let mut transaction =
+        tx(USDC, U256::ZERO, encode_transfer(exchange, usdc(12_000)), Operation::CALL, 0);
+    transaction["safe"] = json!(checksummed(&safe));
+    submit_to(&ops, &initiator(), &record, HARDWARE_REQUEST, transaction).await?;
+    Ok((record, key["apiKey"].as_str().unwrap_or_default().to_owned()))
+}
