@@ -483,6 +483,8 @@ pub async fn request_detail(state: State<'_, AppState>, args: Option<Value>) -> 
             "This store has several keys and the app signs with one: approve with the CLI's --key."
         ]);
     }
+    // What the approval screen asks for: the Ledger's hashes to compare, or the token's PIN.
+    detail["signer"] = json!(store.keys().await?.first().map(|k| k.kind.clone()));
     Ok(detail)
 }
 

@@ -169,14 +169,21 @@ export function detailScreen(shell: Shell, id: string): HTMLElement {
     };
     const sign = el("button", { class: "primary", id: "confirm-approve" }, "Sign and approve");
     const cancel = el("button", { id: "cancel-approve", onclick: () => render(detail) }, "Cancel");
+    const pin = el("input", { id: "approve-pin", type: "password", autocomplete: "off" });
     box.append(
       el("h2", {}, "Approve this request?"),
       list(detail.intent, "confirm-intent"),
       el("p", {}, "You sign safeTxHash ", el("code", {}, detail.safeTxHash), "."),
-      sign,
-      cancel,
-      steps,
     );
+    if (detail.signer === "ledger") {
+      box.append(
+        el("p", { id: "ledger-compare" }, "Your Ledger shows two hashes. Sign only if they are these:"),
+        el("p", {}, "Domain hash ", el("code", { id: "ledger-domain" }, detail.ledgerDomainHash)),
+        el("p", {}, "Message hash ", el("code", { id: "ledger-message" }, detail.ledgerMessageHash)),
+      );
+    }
+    if (detail.signer === "hsm") box.append(el("label", { class: "field" }, el("span", {}, "The token's PIN"), pin));
+    box.append(sign, cancel, steps);
     shell.onStep((payload) => {
       if (payload.id === detail.id) mark(payload.step);
     });
@@ -185,7 +192,10 @@ export function detailScreen(shell: Shell, id: string): HTMLElement {
       cancel.disabled = true;
       shell.busy("Approving…");
       try {
-        const answer = await api.approve(detail.id, detail.safeTxHash);
+        document.getElementById("approve-error")?.remove();
+        const tokenPin = detail.signer === "hsm" ? pin.value : null;
+        pin.value = "";
+        const answer = await api.approve(detail.id, detail.safeTxHash, tokenPin);
         mark("done");
         stepItems.get("done")?.classList.replace("active", "done");
         shell.notice(`The queue recorded your approval (${answer.signer}); the request is ${answer.state} with ${answer.approvals} approval(s).`);
@@ -194,6 +204,8 @@ export function detailScreen(shell: Shell, id: string): HTMLElement {
         const problem = asProblem(error);
         box.append(el("p", { class: "danger", id: "approve-error", "data-code": problem.code }, sentence(problem)));
         cancel.disabled = false;
+        // A wrong PIN or a locked Ledger can be put right and tried again.
+        sign.disabled = false;
       } finally {
         shell.busy(null);
       }

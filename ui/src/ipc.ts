@@ -27,7 +27,17 @@ export interface Status {
   protection: "keyring" | "passphrase" | null;
   queue: string | null;
   keys: string[];
+  /** The signing key's kind. */
+  signer: SignerKind | null;
 }
+
+export type SignerKind = "software" | "ledger" | "hsm";
+
+/** The signer to set up, as `add_key` takes it. */
+export type KeyArgs =
+  | { kind: "software"; secretHex: string | null; label: string | null }
+  | { kind: "ledger"; account: number; label: string | null }
+  | { kind: "hsm"; module: string; token: string; keyLabel: string; pin: string; generate: boolean; label: string | null };
 
 export interface Row {
   id: string;
@@ -75,6 +85,8 @@ export interface Detail {
   domainHash: string;
   messageHash: string;
   safeTxHash: string;
+  /** The signing key's kind: a Ledger shows the two hashes below; an HSM needs its PIN. */
+  signer?: SignerKind | null;
   ledgerDomainHash: string;
   ledgerMessageHash: string;
   claimedSafeTxHash: string | null;
@@ -168,8 +180,7 @@ export const api = {
   createStore: (passphrase: string | null) => call<Status>("create_store", { passphrase }),
   unlock: (passphrase: string | null) => call<Status>("unlock", { passphrase }),
   lock: () => call<boolean>("lock"),
-  addKey: (secretHex: string | null, label: string | null) =>
-    call<string>("add_key", { secretHex, label }),
+  addKey: (args: KeyArgs) => call<string>("add_key", { ...args }),
   testQueue: (args: ConnectArgs) => call<Member>("test_queue", { ...args }),
   connectQueue: (args: ConnectArgs) => call<Member>("connect_queue", { ...args }),
   sync: () => call<SyncSummary>("sync_queue"),
@@ -179,8 +190,9 @@ export const api = {
     return Array.isArray(answer) ? answer : (JSON.parse(new TextDecoder().decode(answer)) as Row[]);
   },
   detail: (id: string) => call<Detail>("request_detail", { id }),
-  approve: (id: string, safeTxHash: string) =>
-    call<ApproveAnswer>("approve_request", { id, safeTxHash }),
+  /** `pin` is the HSM token's, for this approval only. */
+  approve: (id: string, safeTxHash: string, pin: string | null = null) =>
+    call<ApproveAnswer>("approve_request", { id, safeTxHash, pin }),
   reject: (id: string, reason: string) => call<string>("reject_request", { id, reason }),
   incidents: () => call<Incident[]>("incidents"),
   clearIncident: (id: string, note: string) => call<null>("clear_incident", { id, note }),

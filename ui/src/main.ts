@@ -31,7 +31,7 @@ export interface Shell {
 }
 
 const root = document.getElementById("app") as HTMLDivElement;
-let current: Status = { store: "none", protection: null, queue: null, keys: [] };
+let current: Status = { store: "none", protection: null, queue: null, keys: [], signer: null };
 let route: Route = { name: "onboarding" };
 let queueHandler: (() => void) | null = null;
 let stepHandler: ((payload: { id: string; step: string }) => void) | null = null;

@@ -1,5 +1,5 @@
 // First start (a store, a key, a queue, its vault records) and the lock screen.
-import { api, asProblem, type ConnectArgs, type Status } from "./ipc";
+import { api, asProblem, type ConnectArgs, type KeyArgs, type Status } from "./ipc";
 import { clear, el } from "./dom";
 import { sentence } from "./format";
 import type { Shell } from "./main";
@@ -102,26 +102,51 @@ export function onboardingScreen(shell: Shell): HTMLElement {
   function keyStep(): HTMLElement {
     const label = el("input", { id: "key-label", placeholder: "e.g. treasury-approver" });
     const secret = el("input", { id: "key-secret", type: "password", placeholder: "64 hex characters", autocomplete: "off" });
+    const account = el("input", { id: "ledger-account", type: "number", min: "0", value: "0" });
+    const module = el("input", { id: "hsm-module", value: "/usr/lib/softhsm/libsofthsm2.so" });
+    const token = el("input", { id: "hsm-token", placeholder: "the token's label" });
+    const keyLabel = el("input", { id: "hsm-key", placeholder: "the key's label in the token" });
+    const pin = el("input", { id: "hsm-pin", type: "password", autocomplete: "off" });
+    const generate = el("input", { id: "hsm-generate", type: "checkbox" });
     const result = el("div", {});
-    const add = async (importing: boolean) => {
+    const add = async (args: KeyArgs, wait: string) => {
       clear(result);
+      shell.busy(wait);
       try {
-        const address = await api.addKey(importing ? secret.value : null, label.value || null);
+        const address = await api.addKey(args);
         secret.value = "";
-        shell.notice(`Key ${address} is ready.`);
+        pin.value = "";
+        shell.notice(`Key ${address} is ready. Give this address to your queue's admin to enroll.`);
         await next();
       } catch (error) {
         result.append(failure(error, "key-error"));
+      } finally {
+        shell.busy(null);
       }
     };
+    const name = () => label.value || null;
     return el(
       "div",
       { id: "step-key" },
       el("h2", {}, "2. Your signing key"),
       field("Label", label),
-      el("button", { class: "primary", id: "new-key", onclick: () => void add(false) }, "Make a new key"),
+      el("button", { class: "primary", id: "new-key", onclick: () => void add({ kind: "software", secretHex: null, label: name() }, "Making the key…") }, "Make a new key"),
       field("Or import a secret key", secret),
-      el("button", { id: "import-key", onclick: () => void add(true) }, "Import the key"),
+      el("button", { id: "import-key", onclick: () => void add({ kind: "software", secretHex: secret.value, label: name() }, "Importing the key…") }, "Import the key"),
+      el("h3", {}, "Or a Ledger"),
+      el("p", { class: "sub" }, "Plug it in, unlock it and open the Ethereum app. It shows the address: confirm it on the device."),
+      field("Account (44'/60'/N'/0/0)", account),
+      el("button", { id: "use-ledger", onclick: () => void add({ kind: "ledger", account: Number(account.value) || 0, label: name() }, "Confirm the address on your Ledger…") }, "Use the Ledger"),
+      el("h3", {}, "Or a key in an HSM (PKCS#11)"),
+      field("Module", module),
+      field("Token label", token),
+      field("Key label", keyLabel),
+      field("PIN (not kept: asked at each approval)", pin),
+      el("label", { class: "check" }, generate, " Make the key in the token if none has that label"),
+      el("button", {
+        id: "use-hsm",
+        onclick: () => void add({ kind: "hsm", module: module.value, token: token.value, keyLabel: keyLabel.value, pin: pin.value, generate: generate.checked, label: name() }, "Opening the token…"),
+      }, "Use the token's key"),
       result,
     );
   }

@@ -56,11 +56,13 @@ function detail(id: string): Detail {
     createdAt: 1_700_000_000,
     canApprove: !refused,
     whyNot: refused ? ["the transaction is a delegatecall the local policy does not trust."] : [],
+    signer: id === "r3" ? "hsm" : id === "r4" ? "ledger" : "software",
   };
 }
 
 const calls: string[] = [];
 const connects: Record<string, unknown>[] = [];
+const approvals: Record<string, unknown>[] = [];
 
 beforeAll(async () => {
   document.body.innerHTML = '<div id="app"></div>';
@@ -92,6 +94,7 @@ beforeAll(async () => {
           connects.push(args as Record<string, unknown>);
           return { id: "alice", role: "approver" };
         case "approve_request":
+          approvals.push(args as Record<string, unknown>);
           void emit("approval-step", { id: args.id, step: "checking" });
           void emit("approval-step", { id: args.id, step: "signing" });
           void emit("approval-step", { id: args.id, step: "sending" });
@@ -171,6 +174,36 @@ describe("a request", () => {
     }, "the queue's acknowledgement");
     expect(notice.textContent).toContain("1 approval(s)");
     expect(calls.filter((c) => c === "approve_request")).toHaveLength(1);
+  });
+});
+
+describe("a hardware signer", () => {
+  async function confirmScreen(id: string): Promise<HTMLElement> {
+    (document.getElementById("back") as HTMLElement | null)?.click();
+    const row = await until(() => document.querySelector(`#queue-table .row[data-id="${id}"]`) as HTMLElement | null, `row ${id}`);
+    row.click();
+    (await until(() => document.getElementById("approve"), "the approve button")).click();
+    return until(() => document.getElementById("confirm-approve"), "the confirmation");
+  }
+
+  it("on a Ledger shows the two hashes the device shows", async () => {
+    await confirmScreen("r4");
+    expect(document.getElementById("ledger-domain")?.textContent).toBe(`0x${"AB".repeat(32)}`);
+    expect(document.getElementById("ledger-message")?.textContent).toBe(`0x${"CD".repeat(32)}`);
+    expect(document.getElementById("approve-pin")).toBeNull();
+    (document.getElementById("cancel-approve") as HTMLElement).click();
+  });
+
+  it("in an HSM asks for the token's PIN and sends it with this approval only", async () => {
+    const confirm = await confirmScreen("r3");
+    expect(document.getElementById("ledger-domain")).toBeNull();
+    const pin = document.getElementById("approve-pin") as HTMLInputElement;
+    pin.value = "1234";
+    confirm.click();
+    await until(() => approvals.find((a) => a.id === "r3"), "the approval");
+    expect(approvals.find((a) => a.id === "r3")?.pin).toBe("1234");
+    expect(approvals.find((a) => a.id === "r0")?.pin).toBeNull();
+    expect(pin.value).toBe("");
   });
 });
 
