@@ -119,7 +119,7 @@ async fn run() {
     eprintln!("synced {fetched} requests; the queue is stopped, the app reads local data");
 
     let (xvfb, display) = support::start_xvfb();
-    let (driver, port) = support::start_driver(&display, data.path());
+    let (driver, port) = support::start_driver(&display, data.path(), &[]);
     let started = Instant::now();
     let client = support::session(port, env!("CARGO_BIN_EXE_countersign-app")).await;
     let want = format!("{total} of {total}");

@@ -89,8 +89,13 @@ async fn demo_queue() -> (tempfile::TempDir, tempfile::TempDir, countersign_demo
 
 /// Xvfb, the driver and a session with the app on the store in `data`.
 async fn app_on(data: &Path) -> (Running, Running, Client) {
+    app_with(data, &[]).await
+}
+
+/// `app_on`, the app started with more environment variables.
+async fn app_with(data: &Path, env: &[(&str, &std::ffi::OsStr)]) -> (Running, Running, Client) {
     let (xvfb, display) = start_xvfb();
-    let (driver, port) = start_driver(&display, data);
+    let (driver, port) = start_driver(&display, data, env);
     let client = session(port, env!("CARGO_BIN_EXE_countersign-app")).await;
     (xvfb, driver, client)
 }
@@ -237,6 +242,150 @@ async fn the_app_onboards_approves_refuses_and_marks_a_lying_queue() {
     until_text(&client, "#incident-list", |t| t.contains("queue incident")).await;
     screenshot(&client, "incidents").await;
 
+    client.close().await.unwrap();
+    queue.running.stop();
+}
+
+/// Connects the onboarding to `queue` with `api_key`, pins the vault at `safe` as shown, and
+/// syncs the queue screen until the hardware request is listed.
+async fn connect_and_sync(
+    client: &Client,
+    queue: &countersign_demo::DemoQueue,
+    api_key: &str,
+    safe: &str,
+) {
+    fill(client, "#queue-url", &queue.url).await;
+    fill(client, "#queue-pin", &queue.pin).await;
+    fill(client, "#queue-key", api_key).await;
+    fill(client, "#queue-initiators", &checksummed(&countersign_demo::initiator().address())).await;
+    click(client, "#connect-queue").await;
+    let card = format!(".card[data-address=\"{safe}\"]");
+    click(client, &format!("{card} .pin-vault")).await;
+    until_text(client, &card, |t| t.contains("it agrees with the queue")).await;
+    click(client, "#open-queue").await;
+    click(client, "#sync").await;
+    until_text(client, "#row-count", |t| t.contains("of")).await;
+    click(client, &rows_selector(countersign_demo::HARDWARE_REQUEST)).await;
+}
+
+/// The hardware request is approved on the queue with a signature that recovers to `owner`.
+async fn approved_by(queue: &countersign_demo::DemoQueue, owner: alloy_primitives::Address) {
+    let view =
+        countersign_queue::model::request_view(&queue.db, countersign_demo::HARDWARE_REQUEST)
+            .await
+            .unwrap();
+    let view: Value = serde_json::from_str(&view.json).unwrap();
+    assert_eq!(view["state"], "approved");
+    let hash: alloy_primitives::B256 = view["safeTxHash"].as_str().unwrap().parse().unwrap();
+    let signature = countersign_core::signature::OwnerSignature::parse_hex(
+        "signature",
+        view["approvals"][0]["signature"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(signature.recover(&hash).unwrap(), owner);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_and_an_hsm_key_approve_in_the_window() {
+    use countersign_signers::ledger::simulator::{Mode, Simulator};
+    use countersign_signers::ledger::DerivationPath;
+    if !wanted() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+
+    // A Ledger: the Ethereum app simulator, its state set through a mode file the app reads.
+    let (_queue_dir, data, queue) = demo_queue().await;
+    let modes = tempfile::tempdir().unwrap();
+    let mode = modes.path().join("ledger-mode");
+    let simulator = Simulator::with_mode_file(mode.clone());
+    let owner = simulator.address(&DerivationPath::account(0).unwrap());
+    let safe = alloy_primitives::Address::repeat_byte(0x4c);
+    let (_, api_key) =
+        countersign_demo::add_hardware_vault(&queue, safe, owner, "nano").await.unwrap();
+    let env = [("COUNTERSIGN_LEDGER_SIMULATOR", mode.as_os_str())];
+    let (_xvfb, _driver, client) = app_with(data.path(), &env).await;
+    fill(&client, "#new-passphrase", "correct horse battery staple").await;
+    fill(&client, "#new-passphrase-again", "correct horse battery staple").await;
+    click(&client, "#create-store").await;
+    simulator.set_mode(Mode::Locked);
+    click(&client, "#use-ledger").await;
+    until_text(&client, "#key-error", |t| t.contains("locked")).await;
+    simulator.set_mode(Mode::Ready);
+    click(&client, "#use-ledger").await;
+    until_text(&client, "#message", |t| t.contains(&checksummed(&owner))).await;
+    connect_and_sync(&client, &queue, &api_key, &checksummed(&safe)).await;
+    click(&client, "#approve").await;
+    // The two hashes the window shows, as the device shows them, are what the device signs.
+    let domain = text(&client, "#ledger-domain").await;
+    let message = text(&client, "#ledger-message").await;
+    for shown in [&domain, &message] {
+        assert!(
+            shown.len() == 66
+                && shown[2..].chars().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()),
+            "{shown}"
+        );
+    }
+    simulator.set_mode(Mode::AppClosed);
+    click(&client, "#confirm-approve").await;
+    until_text(&client, "#approve-error", |t| t.contains("Ethereum app is not open")).await;
+    screenshot(&client, "ledger-app-closed").await;
+    simulator.set_mode(Mode::Ready);
+    click(&client, "#confirm-approve").await;
+    until_text(&client, "#message", |t| t.contains("recorded your approval")).await;
+    approved_by(&queue, owner).await;
+    let view =
+        countersign_queue::model::request_view(&queue.db, countersign_demo::HARDWARE_REQUEST)
+            .await
+            .unwrap();
+    let view: Value = serde_json::from_str(&view.json).unwrap();
+    let mut preimage = vec![0x19, 0x01];
+    for shown in [&domain, &message] {
+        let hash: alloy_primitives::B256 = shown.to_lowercase().parse().unwrap();
+        preimage.extend_from_slice(hash.as_slice());
+    }
+    let signed: alloy_primitives::B256 = view["safeTxHash"].as_str().unwrap().parse().unwrap();
+    assert_eq!(alloy_primitives::keccak256(&preimage), signed);
+    client.close().await.unwrap();
+    queue.running.stop();
+    drop((_xvfb, _driver));
+
+    // A key in the test script's SoftHSM2 token, its PIN asked at the approval.
+    let Ok(token) = std::env::var("COUNTERSIGN_TEST_HSM_TOKEN") else {
+        assert_ne!(std::env::var("COUNTERSIGN_REQUIRE_HSM").as_deref(), Ok("1"), "no HSM token");
+        eprintln!("skipped the HSM half: no SoftHSM2 token (run scripts/test)");
+        return;
+    };
+    let pin = std::env::var("COUNTERSIGN_TEST_HSM_PIN").unwrap();
+    let (_queue_dir, data, queue) = demo_queue().await;
+    let (_xvfb, _driver, client) = app_on(data.path()).await;
+    fill(&client, "#new-passphrase", "correct horse battery staple").await;
+    fill(&client, "#new-passphrase-again", "correct horse battery staple").await;
+    click(&client, "#create-store").await;
+    if let Ok(module) = std::env::var("COUNTERSIGN_TEST_HSM_MODULE") {
+        fill(&client, "#hsm-module", &module).await;
+    }
+    fill(&client, "#hsm-token", &token).await;
+    fill(&client, "#hsm-key", &format!("e2e-{}", std::process::id())).await;
+    fill(&client, "#hsm-pin", &pin).await;
+    click(&client, "#hsm-generate").await;
+    click(&client, "#use-hsm").await;
+    let notice = until_text(&client, "#message", |t| t.contains("is ready")).await;
+    let owner: alloy_primitives::Address =
+        notice.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let safe = alloy_primitives::Address::repeat_byte(0x4d);
+    let (_, api_key) =
+        countersign_demo::add_hardware_vault(&queue, safe, owner, "vault-hsm").await.unwrap();
+    connect_and_sync(&client, &queue, &api_key, &checksummed(&safe)).await;
+    click(&client, "#approve").await;
+    fill(&client, "#approve-pin", "not-the-pin").await;
+    click(&client, "#confirm-approve").await;
+    until_text(&client, "#approve-error", |t| t.contains("refused the PIN")).await;
+    fill(&client, "#approve-pin", &pin).await;
+    click(&client, "#confirm-approve").await;
+    until_text(&client, "#message", |t| t.contains("recorded your approval")).await;
+    screenshot(&client, "hsm-approved").await;
+    approved_by(&queue, owner).await;
     client.close().await.unwrap();
     queue.running.stop();
 }

@@ -221,7 +221,7 @@ export function onboardingScreen(shell: Shell): HTMLElement {
           const record = vault.queue;
           const row = el(
             "div",
-            { class: "card" },
+            { class: "card", "data-address": record.address },
             el("strong", {}, `${record.address} on chain ${record.chainId}`),
             el("p", {}, `Safe ${record.safeVersion}, ${record.threshold ?? "?"} of ${record.owners.length}: ${record.owners.join(", ")}`),
           );

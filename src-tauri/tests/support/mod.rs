@@ -59,7 +59,11 @@ pub fn start_xvfb() -> (Running, String) {
     (running, format!(":{number}"))
 }
 
-pub fn start_driver(display: &str, data_dir: &Path) -> (Running, u16) {
+pub fn start_driver(
+    display: &str,
+    data_dir: &Path,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Running, u16) {
     let driver = std::env::var("TAURI_DRIVER").unwrap_or_else(|_| "tauri-driver".to_owned());
     let (port, native) = (free_port(), free_port());
     let child = Command::new(&driver)
@@ -67,6 +71,7 @@ pub fn start_driver(display: &str, data_dir: &Path) -> (Running, u16) {
         .args(["--native-driver", "/usr/bin/WebKitWebDriver"])
         .env("DISPLAY", display)
         .env("COUNTERSIGN_DATA_DIR", data_dir)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
