@@ -260,6 +260,20 @@ pub async fn approve(
             ),
         ));
     }
+    // A second signature by the same owner would be refused by the queue, and a Ledger's or
+    // an HSM's would differ from the first: sign nothing when this owner approved already.
+    let me = checksummed(&signer.address());
+    let already = current["approvals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|a| a["owner"].as_str().is_some_and(|owner| owner.eq_ignore_ascii_case(&me)));
+    if already {
+        return Err(Problem::refused(
+            "already_approved",
+            format!("the queue lists {me}'s approval of request {id} already; nothing was signed"),
+        ));
+    }
     let hash = review.hashes.safe_tx;
     if !on_step(Step::Signing) {
         return Err(stopped());

@@ -198,6 +198,7 @@ pub enum KeyCommand {
         /// Read the address without showing it on the device for confirmation.
         #[arg(long)]
         no_confirm: bool,
+        /// A name for the key in this store.
         #[arg(long)]
         label: Option<String>,
     },
@@ -216,6 +217,7 @@ pub enum KeyCommand {
         /// Make the key in the token when none has that label.
         #[arg(long)]
         generate: bool,
+        /// A name for the key in this store.
         #[arg(long)]
         label: Option<String>,
     },

@@ -26,7 +26,7 @@ use serde_json::json;
 
 use crate::args::{
     AuditCommand, Cli, Command, IncidentCommand, KeyChoice, KeyCommand, PolicyCommand,
-    QueueCommand, VaultCommand, VaultFlags,
+    QueueCommand, SignerKind, VaultCommand, VaultFlags,
 };
 use crate::context::{parse_nonce, read_limited, read_small_text, resolve_vault, Context};
 use crate::failure::{Failure, Outcome};
@@ -322,7 +322,21 @@ impl Prompt for TerminalPrompt {
 pub(crate) async fn signer(store: &Store, choice: &KeyChoice) -> Result<Box<dyn Signer>, Failure> {
     let key = choose_key(store, choice).await?;
     let pin = (key.kind == setup::HSM).then(hsm_pin).transpose()?;
-    Ok(setup::signer(store, &key, &Link::from_env(), pin.as_ref()).await?)
+    Ok(setup::signer(store, &key, &ledger_link(), pin.as_ref()).await?)
+}
+
+/// The Ledger over USB, or the simulator in a test build asked for it. A build without the
+/// simulator says that it ignores the request, rather than looking for USB silently.
+fn ledger_link() -> Link {
+    if !countersign_signers::ledger::SIMULATOR_BUILT
+        && std::env::var_os("COUNTERSIGN_LEDGER_SIMULATOR").is_some()
+    {
+        eprintln!(
+            "note: COUNTERSIGN_LEDGER_SIMULATOR is ignored: this build has no simulator (build \
+             with --features countersign-signers/simulators); using USB"
+        );
+    }
+    Link::from_env()
 }
 
 /// The chosen key as a software key: an initiator's intent is signed as a bare digest, which
@@ -366,8 +380,13 @@ async fn choose_key(store: &Store, choice: &KeyChoice) -> Result<KeyInfo, Failur
         return match keys.as_slice() {
             [only] => Ok(only.clone()),
             [] => Err(Failure::input(format!(
-                "key: the store has no {kind}key; create one with `countersign key new`, \
-                 `key add-ledger` or `key add-hsm`"
+                "key: the store has no {kind}key; add one with {}",
+                match choice.signer {
+                    Some(SignerKind::Ledger) => "`countersign key add-ledger`",
+                    Some(SignerKind::Hsm) => "`countersign key add-hsm`",
+                    Some(SignerKind::Software) => "`countersign key new` or `key import`",
+                    None => "`countersign key new`, `key add-ledger` or `key add-hsm`",
+                }
             ))),
             _ => Err(Failure::input(format!(
                 "key: the store has several {kind}keys; choose one with --key ADDRESS|LABEL"
@@ -436,7 +455,7 @@ async fn key(context: &Context, command: KeyCommand) -> Result<Outcome, Failure>
             if !no_confirm {
                 eprintln!("Confirm the address on the Ledger ({path}).");
             }
-            let link = Link::from_env();
+            let link = ledger_link();
             let address =
                 setup::add_ledger_key(&store, &link, &path, label.as_deref(), !no_confirm).await?;
             outln!("{}", checksummed(&address));

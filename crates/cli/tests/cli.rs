@@ -807,6 +807,10 @@ fn hardware_signers_approve_through_the_cli() {
     let first = on_ledger("ready", &approve);
     assert_ok(&first);
     assert!(stdout(&first).contains("pending with 1 approval"), "{}", stdout(&first));
+    // Approving again signs nothing: the queue lists this owner's approval already.
+    let again = on_ledger("ready", &approve);
+    assert!(stderr(&again).contains("already"), "{}", stderr(&again));
+    assert!(!stdout(&again).contains("Step 1"), "{}", stdout(&again));
 
     let approve = ["approve", "hw-1", "--yes", "--signer", "hsm"];
     let wrong = with_pin("not-the-pin", &approve);

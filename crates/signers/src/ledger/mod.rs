@@ -161,6 +161,10 @@ pub enum Link {
     Simulated(simulator::Simulator),
 }
 
+/// Whether this build holds the Ethereum app simulator (a test build) that
+/// `COUNTERSIGN_LEDGER_SIMULATOR` selects.
+pub const SIMULATOR_BUILT: bool = cfg!(feature = "simulators");
+
 /// One exchange at a time per device: a second one would lock the device (hidapi).
 static USB_EXCHANGE: Mutex<()> = Mutex::new(());
 
