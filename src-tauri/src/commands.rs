@@ -217,36 +217,46 @@ pub async fn lock(state: State<'_, AppState>) -> Answer<bool> {
     Ok(state.lock().await)
 }
 
-/// The signer to set up: a software key, a Ledger account (its address confirmed on the
-/// device), or a key in a PKCS#11 token.
+/// The signer to set up, by `kind`: a software key, a Ledger account (its address confirmed on
+/// the device), or a key in a PKCS#11 token.
 #[derive(Debug, Deserialize)]
-#[serde(
-    tag = "kind",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase",
-    deny_unknown_fields
-)]
-pub enum KeyArgs {
-    Software {
-        /// A 32-byte secret in hex to import; none makes a new key.
-        secret_hex: Option<String>,
-        label: Option<String>,
-    },
-    Ledger {
-        /// Ledger Live's account index (`44'/60'/index'/0/0`), or a full path.
-        account: Option<u32>,
-        path: Option<String>,
-        label: Option<String>,
-    },
-    Hsm {
-        module: String,
-        token: String,
-        key_label: String,
-        pin: String,
-        #[serde(default)]
-        generate: bool,
-        label: Option<String>,
-    },
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SoftwareKeyArgs {
+    /// A 32-byte secret in hex to import; none makes a new key.
+    pub secret_hex: Option<String>,
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LedgerKeyArgs {
+    /// Ledger Live's account index (`44'/60'/index'/0/0`), or a full path.
+    pub account: Option<u32>,
+    pub path: Option<String>,
+    pub label: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HsmKeyArgs {
+    pub module: String,
+    pub token: String,
+    pub key_label: String,
+    pub pin: String,
+    #[serde(default)]
+    pub generate: bool,
+    pub label: Option<String>,
+}
+
+impl std::fmt::Debug for HsmKeyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HsmKeyArgs")
+            .field("module", &self.module)
+            .field("token", &self.token)
+            .field("key_label", &self.key_label)
+            .field("generate", &self.generate)
+            .finish_non_exhaustive()
+    }
 }
 
 fn key_label(label: Option<&str>) -> Answer<Option<String>> {
@@ -259,21 +269,30 @@ fn key_label(label: Option<&str>) -> Answer<Option<String>> {
 
 #[tauri::command]
 pub async fn add_key(state: State<'_, AppState>, args: Option<Value>) -> Answer<String> {
-    let args: KeyArgs = parse(args)?;
+    // The kind first, then the kind's own fields, so that a bad field is named by its name.
+    let mut args = args.ok_or_else(|| bad("args", "missing"))?;
+    let kind = match args.as_object_mut().map(|fields| fields.remove("kind")) {
+        Some(Some(Value::String(kind))) => kind,
+        Some(_) => return Err(bad("kind", "missing: software, ledger or hsm")),
+        None => return Err(bad("args", "must be an object of named fields")),
+    };
     let store = state.store().await?;
+    let _one_at_a_time = state.adding_key.lock().await;
     if !store.keys().await?.is_empty() {
         return Err(Problem::input(
             "key_exists",
             "key: this store has a signing key already; the app signs with one key",
         ));
     }
-    let address = match args {
-        KeyArgs::Software { secret_hex, label } => {
+    let address = match kind.as_str() {
+        "software" => {
+            let SoftwareKeyArgs { secret_hex, label } = parse(Some(args))?;
             let label = key_label(label.as_deref())?;
             let secret = secret_hex.map(SecretString::new);
             setup::add_software_key(&store, secret.as_ref(), label.as_deref()).await?
         }
-        KeyArgs::Ledger { account, path, label } => {
+        "ledger" => {
+            let LedgerKeyArgs { account, path, label } = parse(Some(args))?;
             let label = key_label(label.as_deref())?;
             let path = match (account, path) {
                 (Some(_), Some(_)) => {
@@ -284,7 +303,9 @@ pub async fn add_key(state: State<'_, AppState>, args: Option<Value>) -> Answer<
             };
             setup::add_ledger_key(&store, &state.ledger, &path, label.as_deref(), true).await?
         }
-        KeyArgs::Hsm { module, token, key_label: key, pin, generate, label } => {
+        "hsm" => {
+            let HsmKeyArgs { module, token, key_label: key, pin, generate, label } =
+                parse(Some(args))?;
             let label = key_label(label.as_deref())?;
             let pin = SecretString::new(pin);
             if pin.expose().is_empty() {
@@ -293,6 +314,7 @@ pub async fn add_key(state: State<'_, AppState>, args: Option<Value>) -> Answer<
             let token = TokenKey { module: PathBuf::from(module.trim()), token, key };
             setup::add_hsm_key(&store, &token, &pin, generate, label.as_deref()).await?
         }
+        _ => return Err(bad("kind", "is not software, ledger or hsm")),
     };
     Ok(checksummed(&address))
 }
@@ -488,7 +510,7 @@ pub async fn request_detail(state: State<'_, AppState>, args: Option<Value>) -> 
     Ok(detail)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApproveArgs {
     pub id: String,
@@ -496,6 +518,15 @@ pub struct ApproveArgs {
     pub safe_tx_hash: String,
     /// The token's PIN, for a key in an HSM; used for this approval only.
     pub pin: Option<String>,
+}
+
+impl std::fmt::Debug for ApproveArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApproveArgs")
+            .field("id", &self.id)
+            .field("safe_tx_hash", &self.safe_tx_hash)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -42,6 +42,9 @@ pub struct AppState {
     first_status: std::sync::atomic::AtomicBool,
     /// Where a Ledger is reached: USB HID (a test build may be pointed at the simulator).
     pub ledger: countersign_signers::ledger::Link,
+    /// Held while a key is being added: the app signs with one key, and a Ledger's
+    /// confirmation takes long enough for a second request to arrive meanwhile.
+    pub adding_key: tokio::sync::Mutex<()>,
 }
 
 /// The queue's rows, and the JSON the window is sent.
@@ -74,7 +77,8 @@ impl AppState {
             first_status: std::sync::atomic::AtomicBool::new(true),
             unlocked: std::sync::atomic::AtomicBool::new(false),
             rows: tokio::sync::Mutex::new(None),
-            ledger: countersign_signers::ledger::Link::from_env(),
+            ledger: ledger_link(),
+            adding_key: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -180,4 +184,15 @@ impl AppState {
     fn lock_notified(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.notified.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// The Ledger over USB, or the simulator where a test build is asked for it (said in the log).
+fn ledger_link() -> countersign_signers::ledger::Link {
+    let link = countersign_signers::ledger::Link::from_env();
+    if link.is_simulated() {
+        tracing::warn!(
+            "the Ledger is the SIMULATOR (a test double with public keys), not a device"
+        );
+    }
+    link
 }

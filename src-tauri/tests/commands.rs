@@ -548,6 +548,10 @@ fn an_hsm_key_approves_through_the_commands() {
     .unwrap();
     let (_app, w) = app(data.path(), &Recorder::default());
     ok(&w, "create_store", json!({ "args": { "passphrase": PASSPHRASE } }));
+    let mistyped = json!({ "args": { "kind": "hsm", "module": 1, "token": "t", "keyLabel": "k", "pin": "p" } });
+    assert!(message(&w, "add_key", mistyped).starts_with("module:"));
+    assert!(message(&w, "add_key", json!({ "args": { "kind": "paper" } })).starts_with("kind:"));
+    assert!(message(&w, "add_key", json!({ "args": { "label": "x" } })).starts_with("kind:"));
     let wrong = message(&w, "add_key", hsm("wrong-pin"));
     assert!(wrong.contains("refused the PIN") && !wrong.contains("wrong-pin"), "{wrong}");
     let added = ok(&w, "add_key", hsm(&pin));

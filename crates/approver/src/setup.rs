@@ -58,6 +58,10 @@ impl From<HsmError> for Problem {
 #[serde(deny_unknown_fields)]
 struct LedgerKey {
     path: String,
+    /// Enrolled from the simulator (a test build): its keys come from a public mnemonic, and it
+    /// signs only through the simulator again, never as if it were a device.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    simulator: bool,
 }
 
 /// Reads a Ledger account's address and keeps it as a key of kind `ledger`. With `confirm`,
@@ -70,8 +74,9 @@ pub async fn add_ledger_key(
     confirm: bool,
 ) -> Result<Address, Problem> {
     let answer = ledger::read_address(link, path, confirm).await?;
-    let body = serde_json::to_vec(&LedgerKey { path: path.to_string() })
-        .map_err(|e| Problem::other("internal", e.to_string()))?;
+    let body =
+        serde_json::to_vec(&LedgerKey { path: path.to_string(), simulator: link.is_simulated() })
+            .map_err(|e| Problem::other("internal", e.to_string()))?;
     let label = label.map(str::trim).filter(|l| !l.is_empty());
     store.add_key(answer.address, LEDGER, label, &SecretBytes::new(body)).await?;
     Ok(answer.address)
@@ -131,6 +136,20 @@ pub async fn signer(
             let stored: LedgerKey =
                 serde_json::from_slice(secret.expose()).map_err(|e| unreadable(&e))?;
             let path = DerivationPath::parse("path", &stored.path).map_err(|e| unreadable(&e))?;
+            if stored.simulator != link.is_simulated() {
+                let (enrolled, now) = if stored.simulator {
+                    ("the Ledger simulator", "a Ledger over USB")
+                } else {
+                    ("a Ledger over USB", "the Ledger simulator")
+                };
+                return Err(Problem::refused(
+                    "ledger_simulator_mismatch",
+                    format!(
+                        "key {}: enrolled from {enrolled}; this app reaches {now}",
+                        checksummed(&key.address)
+                    ),
+                ));
+            }
             Ok(Box::new(LedgerSigner::enrolled(link.clone(), path, key.address)))
         }
         HSM => {

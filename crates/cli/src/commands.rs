@@ -336,7 +336,13 @@ fn ledger_link() -> Link {
              with --features countersign-signers/simulators); using USB"
         );
     }
-    Link::from_env()
+    let link = Link::from_env();
+    if link.is_simulated() {
+        eprintln!(
+            "note: the Ledger is the SIMULATOR (a test double with public keys), not a device"
+        );
+    }
+    link
 }
 
 /// The chosen key as a software key: an initiator's intent is signed as a bare digest, which

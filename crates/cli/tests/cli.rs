@@ -802,6 +802,9 @@ fn hardware_signers_approve_through_the_cli() {
         assert!(stderr(&outcome).contains(message), "{word}: {}", stderr(&outcome));
         assert!(!stdout(&outcome).contains("Step 2"), "{word}: nothing reached the queue");
     }
+    // A key enrolled from the simulator never signs as if it were a device.
+    let usb = ledger.run(&approve);
+    assert!(stderr(&usb).contains("enrolled from the Ledger simulator"), "{}", stderr(&usb));
     let software = ledger.run(&["approve", "hw-1", "--yes", "--signer", "software"]);
     assert!(stderr(&software).contains("no software key"), "{}", stderr(&software));
     let first = on_ledger("ready", &approve);

@@ -48,16 +48,42 @@ pub struct TokenKey {
 /// Why the token gave no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HsmError {
-    Module { detail: String },
-    TokenNotFound { token: String },
+    Module {
+        detail: String,
+    },
+    TokenNotFound {
+        token: String,
+    },
+    /// Several present tokens carry the label: the PIN is sent to none of them.
+    SeveralTokens {
+        token: String,
+    },
     WrongPin,
     PinLocked,
-    KeyNotFound { key: String },
-    SeveralKeys { key: String },
+    KeyNotFound {
+        key: String,
+    },
+    SeveralKeys {
+        key: String,
+    },
     NotSecp256k1,
-    Input { field: &'static str, problem: &'static str },
-    Token { detail: String },
-    Answer { detail: String },
+    /// The token did not answer in time.
+    Timeout,
+    /// The key is not one to enroll: its private half is missing, extractable, not sensitive,
+    /// or does not sign for the public key that carries the label.
+    UnsafeKey {
+        detail: String,
+    },
+    Input {
+        field: &'static str,
+        problem: &'static str,
+    },
+    Token {
+        detail: String,
+    },
+    Answer {
+        detail: String,
+    },
 }
 
 impl HsmError {
@@ -65,6 +91,9 @@ impl HsmError {
         match self {
             Self::Module { .. } => "hsm_module",
             Self::TokenNotFound { .. } => "hsm_token_not_found",
+            Self::SeveralTokens { .. } => "hsm_several_tokens",
+            Self::Timeout => "hsm_timeout",
+            Self::UnsafeKey { .. } => "hsm_unsafe_key",
             Self::WrongPin => "hsm_wrong_pin",
             Self::PinLocked => "hsm_pin_locked",
             Self::KeyNotFound { .. } => "hsm_key_not_found",
@@ -92,6 +121,13 @@ impl fmt::Display for HsmError {
                 "the token's user PIN is locked after too many wrong tries: its security \
                  officer must unlock it"
             ),
+            Self::SeveralTokens { token } => write!(
+                f,
+                "several tokens labelled {token:?} are present; the PIN was sent to none: \
+                 remove the others or label them apart"
+            ),
+            Self::Timeout => write!(f, "the token did not answer in time; try again"),
+            Self::UnsafeKey { detail } => write!(f, "the token's key cannot be enrolled: {detail}"),
             Self::KeyNotFound { key } => write!(f, "the token holds no key labelled {key:?}"),
             Self::SeveralKeys { key } => {
                 write!(f, "the token holds several keys labelled {key:?}; label them apart")
@@ -162,15 +198,19 @@ fn context(module: &Path) -> Result<Arc<Pkcs11>, HsmError> {
 fn session(token: &TokenKey, pin: &SecretString) -> Result<Session, HsmError> {
     let pkcs11 = context(&token.module)?;
     let slots = pkcs11.get_slots_with_token().map_err(token_failure)?;
-    let mut found = None;
+    let mut found = Vec::new();
     for slot in slots {
         let info = pkcs11.get_token_info(slot).map_err(token_failure)?;
         if info.label().trim_end() == token.token {
-            found = Some(slot);
-            break;
+            found.push(slot);
         }
     }
-    let slot = found.ok_or_else(|| HsmError::TokenNotFound { token: token.token.clone() })?;
+    // A second token with the same label could be anyone's: the PIN goes to no guess.
+    let slot = match found.as_slice() {
+        [one] => *one,
+        [] => return Err(HsmError::TokenNotFound { token: token.token.clone() }),
+        _ => return Err(HsmError::SeveralTokens { token: token.token.clone() }),
+    };
     let session = pkcs11.open_rw_session(slot).map_err(token_failure)?;
     let pin = AuthPin::from(pin.expose().to_owned());
     match session.login(UserType::User, Some(&pin)) {
@@ -268,6 +308,9 @@ fn check_labels(token: &TokenKey) -> Result<(), HsmError> {
     Ok(())
 }
 
+/// How long one token operation may take.
+pub const TOKEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One token operation at a time in this process, each in its own session that is closed
 /// (and so logged out) when it ends: the next operation's PIN is always checked by the token.
 static TOKEN_TURN: Mutex<()> = Mutex::new(());
@@ -275,12 +318,53 @@ static TOKEN_TURN: Mutex<()> = Mutex::new(());
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, HsmError> + Send + 'static,
 ) -> Result<T, HsmError> {
-    tokio::task::spawn_blocking(move || {
+    let task = tokio::task::spawn_blocking(move || {
         let _turn = TOKEN_TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         work()
-    })
-    .await
-    .map_err(|_| HsmError::Token { detail: "the token call did not finish".into() })?
+    });
+    // Limitation: a token call that hangs keeps its thread, and the turn, until it returns.
+    match tokio::time::timeout(TOKEN_TIMEOUT, task).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) => Err(HsmError::Token { detail: "the token call did not finish".into() }),
+        Err(_) => Err(HsmError::Timeout),
+    }
+}
+
+/// What enrolment signs to prove the token holds the private half of the labelled public key.
+const ENROLMENT_CHECK: &[u8] = b"countersign: HSM enrolment check";
+
+/// The private key labelled `key` must be one: sensitive, never extractable, and signing for
+/// `public`. Public objects can be made on a token without its PIN, so the public key alone
+/// proves nothing about who holds the private half.
+fn check_private_half(session: &Session, key: &str, public: &VerifyingKey) -> Result<(), HsmError> {
+    let unsafe_key = |detail: &str| HsmError::UnsafeKey { detail: detail.to_owned() };
+    let private = match find_one(session, ObjectClass::PRIVATE_KEY, key) {
+        Err(HsmError::KeyNotFound { .. }) => {
+            return Err(unsafe_key(
+                "no private key carries the label; the public key is not one's own",
+            ))
+        }
+        other => other?,
+    };
+    let attributes = session
+        .get_attributes(private, &[AttributeType::Sensitive, AttributeType::Extractable])
+        .map_err(token_failure)?;
+    for attribute in attributes {
+        match attribute {
+            Attribute::Sensitive(false) => {
+                return Err(unsafe_key("the private key is not sensitive"))
+            }
+            Attribute::Extractable(true) => {
+                return Err(unsafe_key("the private key is extractable"))
+            }
+            _ => {}
+        }
+    }
+    let digest = alloy_primitives::keccak256(ENROLMENT_CHECK);
+    let raw = session.sign(&Mechanism::Ecdsa, private, digest.as_slice()).map_err(token_failure)?;
+    owner_signature(&raw, &digest, public)
+        .map(|_| ())
+        .map_err(|_| unsafe_key("the private key does not sign for the public key with the label"))
 }
 
 /// Finds the key labelled `token.key`, or, with `generate`, makes it in the token when there is
@@ -297,7 +381,10 @@ pub async fn find_or_generate(
     blocking(move || {
         let session = session(&token, &pin)?;
         match public_key(&session, &token.key) {
-            Ok(public) => Ok(Address::from_public_key(&public)),
+            Ok(public) => {
+                check_private_half(&session, &token.key, &public)?;
+                Ok(Address::from_public_key(&public))
+            }
             Err(HsmError::KeyNotFound { .. }) if generate => {
                 let label = Attribute::Label(token.key.as_bytes().to_vec());
                 let public = [
@@ -318,7 +405,9 @@ pub async fn find_or_generate(
                 session
                     .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
                     .map_err(token_failure)?;
-                Ok(Address::from_public_key(&public_key(&session, &token.key)?))
+                let public = public_key(&session, &token.key)?;
+                check_private_half(&session, &token.key, &public)?;
+                Ok(Address::from_public_key(&public))
             }
             Err(e) => Err(e),
         }

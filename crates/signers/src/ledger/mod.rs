@@ -179,6 +179,15 @@ impl Link {
         Link::Usb
     }
 
+    /// Whether this is the simulator, a test double whose keys come from a public mnemonic.
+    pub fn is_simulated(&self) -> bool {
+        match self {
+            Link::Usb => false,
+            #[cfg(feature = "simulators")]
+            Link::Simulated(_) => true,
+        }
+    }
+
     /// A short name for messages.
     pub fn describe(&self) -> &'static str {
         match self {
