@@ -16,7 +16,9 @@ use common::{checked_s3, json, vectors, Answer};
 use countersign_core::signer::{Decision, Signer, SignerError};
 use countersign_signers::ledger::apdu::{self, DerivationPath};
 use countersign_signers::ledger::simulator::{Mode, Simulator};
-use countersign_signers::ledger::{read_address, LedgerError, LedgerSigner, Link};
+use countersign_signers::ledger::{
+    read_address, read_address_within, LedgerError, LedgerSigner, Link,
+};
 
 fn bytes(hex_text: &str) -> Vec<u8> {
     hex::decode(hex_text.trim_start_matches("0x")).unwrap()
@@ -316,4 +318,21 @@ fn ledger_answer_fuzz_corpus() {
         count += 1;
     }
     assert!(count >= 4);
+}
+
+#[tokio::test]
+async fn a_device_that_never_answers_times_out() {
+    let simulator = Simulator::test();
+    simulator.set_mode(Mode::Hangs);
+    let link = Link::Simulated(simulator.clone());
+    let account = DerivationPath::account(0).unwrap();
+    let limit = std::time::Duration::from_millis(200);
+    let error = read_address_within(&link, &account, true, limit).await.unwrap_err();
+    assert_eq!(error, LedgerError::Timeout);
+    assert_eq!(error.code(), "ledger_timeout");
+    assert!(error.to_string().contains("did not answer in time"), "{error}");
+    // Once the person answers (the hang is over) the device works again.
+    simulator.set_mode(Mode::Ready);
+    tokio::time::sleep(countersign_signers::ledger::simulator::HANG).await;
+    assert!(read_address(&link, &account, false).await.is_ok());
 }

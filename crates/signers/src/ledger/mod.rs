@@ -265,6 +265,16 @@ pub async fn read_address(
     display: bool,
 ) -> Result<apdu::AddressAnswer, LedgerError> {
     let timeout = if display { PERSON_TIMEOUT } else { DEVICE_TIMEOUT };
+    read_address_within(link, path, display, timeout).await
+}
+
+/// [`read_address`] with its own time limit.
+pub async fn read_address_within(
+    link: &Link,
+    path: &DerivationPath,
+    display: bool,
+    timeout: Duration,
+) -> Result<apdu::AddressAnswer, LedgerError> {
     let answer = link.exchange(apdu::get_address(path, display)?, timeout).await?;
     apdu::parse_address(&answer)
 }

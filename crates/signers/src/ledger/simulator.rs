@@ -9,7 +9,7 @@
 //! the device, unplugged, and a device that goes away in the middle of an exchange.
 //!
 //! Its mode is set in memory, or read before every exchange from a mode file (one word:
-//! `ready`, `locked`, `app-closed`, `setting-off`, `rejects`, `unplugged`, `goes-away`) so that
+//! `ready`, `locked`, `app-closed`, `setting-off`, `rejects`, `unplugged`, `goes-away`, `hangs`) so that
 //! a test can change the state of a simulator that runs inside another process (the desktop
 //! app under WebDriver).
 
@@ -40,7 +40,13 @@ pub enum Mode {
     Unplugged,
     /// Answers nothing to the next exchange and is unplugged from then on.
     GoesAway,
+    /// Waits for a person who never answers: each exchange takes [`HANG`] before it answers
+    /// as `Ready` would.
+    Hangs,
 }
+
+/// How long an exchange takes in [`Mode::Hangs`].
+pub const HANG: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl FromStr for Mode {
     type Err = String;
@@ -54,6 +60,7 @@ impl FromStr for Mode {
             "rejects" => Mode::Rejects,
             "unplugged" => Mode::Unplugged,
             "goes-away" => Mode::GoesAway,
+            "hangs" => Mode::Hangs,
             other => return Err(format!("unknown simulator mode {other:?}")),
         })
     }
@@ -127,6 +134,7 @@ impl Simulator {
                 Mode::Rejects => "rejects",
                 Mode::Unplugged => "unplugged",
                 Mode::GoesAway => "goes-away",
+                Mode::Hangs => "hangs",
             };
             // A test double: a write that fails shows up as the wrong mode in the test.
             let _ = std::fs::write(path, word);
@@ -195,6 +203,7 @@ impl Simulator {
             Mode::Unplugged => return Err(Gone),
             Mode::Locked => return status(0x5515),
             Mode::AppClosed => return status(0x6E01),
+            Mode::Hangs => std::thread::sleep(HANG),
             Mode::Ready | Mode::Rejects | Mode::SettingOff => {}
         }
         let [cla, ins, p1, p2, lc, data @ ..] = raw else { return status(0x6700) };
