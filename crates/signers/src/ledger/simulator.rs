@@ -9,9 +9,9 @@
 //! the device, unplugged, and a device that goes away in the middle of an exchange.
 //!
 //! Its mode is set in memory, or read before every exchange from a mode file (one word:
-//! `ready`, `locked`, `app-closed`, `setting-off`, `rejects`, `unplugged`, `goes-away`, `hangs`) so that
-//! a test can change the state of a simulator that runs inside another process (the desktop
-//! app under WebDriver).
+//! `ready`, `locked`, `app-closed`, `setting-off`, `rejects`, `unplugged`, `goes-away`,
+//! `hangs`) so that a test can change the state of a simulator that runs inside another
+//! process (the desktop app under WebDriver).
 
 use std::fmt;
 use std::path::PathBuf;
