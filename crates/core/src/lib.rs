@@ -31,6 +31,7 @@ pub mod guard;
 pub mod hash;
 pub mod intent;
 pub mod policy;
+pub mod presence;
 pub mod request;
 pub mod secret;
 pub mod signature;
