@@ -320,6 +320,10 @@ pub enum AuditCommand {
     },
     /// Write the log as JSON lines (to standard output without a file).
     Export { file: Option<PathBuf> },
+    /// Check a stored FIDO2 approval again, offline: the assertion, bound to its request and
+    /// safeTxHash, against the credential's public key (the queue's
+    /// `GET /v1/requests/ID/approvals/OWNER/fido` hands the file out). Needs no store.
+    VerifyApproval { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -340,6 +344,12 @@ pub enum QueueCommand {
         /// Accept connections only from this network (CIDR, like 10.1.0.0/16); repeat for each.
         #[arg(long = "allow-ip", value_name = "CIDR")]
         allow_ip: Vec<String>,
+        /// The FIDO2 relying party id, a domain name (security keys bind to it for good).
+        #[arg(long, value_name = "DOMAIN", requires = "fido_origin")]
+        fido_rp_id: Option<String>,
+        /// The FIDO2 origin clients use, https://… on the RP id or below it.
+        #[arg(long, value_name = "URL", requires = "fido_rp_id")]
+        fido_origin: Option<String>,
     },
     /// Store the connection to a queue (sealed): URL, pins, API key, the initiators to trust.
     Connect {

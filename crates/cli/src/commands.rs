@@ -709,6 +709,28 @@ async fn audit(context: &Context, command: AuditCommand) -> Result<Outcome, Fail
             });
             Ok(report_chain(result))
         }
+        AuditCommand::VerifyApproval { file } => {
+            let bytes = read_limited("file", &file, 1024 * 1024)?;
+            let stored: countersign_fido::StoredApproval = serde_json::from_slice(&bytes)
+                .map_err(|e| Failure::input(format!("file: not a stored approval: {e}")))?;
+            match countersign_fido::reverify(&stored) {
+                Ok(verified) => {
+                    outln!(
+                        "OK: the security key's assertion is bound to request {} at safeTxHash {} \
+                         (counter {}, user verified: {})",
+                        countersign_core::printable(&stored.request_id),
+                        stored.safe_tx_hash,
+                        verified.counter,
+                        verified.user_verified
+                    );
+                    Ok(Outcome::Done)
+                }
+                Err(refusal) => {
+                    eprintln!("REFUSED ({}): {refusal}", refusal.code());
+                    Ok(Outcome::Refused)
+                }
+            }
+        }
         AuditCommand::Verify { file: None, .. } => {
             let store = context.open_store().await?;
             Ok(report_chain(store.verify_audit().await?))
@@ -787,7 +809,15 @@ async fn queue(context: &Context, command: QueueCommand) -> Result<Outcome, Fail
                 .map_err(|e| Failure::other(e.message))?;
             Ok(report_chain(result))
         }
-        QueueCommand::Serve { queue_dir, listen, database, policy, allow_ip } => {
+        QueueCommand::Serve {
+            queue_dir,
+            listen,
+            database,
+            policy,
+            allow_ip,
+            fido_rp_id,
+            fido_origin,
+        } => {
             let allow = allow_ip
                 .iter()
                 .enumerate()
@@ -825,8 +855,13 @@ async fn queue(context: &Context, command: QueueCommand) -> Result<Outcome, Fail
             let admin_key = countersign_queue::model::bootstrap(&db)
                 .await
                 .map_err(|e| Failure::other(e.message))?;
-            let api = countersign_queue::api::ApiState::new(db, rules, Default::default())
+            let mut api = countersign_queue::api::ApiState::new(db, rules, Default::default())
                 .with_allowlist(allow);
+            if let (Some(rp_id), Some(origin)) = (&fido_rp_id, &fido_origin) {
+                let fido = countersign_queue::fido::Fido::new(rp_id, origin)
+                    .map_err(|e| Failure::input(format!("fido: {e}")))?;
+                api = api.with_fido(fido);
+            }
             let running = countersign_queue::server::start(listen, &identity, api)
                 .await
                 .map_err(|e| Failure::other(e.to_string()))?;

@@ -937,3 +937,21 @@ fn with_vault<'a>(mut args: Vec<&'a str>, owners: &[&'a str]) -> Vec<&'a str> {
     }
     args
 }
+
+#[test]
+fn audit_verify_approval_checks_a_stored_fido_approval_offline() {
+    let home = Home::new();
+    let stored = repo("cases/fido/stored-approval.json");
+    let ok = home.run(&["audit", "verify-approval", stored.to_str().unwrap()]);
+    assert_ok(&ok);
+    assert!(stdout(&ok).contains("bound to request payroll-1"), "{}", stdout(&ok));
+    let mut moved: Value = serde_json::from_str(&fs::read_to_string(&stored).unwrap()).unwrap();
+    moved["requestId"] = serde_json::json!("payroll-2");
+    let moved = home.file("moved.json", &moved.to_string());
+    let refused = home.run(&["audit", "verify-approval", moved.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("fido_other_approval"), "{}", stderr(&refused));
+    let junk = home.file("junk.json", "{\"requestId\": 1}");
+    let bad = home.run(&["audit", "verify-approval", junk.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}

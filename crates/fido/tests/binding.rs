@@ -221,6 +221,7 @@ fn a_software_key_proves_presence_for_one_approval_only() {
         assertion,
     };
     let text = serde_json::to_string(&stored).unwrap();
+
     let back: StoredApproval = serde_json::from_str(&text).unwrap();
     assert!(reverify(&back).is_ok());
     let mut moved = back.clone();
@@ -254,4 +255,25 @@ fn fido_assertion_fuzz_corpus() {
         count += 1;
     }
     assert!(count >= 2);
+}
+
+/// A stored approval made once with the software key and committed
+/// (`tests/cases/fido/stored-approval.json`): it must keep re-verifying after any dependency
+/// upgrade, and stop verifying once any part of the binding is moved.
+#[test]
+fn a_committed_stored_approval_still_verifies() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/cases/fido/stored-approval.json");
+    let stored: StoredApproval = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(stored.request_id, "payroll-1");
+    assert!(reverify(&stored).is_ok());
+    let mut other = stored.clone();
+    other.safe_tx_hash = B256::repeat_byte(0x01);
+    assert_eq!(reverify(&other), Err(Refusal::OtherApproval));
+    let mut other = stored.clone();
+    other.relying_party = RelyingParty::new("other.example", "https://other.example").unwrap();
+    assert_eq!(reverify(&other), Err(Refusal::WrongOrigin));
+    let mut other = stored;
+    other.user_verification_required = true;
+    assert_eq!(reverify(&other), Err(Refusal::NoUserVerification));
 }

@@ -85,6 +85,8 @@ pub struct ApiState {
     /// When not empty, only these networks may connect (checked before the TLS handshake).
     pub allow: Arc<Vec<ipnet::IpNet>>,
     approvals: ApprovalWriter,
+    /// The FIDO2 relying party, where the deployment configured one.
+    pub fido: Option<crate::fido::Fido>,
 }
 
 impl ApiState {
@@ -100,7 +102,14 @@ impl ApiState {
             sessions: Arc::default(),
             events: tokio::sync::broadcast::channel(1024).0,
             allow: Arc::default(),
+            fido: None,
         }
+    }
+
+    /// FIDO2 security keys for this relying party.
+    pub fn with_fido(mut self, fido: crate::fido::Fido) -> Self {
+        self.fido = Some(fido);
+        self
     }
 
     /// Only peers in `networks` may connect.
@@ -173,6 +182,12 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/requests/{id}/approvals", post(approve))
         .route("/v1/requests/{id}/rejections", post(reject))
         .route("/v1/requests/{id}/execution", post(execute))
+        .route("/v1/requests/{id}/approvals/{owner}/fido", get(stored_fido_approval))
+        .route("/v1/fido/registrations", post(start_fido_registration))
+        .route("/v1/fido/registrations/finish", post(finish_fido_registration))
+        .route("/v1/fido/credentials", get(fido_credentials))
+        .route("/v1/fido/credentials/{id}/confirm", post(confirm_fido))
+        .route("/v1/vaults/fido-policy", post(set_fido_policy))
         .route("/v1/audit", get(audit))
         .route("/v1/events", get(events))
         .route("/v1/openapi.json", get(openapi))
@@ -299,9 +314,66 @@ async fn approve(
     bytes: Bytes,
 ) -> ViewAnswer {
     let caller = state.caller(&headers).await?;
-    let view = crate::approvals::approve(&state.db, &state.approvals, &caller, &id, &body(&bytes)?)
-        .await?;
+    let presence = crate::approvals::Presence { fido: state.fido.as_ref(), rules: &state.rules };
+    let view = crate::approvals::approve(
+        &state.db,
+        &state.approvals,
+        &presence,
+        &caller,
+        &id,
+        &body(&bytes)?,
+    )
+    .await?;
     Ok(changed(&state, view))
+}
+
+async fn start_fido_registration(State(state): State<ApiState>, headers: HeaderMap) -> Answer {
+    let caller = state.caller(&headers).await?;
+    Ok(Json(crate::fido::start_registration(&state.db, state.fido.as_ref(), &caller).await?))
+}
+
+async fn finish_fido_registration(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Answer {
+    let caller = state.caller(&headers).await?;
+    let body = body(&bytes)?;
+    Ok(Json(
+        crate::fido::finish_registration(&state.db, state.fido.as_ref(), &caller, &body).await?,
+    ))
+}
+
+async fn fido_credentials(State(state): State<ApiState>, headers: HeaderMap) -> Answer {
+    let caller = state.caller(&headers).await?;
+    Ok(Json(crate::fido::credentials(&state.db, &caller).await?))
+}
+
+async fn confirm_fido(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
+    let caller = state.caller(&headers).await?;
+    Ok(Json(crate::fido::confirm(&state.db, &caller, &id).await?))
+}
+
+async fn set_fido_policy(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Answer {
+    let caller = state.caller(&headers).await?;
+    Ok(Json(crate::fido::set_policy(&state.db, &caller, &body(&bytes)?).await?))
+}
+
+async fn stored_fido_approval(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((id, owner)): Path<(String, String)>,
+) -> Answer {
+    state.caller(&headers).await?;
+    Ok(Json(crate::fido::stored_approval(&state.db, state.fido.as_ref(), &id, &owner).await?))
 }
 
 async fn reject(

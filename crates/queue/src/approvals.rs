@@ -31,7 +31,17 @@ struct Job {
     request_id: String,
     approval: Approval,
     threshold: usize,
+    /// The security key assertion the vault's presence policy asked for.
+    fido: Option<crate::fido::FidoUse>,
     reply: oneshot::Sender<Result<RequestView, ApiError>>,
+}
+
+/// What decides whether an approval needs a security key.
+#[derive(Clone, Copy)]
+#[expect(missing_debug_implementations, reason = "references to the queue's configuration")]
+pub struct Presence<'a> {
+    pub fido: Option<&'a crate::fido::Fido>,
+    pub rules: &'a crate::model::QueueRules,
 }
 
 /// The handle to the writer task, and what the checks remember.
@@ -84,6 +94,7 @@ impl ApprovalWriter {
 pub async fn approve(
     store: &Db,
     writer: &ApprovalWriter,
+    presence: &Presence<'_>,
     caller: &Member,
     id: &str,
     body: &Value,
@@ -94,7 +105,8 @@ pub async fn approve(
     let signature = parse_signature(&string_field(body, "signature")?)?;
 
     let row = sqlx::query(
-        "SELECT r.state, r.expires_at, r.safe_tx_hash, r.initiator_address, v.owners, v.threshold \
+        "SELECT r.state, r.expires_at, r.safe_tx_hash, r.initiator_address, r.vault_id, \
+         r.transaction_json, v.owners, v.threshold \
          FROM requests r LEFT JOIN vaults v ON v.id = r.vault_id WHERE r.id = $1",
     )
     .bind(id.to_owned())
@@ -150,8 +162,21 @@ pub async fn approve(
         ));
     }
 
+    let fido = crate::fido::check_approval(
+        store,
+        presence.fido,
+        presence.rules,
+        id,
+        &text(&row, "vault_id"),
+        &text(&row, "transaction_json"),
+        &safe_tx_hash,
+        &member_id,
+        body,
+    )
+    .await?;
     let (reply, answer) = oneshot::channel();
     let job = Job {
+        fido,
         request_id: id.to_owned(),
         approval: Approval {
             owner: owner_text,
@@ -179,7 +204,7 @@ fn recover(signature: &OwnerSignature, hash: &B256) -> Result<Address, ApiError>
 async fn write_batch(store: &Db, batch: Vec<Job>) {
     let (jobs, replies): (Vec<_>, Vec<_>) = batch
         .into_iter()
-        .map(|job| ((job.request_id, job.approval, job.threshold), job.reply))
+        .map(|job| ((job.request_id, job.approval, job.threshold, job.fido), job.reply))
         .unzip();
     match write(store, &jobs).await {
         Ok(answers) => {
@@ -209,10 +234,10 @@ struct Open {
 /// The answer to each job, in order.
 async fn write(
     store: &Db,
-    jobs: &[(String, Approval, usize)],
+    jobs: &[(String, Approval, usize, Option<crate::fido::FidoUse>)],
 ) -> Result<Vec<Result<RequestView, ApiError>>, ApiError> {
     let (mut tx, _writer) = store.begin().await?;
-    let mut ids: Vec<&str> = jobs.iter().map(|(id, _, _)| id.as_str()).collect();
+    let mut ids: Vec<&str> = jobs.iter().map(|(id, _, _, _)| id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
     let statement = format!("SELECT * FROM requests WHERE id IN ({})", list_marks(ids.len()));
@@ -244,7 +269,7 @@ async fn write(
     // Each approval in order, against the state the earlier ones left.
     let mut accepted: Vec<(usize, &str)> = Vec::new();
     let mut outcome: Vec<Result<(), ApiError>> = Vec::with_capacity(jobs.len());
-    for (index, (id, approval, threshold)) in jobs.iter().enumerate() {
+    for (index, (id, approval, threshold, fido)) in jobs.iter().enumerate() {
         let Some(entry) = open.get_mut(id) else {
             outcome.push(Err(ApiError::not_found(format!("request {id}"))));
             continue;
@@ -263,6 +288,17 @@ async fn write(
         if entry.request.shown_state() != "pending" {
             outcome.push(Err(closed(&entry.request.id, entry.request.shown_state())));
             continue;
+        }
+        // The key's counter moves forward with the approval, or the assertion was used
+        // already (by an approval earlier in this batch or before it).
+        if let Some(used) = fido {
+            if !crate::fido::advance_counter(&mut tx, used).await? {
+                outcome.push(Err(ApiError::unprocessable(
+                    "fido_replayed",
+                    "fido: the security key's counter did not move past the last one seen: a replay",
+                )));
+                continue;
+            }
         }
         entry.approvals.push(approval.clone());
         entry.changed = true;
@@ -312,6 +348,18 @@ async fn write(
             }
             query.execute(&mut *tx).await.map_err(db)?;
         }
+        for (index, id) in &accepted {
+            let (_, approval, _, fido) = &jobs[*index];
+            if let Some(used) = fido {
+                sqlx::query("UPDATE approvals SET fido = $1 WHERE request_id = $2 AND owner = $3")
+                    .bind(used.assertion.clone())
+                    .bind((*id).to_owned())
+                    .bind(approval.owner.clone())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            }
+        }
         let mut changed: Vec<&Open> = open.values().filter(|entry| entry.changed).collect();
         changed.sort_by_key(|entry| entry.request.seq);
         for entry in &changed {
@@ -333,7 +381,7 @@ async fn write(
         }
     }
     let mut answers = Vec::with_capacity(jobs.len());
-    for ((id, _, _), result) in jobs.iter().zip(outcome) {
+    for ((id, _, _, _), result) in jobs.iter().zip(outcome) {
         answers.push(result.and_then(|()| {
             if let Some(view) = views.get(id) {
                 return Ok(view.clone());

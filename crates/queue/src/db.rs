@@ -32,7 +32,14 @@ const SCHEMA: &[&str] = &[
     "CREATE UNIQUE INDEX IF NOT EXISTS requests_seq ON requests (seq)",
     "CREATE INDEX IF NOT EXISTS requests_vault_nonce ON requests (vault_id, nonce)",
     "CREATE TABLE IF NOT EXISTS approvals (request_id TEXT NOT NULL, owner TEXT NOT NULL, member_id TEXT NOT NULL, \
-     signature TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (request_id, owner))",
+     signature TEXT NOT NULL, created_at BIGINT NOT NULL, fido TEXT, PRIMARY KEY (request_id, owner))",
+    "CREATE TABLE IF NOT EXISTS fido_credentials (id TEXT PRIMARY KEY, member_id TEXT NOT NULL, \
+     public_key TEXT NOT NULL, counter BIGINT NOT NULL, created_at BIGINT NOT NULL, confirmed_at BIGINT, \
+     confirmed_by TEXT)",
+    "CREATE TABLE IF NOT EXISTS fido_registrations (member_id TEXT PRIMARY KEY, state TEXT NOT NULL, \
+     created_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS fido_policies (vault_id TEXT PRIMARY KEY, policy TEXT NOT NULL, \
+     updated_at BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
     "INSERT INTO counters (name, value) VALUES ('request_seq', 0) ON CONFLICT (name) DO NOTHING",
     "CREATE TABLE IF NOT EXISTS audit (seq BIGINT PRIMARY KEY, at BIGINT NOT NULL, kind TEXT NOT NULL, \
@@ -116,6 +123,13 @@ impl Db {
         // themselves are filled in by `model::fill_views` at start.
         if sqlx::query("SELECT view FROM requests LIMIT 1").fetch_optional(&pool).await.is_err() {
             sqlx::query("ALTER TABLE requests ADD COLUMN view TEXT")
+                .execute(&pool)
+                .await
+                .map_err(db_error)?;
+        }
+        // Approvals made before FIDO2 get the column for their assertion.
+        if sqlx::query("SELECT fido FROM approvals LIMIT 1").fetch_optional(&pool).await.is_err() {
+            sqlx::query("ALTER TABLE approvals ADD COLUMN fido TEXT")
                 .execute(&pool)
                 .await
                 .map_err(db_error)?;

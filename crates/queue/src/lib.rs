@@ -7,6 +7,7 @@
 //! - [`db`]: SQLite or PostgreSQL through sqlx;
 //! - [`model`]: members, API keys, sessions, vaults, requests, rejections, the audit chain;
 //! - [`approvals`]: approvals, checked in parallel and written in batches;
+//! - [`fido`]: FIDO2 security keys, their confirmation, vaults' presence policies;
 //! - [`api`]: the routes, authentication and per-key rate limits;
 //! - [`server`]: the TLS listener.
 
@@ -14,6 +15,7 @@ pub mod api;
 pub mod approvals;
 pub mod db;
 pub mod error;
+pub mod fido;
 pub mod model;
 pub mod server;
 pub mod tls;

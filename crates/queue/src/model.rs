@@ -104,7 +104,7 @@ pub fn secret_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-fn vault_id(chain_id: u64, address: &Address) -> String {
+pub(crate) fn vault_id(chain_id: u64, address: &Address) -> String {
     format!("{chain_id}:{}", checksummed(address))
 }
 

@@ -1,0 +1,436 @@
+//! FIDO2 security keys next to owner signatures: a member registers their own key through
+//! their session (webauthn-rs's security-key registration); it counts only once an admin has
+//! confirmed it, so a stolen API key alone cannot add one. A vault's presence policy says
+//! which approvals need an assertion; [`check_approval`] verifies it with
+//! [`countersign_fido::verify`], bound to the request and its safeTxHash, and the counter is
+//! moved forward in the approval's own transaction.
+
+use std::sync::Arc;
+
+use alloy_primitives::B256;
+use countersign_core::decode::decode_call;
+use countersign_core::presence::PresencePolicy;
+use countersign_core::request::SafeTxRequest;
+use countersign_fido::{Assertion, Expected, RelyingParty, StoredApproval};
+use serde_json::{json, Value};
+use sqlx::{Any, Transaction};
+use webauthn_rs::prelude::{
+    Credential, RegisterPublicKeyCredential, SecurityKeyRegistration, Uuid,
+};
+use webauthn_rs::{Webauthn, WebauthnBuilder};
+use webauthn_rs_core::proto::COSEKey;
+
+use crate::db::{int, optional_text, text, Db};
+use crate::error::ApiError;
+use crate::model::{audit, db, now, Member, QueueRules, Role};
+
+/// The deployment's relying party and the webauthn-rs instance for it.
+#[derive(Clone)]
+#[expect(missing_debug_implementations, reason = "webauthn-rs's instance has nothing to show")]
+pub struct Fido {
+    pub rp: RelyingParty,
+    webauthn: Arc<Webauthn>,
+}
+
+impl Fido {
+    /// From the deployment's RP id and origin (`countersign queue serve --fido-rp-id …
+    /// --fido-origin …`).
+    pub fn new(rp_id: &str, origin: &str) -> Result<Self, String> {
+        let rp = RelyingParty::new(rp_id, origin).map_err(|e| e.to_string())?;
+        let webauthn = WebauthnBuilder::new(&rp.id, &rp.origin)
+            .and_then(WebauthnBuilder::build)
+            .map_err(|e| format!("the relying party: {e}"))?;
+        Ok(Self { rp, webauthn: Arc::new(webauthn) })
+    }
+}
+
+fn not_configured() -> ApiError {
+    ApiError::unprocessable(
+        "fido_not_configured",
+        "this queue has no FIDO2 relying party (serve with --fido-rp-id and --fido-origin)",
+    )
+}
+
+/// A stable WebAuthn user handle for a member: the first 16 bytes of SHA-256 of its id.
+fn user_handle(member: &Member) -> Uuid {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("countersign-member:{}", member.id));
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Uuid::from_bytes(bytes)
+}
+
+/// `POST /v1/fido/registrations`: the creation options for the caller's new key. The
+/// registration state is kept on the queue (one pending registration per member).
+pub async fn start_registration(
+    store: &Db,
+    fido: Option<&Fido>,
+    caller: &Member,
+) -> Result<Value, ApiError> {
+    let fido = fido.ok_or_else(not_configured)?;
+    let existing = sqlx::query("SELECT id FROM fido_credentials WHERE member_id = $1")
+        .bind(caller.id.clone())
+        .fetch_all(&store.pool)
+        .await
+        .map_err(db)?;
+    let exclude: Vec<_> =
+        existing.iter().filter_map(|row| base64_url(&text(row, "id"))).collect();
+    let (options, state) = fido
+        .webauthn
+        .start_securitykey_registration(
+            user_handle(caller),
+            &caller.id,
+            &caller.name,
+            (!exclude.is_empty()).then_some(exclude),
+            None,
+            None,
+        )
+        .map_err(|e| ApiError::unprocessable("fido_registration", e.to_string()))?;
+    let state = serde_json::to_string(&state).map_err(|e| internal(&e))?;
+    let (mut tx, _turn) = store.begin().await?;
+    sqlx::query("DELETE FROM fido_registrations WHERE member_id = $1")
+        .bind(caller.id.clone())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    sqlx::query(
+        "INSERT INTO fido_registrations (member_id, state, created_at) VALUES ($1, $2, $3)",
+    )
+    .bind(caller.id.clone())
+    .bind(state)
+    .bind(now())
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(json!({ "options": options }))
+}
+
+fn internal(error: &dyn std::fmt::Display) -> ApiError {
+    ApiError::from(crate::QueueError::Database(error.to_string()))
+}
+
+fn base64_url(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()
+}
+
+fn base64_text(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Registrations left unfinished expire after this many seconds.
+const REGISTRATION_SECONDS: i64 = 300;
+
+/// `POST /v1/fido/registrations/finish {credential}`: checks the authenticator's answer
+/// against the caller's pending registration and keeps the key, unconfirmed.
+pub async fn finish_registration(
+    store: &Db,
+    fido: Option<&Fido>,
+    caller: &Member,
+    body: &Value,
+) -> Result<Value, ApiError> {
+    let fido = fido.ok_or_else(not_configured)?;
+    let credential: RegisterPublicKeyCredential =
+        serde_json::from_value(body.get("credential").cloned().unwrap_or(Value::Null))
+            .map_err(|e| ApiError::bad_request(format!("credential: {e}")))?;
+    let (mut tx, _turn) = store.begin().await?;
+    let row = sqlx::query("SELECT state, created_at FROM fido_registrations WHERE member_id = $1")
+        .bind(caller.id.clone())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| {
+            ApiError::conflict("fido_no_registration", "no registration was started for you")
+        })?;
+    if int(&row, "created_at") + REGISTRATION_SECONDS < now() {
+        return Err(ApiError::conflict("fido_no_registration", "the registration expired"));
+    }
+    let state: SecurityKeyRegistration =
+        serde_json::from_str(&text(&row, "state")).map_err(|e| internal(&e))?;
+    let key = fido
+        .webauthn
+        .finish_securitykey_registration(&credential, &state)
+        .map_err(|e| ApiError::unprocessable("fido_registration", format!("credential: {e}")))?;
+    let credential: Credential = key.into();
+    let id = base64_text(credential.cred_id.as_ref());
+    let taken = sqlx::query("SELECT member_id FROM fido_credentials WHERE id = $1")
+        .bind(id.clone())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+    if taken.is_some() {
+        return Err(ApiError::conflict(
+            "fido_key_taken",
+            "this security key is registered already",
+        ));
+    }
+    let public_key = serde_json::to_string(&credential.cred).map_err(|e| internal(&e))?;
+    sqlx::query(
+        "INSERT INTO fido_credentials (id, member_id, public_key, counter, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id.clone())
+    .bind(caller.id.clone())
+    .bind(public_key)
+    .bind(i64::from(credential.counter))
+    .bind(now())
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    sqlx::query("DELETE FROM fido_registrations WHERE member_id = $1")
+        .bind(caller.id.clone())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    audit(&mut tx, "fido_registered", &json!({ "credentialId": id, "member": caller.id })).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(json!({ "credentialId": id, "member": caller.id, "confirmed": false }))
+}
+
+/// `POST /v1/fido/credentials/{id}/confirm` (admin): the key counts from now on.
+pub async fn confirm(store: &Db, caller: &Member, id: &str) -> Result<Value, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let (mut tx, _turn) = store.begin().await?;
+    let row = sqlx::query("SELECT member_id, confirmed_at FROM fido_credentials WHERE id = $1")
+        .bind(id.to_owned())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| ApiError::not_found(format!("security key {id}")))?;
+    let member = text(&row, "member_id");
+    if confirmed_at(&row).is_none() {
+        sqlx::query(
+            "UPDATE fido_credentials SET confirmed_at = $1, confirmed_by = $2 WHERE id = $3",
+        )
+        .bind(now())
+        .bind(caller.id.clone())
+        .bind(id.to_owned())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let body = json!({ "credentialId": id, "member": member, "by": caller.id });
+        audit(&mut tx, "fido_confirmed", &body).await?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(json!({ "credentialId": id, "member": member, "confirmed": true }))
+}
+
+/// `GET /v1/fido/credentials`: every key for an admin, the caller's own otherwise.
+pub async fn credentials(store: &Db, caller: &Member) -> Result<Value, ApiError> {
+    let rows = if caller.role == Role::Admin {
+        sqlx::query("SELECT id, member_id, counter, confirmed_at FROM fido_credentials ORDER BY created_at")
+            .fetch_all(&store.pool)
+            .await
+    } else {
+        sqlx::query("SELECT id, member_id, counter, confirmed_at FROM fido_credentials WHERE member_id = $1 ORDER BY created_at")
+            .bind(caller.id.clone())
+            .fetch_all(&store.pool)
+            .await
+    }
+    .map_err(db)?;
+    let keys: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            let confirmed = confirmed_at(row).is_some();
+            json!({ "credentialId": text(row, "id"), "member": text(row, "member_id"),
+                    "counter": int(row, "counter"), "confirmed": confirmed })
+        })
+        .collect();
+    Ok(json!({ "credentials": keys }))
+}
+
+/// `POST /v1/vaults/fido-policy {chainId, address, policy}` (admin).
+pub async fn set_policy(store: &Db, caller: &Member, body: &Value) -> Result<Value, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let chain_id = body
+        .get("chainId")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| ApiError::bad_request("chainId: must be a positive integer"))?;
+    let address = crate::model::string_field(body, "address")?;
+    let address = countersign_core::address::parse_address("address", &address)?.address;
+    let policy = PresencePolicy::parse(body.get("policy").unwrap_or(&Value::Null))
+        .map_err(|e| ApiError::bad_request(e.to_string().replacen("fidoPolicy", "policy", 1)))?;
+    let vault = crate::model::vault_id(chain_id, &address);
+    let (mut tx, _turn) = store.begin().await?;
+    let exists = sqlx::query("SELECT id FROM vaults WHERE id = $1")
+        .bind(vault.clone())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+    if exists.is_none() {
+        return Err(ApiError::not_found(format!("vault {vault}")));
+    }
+    let text = serde_json::to_string(&policy).map_err(|e| internal(&e))?;
+    sqlx::query("DELETE FROM fido_policies WHERE vault_id = $1")
+        .bind(vault.clone())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    sqlx::query("INSERT INTO fido_policies (vault_id, policy, updated_at) VALUES ($1, $2, $3)")
+        .bind(vault.clone())
+        .bind(text)
+        .bind(now())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    audit(&mut tx, "fido_policy_set", &json!({ "vault": vault, "policy": policy })).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(json!({ "vault": vault, "policy": policy }))
+}
+
+async fn policy_of(store: &Db, vault: &str) -> Result<Option<PresencePolicy>, ApiError> {
+    let row = sqlx::query("SELECT policy FROM fido_policies WHERE vault_id = $1")
+        .bind(vault.to_owned())
+        .fetch_optional(&store.pool)
+        .await
+        .map_err(db)?;
+    Ok(row.and_then(|row| serde_json::from_str(&text(&row, "policy")).ok()))
+}
+
+/// An assertion that passed, to be recorded with its approval.
+#[derive(Debug, Clone)]
+pub struct FidoUse {
+    pub credential_id: String,
+    pub counter: u32,
+    pub assertion: String,
+}
+
+fn confirmed_at(row: &sqlx::any::AnyRow) -> Option<i64> {
+    sqlx::Row::try_get::<Option<i64>, _>(row, "confirmed_at").ok().flatten()
+}
+
+/// What an approval of the request needs, from its vault's presence policy, and the checked
+/// assertion when one is needed. `member_id` is the member whose owner signature this is.
+#[allow(clippy::too_many_arguments, reason = "what one approval is checked against")]
+pub async fn check_approval(
+    store: &Db,
+    fido: Option<&Fido>,
+    rules: &QueueRules,
+    request_id: &str,
+    vault: &str,
+    transaction_json: &str,
+    safe_tx_hash: &B256,
+    member_id: &str,
+    body: &Value,
+) -> Result<Option<FidoUse>, ApiError> {
+    let Some(policy) = policy_of(store, vault).await? else { return Ok(None) };
+    let request = SafeTxRequest::from_json(transaction_json.as_bytes())
+        .map_err(|e| internal(&e.to_string()))?;
+    let chain_id: u64 = vault.split(':').next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let call = decode_call(request.safe, chain_id, &request.tx);
+    let Some(reason) = policy.required(&call, chain_id, &rules.tokens) else { return Ok(None) };
+    let fido = fido.ok_or_else(not_configured)?;
+    let Some(given) = body.get("fido").filter(|v| !v.is_null()) else {
+        return Err(ApiError::unprocessable(
+            "fido_required",
+            format!("fido: this approval needs a security key assertion ({reason})"),
+        ));
+    };
+    let assertion: Assertion = serde_json::from_value(given.clone())
+        .map_err(|e| ApiError::bad_request(format!("fido: {e}")))?;
+    let row = sqlx::query(
+        "SELECT member_id, public_key, counter, confirmed_at FROM fido_credentials WHERE id = $1",
+    )
+    .bind(assertion.credential_id.clone())
+    .fetch_optional(&store.pool)
+    .await
+    .map_err(db)?
+    .ok_or_else(|| {
+        ApiError::unprocessable(
+            "fido_unknown_key",
+            "fido.credentialId: no such security key is registered",
+        )
+    })?;
+    if text(&row, "member_id") != member_id {
+        return Err(ApiError::unprocessable(
+            "fido_other_member",
+            "fido.credentialId: the security key belongs to another member than the signing owner",
+        ));
+    }
+    if confirmed_at(&row).is_none() {
+        return Err(ApiError::unprocessable(
+            "fido_unconfirmed",
+            "fido.credentialId: the security key is not confirmed by an admin yet",
+        ));
+    }
+    let key: COSEKey = serde_json::from_str(&text(&row, "public_key")).map_err(|e| internal(&e))?;
+    let stored = u32::try_from(int(&row, "counter")).unwrap_or(u32::MAX);
+    let expected = Expected {
+        request_id,
+        safe_tx_hash,
+        require_user_verification: policy.user_verification,
+        stored_counter: Some(stored),
+    };
+    let verified = countersign_fido::verify(&fido.rp, &key, &assertion, &expected)
+        .map_err(|refusal| ApiError::unprocessable(refusal.code(), refusal.to_string()))?;
+    Ok(Some(FidoUse {
+        credential_id: assertion.credential_id.clone(),
+        counter: verified.counter,
+        assertion: serde_json::to_string(&assertion).map_err(|e| internal(&e))?,
+    }))
+}
+
+/// Moves the key's counter forward inside the approval's transaction; false if another
+/// approval used this counter value (or a later one) first: a replay.
+pub async fn advance_counter(
+    tx: &mut Transaction<'static, Any>,
+    used: &FidoUse,
+) -> Result<bool, ApiError> {
+    let counter = i64::from(used.counter);
+    let done = sqlx::query(
+        "UPDATE fido_credentials SET counter = $1 WHERE id = $2 AND (counter < $3 OR (counter = 0 AND $4 = 0))",
+    )
+    .bind(counter)
+    .bind(used.credential_id.clone())
+    .bind(counter)
+    .bind(counter)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// `GET /v1/requests/{id}/approvals/{owner}/fido`: the stored approval with its assertion,
+/// for [`countersign_fido::reverify`] offline.
+pub async fn stored_approval(
+    store: &Db,
+    fido: Option<&Fido>,
+    request_id: &str,
+    owner: &str,
+) -> Result<Value, ApiError> {
+    let fido = fido.ok_or_else(not_configured)?;
+    let row = sqlx::query(
+        "SELECT a.fido, r.safe_tx_hash, r.vault_id FROM approvals a JOIN requests r ON r.id = a.request_id \
+         WHERE a.request_id = $1 AND a.owner = $2",
+    )
+    .bind(request_id.to_owned())
+    .bind(owner.to_owned())
+    .fetch_optional(&store.pool)
+    .await
+    .map_err(db)?
+    .ok_or_else(|| ApiError::not_found(format!("approval of {request_id} by {owner}")))?;
+    let assertion: Assertion =
+        optional_text(&row, "fido").and_then(|text| serde_json::from_str(&text).ok()).ok_or_else(
+            || ApiError::not_found(format!("a security key assertion for {request_id} by {owner}")),
+        )?;
+    let key = sqlx::query("SELECT public_key FROM fido_credentials WHERE id = $1")
+        .bind(assertion.credential_id.clone())
+        .fetch_optional(&store.pool)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| ApiError::not_found("the assertion's security key"))?;
+    let public_key: COSEKey =
+        serde_json::from_str(&text(&key, "public_key")).map_err(|e| internal(&e))?;
+    let policy = policy_of(store, &text(&row, "vault_id")).await?.unwrap_or_default();
+    let stored = StoredApproval {
+        request_id: request_id.to_owned(),
+        safe_tx_hash: text(&row, "safe_tx_hash").parse().map_err(|_| internal(&"safeTxHash"))?,
+        relying_party: fido.rp.clone(),
+        user_verification_required: policy.user_verification,
+        public_key,
+        assertion,
+    };
+    serde_json::to_value(&stored).map_err(|e| internal(&e))
+}
