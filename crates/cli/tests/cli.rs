@@ -941,7 +941,7 @@ fn with_vault<'a>(mut args: Vec<&'a str>, owners: &[&'a str]) -> Vec<&'a str> {
 #[test]
 fn audit_verify_approval_checks_a_stored_fido_approval_offline() {
     let home = Home::new();
-    let stored = repo("cases/fido/stored-approval.json");
+    let stored = repo("fido/stored-approval.json");
     let ok = home.run(&["audit", "verify-approval", stored.to_str().unwrap()]);
     assert_ok(&ok);
     assert!(stdout(&ok).contains("bound to request payroll-1"), "{}", stdout(&ok));

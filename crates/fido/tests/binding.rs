@@ -258,12 +258,12 @@ fn fido_assertion_fuzz_corpus() {
 }
 
 /// A stored approval made once with the software key and committed
-/// (`tests/cases/fido/stored-approval.json`): it must keep re-verifying after any dependency
+/// (`tests/fido/stored-approval.json`): it must keep re-verifying after any dependency
 /// upgrade, and stop verifying once any part of the binding is moved.
 #[test]
 fn a_committed_stored_approval_still_verifies() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/cases/fido/stored-approval.json");
+        .join("../../tests/fido/stored-approval.json");
     let stored: StoredApproval = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     assert_eq!(stored.request_id, "payroll-1");
     assert!(reverify(&stored).is_ok());
