@@ -715,13 +715,27 @@ async fn audit(context: &Context, command: AuditCommand) -> Result<Outcome, Fail
                 .map_err(|e| Failure::input(format!("file: not a stored approval: {e}")))?;
             match countersign_fido::reverify(&stored) {
                 Ok(verified) => {
+                    let printable = countersign_core::printable;
                     outln!(
-                        "OK: the security key's assertion is bound to request {} at safeTxHash {} \
-                         (counter {}, user verified: {})",
-                        countersign_core::printable(&stored.request_id),
+                        "OK: the key in this file signed, for a person's touch, the challenge of \
+                         {}'s approval of request {} at safeTxHash {} (counter {}, user verified: {})",
+                        checksummed(&stored.owner),
+                        printable(&stored.request_id),
                         stored.safe_tx_hash,
                         verified.counter,
                         verified.user_verified
+                    );
+                    outln!("Member:            {}", printable(&stored.member));
+                    outln!("Credential:        {}", printable(&stored.assertion.credential_id));
+                    outln!("Key SHA-256:       {}", stored.key_fingerprint());
+                    outln!(
+                        "Relying party:     {} ({})",
+                        printable(&stored.relying_party.id),
+                        stored.relying_party.origin
+                    );
+                    outln!(
+                        "The file carries its own key: compare the key's SHA-256 with the queue's \
+                         list of confirmed keys (GET /v1/fido/credentials)."
                     );
                     Ok(Outcome::Done)
                 }

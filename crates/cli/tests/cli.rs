@@ -944,7 +944,8 @@ fn audit_verify_approval_checks_a_stored_fido_approval_offline() {
     let stored = repo("fido/stored-approval.json");
     let ok = home.run(&["audit", "verify-approval", stored.to_str().unwrap()]);
     assert_ok(&ok);
-    assert!(stdout(&ok).contains("bound to request payroll-1"), "{}", stdout(&ok));
+    assert!(stdout(&ok).contains("approval of request payroll-1"), "{}", stdout(&ok));
+    assert!(stdout(&ok).contains("Key SHA-256:"), "{}", stdout(&ok));
     let mut moved: Value = serde_json::from_str(&fs::read_to_string(&stored).unwrap()).unwrap();
     moved["requestId"] = serde_json::json!("payroll-2");
     let moved = home.file("moved.json", &moved.to_string());

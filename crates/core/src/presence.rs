@@ -5,7 +5,9 @@
 //! asset over every call it makes (a MultiSend's steps included): native value, and the
 //! amounts of ERC-20 `transfer`, `transferFrom` and `approve` (an allowance can be spent).
 //! Where the amount cannot be judged, the key is asked for: a token without known decimals, a
-//! call Countersign does not decode, or the Safe changing its own configuration.
+//! call Countersign does not decode, a delegatecall (other than a MultiSend batch, whose steps
+//! are judged), a gas refund (paid in any token, bounded by nothing the policy can read), or
+//! the Safe changing its own configuration. An asset without a threshold is not gated.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::{checksummed, parse_address};
 use crate::decode::{Action, Call};
+use crate::request::{Operation, SafeTx};
 use crate::tokens::TokenList;
 use crate::InputError;
 
@@ -46,20 +49,29 @@ impl PresencePolicy {
     /// Parses and checks a policy: each threshold's key is `native` or an address, and its
     /// value a decimal number of base units.
     pub fn parse(value: &serde_json::Value) -> Result<Self, InputError> {
-        let policy: Self = serde_json::from_value(value.clone())
+        let mut policy: Self = serde_json::from_value(value.clone())
             .map_err(|e| InputError::new("fidoPolicy", e.to_string()))?;
+        // Each asset once, addresses in their checksummed form: two spellings of one token
+        // would leave one of them unused.
+        let mut thresholds = BTreeMap::new();
         for (asset, amount) in &policy.thresholds {
             let field = format!("fidoPolicy.thresholds.{asset}");
-            if asset != NATIVE {
-                parse_address(&field, asset)?;
-            }
+            let key = if asset == NATIVE {
+                NATIVE.to_owned()
+            } else {
+                checksummed(&parse_address(&field, asset)?.address)
+            };
             if amount.is_empty()
                 || !amount.bytes().all(|b| b.is_ascii_digit())
                 || U256::from_str_radix(amount, 10).is_err()
             {
                 return Err(InputError::new(field, "is not a whole number of base units"));
             }
+            if thresholds.insert(key, amount.clone()).is_some() {
+                return Err(InputError::new(field, "names an asset given already"));
+            }
         }
+        policy.thresholds = thresholds;
         Ok(policy)
     }
 
@@ -78,13 +90,24 @@ impl PresencePolicy {
         })
     }
 
-    /// Why an approval of `call` on `chain_id` needs a security key, or None.
-    pub fn required(&self, call: &Call, chain_id: u64, tokens: &TokenList) -> Option<String> {
+    /// Why an approval of `tx` (decoded as `call`) on `chain_id` needs a security key, or None.
+    pub fn required(
+        &self,
+        tx: &SafeTx,
+        call: &Call,
+        chain_id: u64,
+        tokens: &TokenList,
+    ) -> Option<String> {
         if self.all {
             return Some("the vault asks for a security key on every approval".to_owned());
         }
         if self.thresholds.is_empty() {
             return None;
+        }
+        if !tx.gas_price.is_zero() {
+            return Some(
+                "the transaction pays a gas refund, whose amount nothing bounds".to_owned(),
+            );
         }
         let mut totals: BTreeMap<Asset, U256> = BTreeMap::new();
         let mut add = |asset: Asset, amount: U256| {
@@ -92,6 +115,13 @@ impl PresencePolicy {
             *total = total.saturating_add(amount);
         };
         for step in call.walk() {
+            let batch = matches!(step.action, Action::MultiSend { .. });
+            if step.operation == Operation::DELEGATECALL && !batch {
+                let place = step.place();
+                return Some(format!(
+                    "{place}: a delegatecall runs another contract's code as the Safe"
+                ));
+            }
             if !step.value.is_zero() {
                 add(Asset::Native, step.value);
             }

@@ -1,8 +1,9 @@
 //! FIDO2 assertions that prove a person touched their security key for one exact approval.
 //!
 //! The challenge is not random: it is derived from the approval itself,
-//! `SHA-256("countersign-fido2-approval-v1" ‖ 0x00 ‖ len(id) as u16 BE ‖ id ‖ safeTxHash)`,
-//! so an assertion over it serves that request and that safeTxHash only. The assertion is then
+//! `SHA-256("countersign-fido2-approval-v2" ‖ 0x00 ‖ len(id) as u16 BE ‖ id ‖ safeTxHash ‖
+//! owner)`, so an assertion over it serves that request, that safeTxHash and that owner's
+//! approval only. The assertion is then
 //! checked by the W3C WebAuthn verification steps (§7.2, the ones that apply to a challenge
 //! the relying party did not have to remember): the client data's type, challenge and origin;
 //! the RP id hash; user presence, and user verification where the policy asks for it; the
@@ -11,7 +12,7 @@
 //! the key keeps one. The same function re-checks a stored approval offline, without the
 //! counter (which only the queue's history knows).
 
-use alloy_primitives::B256;
+use alloy_primitives::{Address, B256};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -21,10 +22,11 @@ use url::Url;
 use webauthn_rs_core::proto::COSEKey;
 
 /// The domain tag of every approval challenge. Changing it changes every challenge.
-pub const CHALLENGE_TAG: &[u8] = b"countersign-fido2-approval-v1";
+pub const CHALLENGE_TAG: &[u8] = b"countersign-fido2-approval-v2";
 
-/// The challenge an assertion for approving `request_id` at `safe_tx_hash` must sign.
-pub fn approval_challenge(request_id: &str, safe_tx_hash: &B256) -> [u8; 32] {
+/// The challenge an assertion for `owner`'s approval of `request_id` at `safe_tx_hash` must
+/// sign. The owner is bound too: one person's touch never counts for another owner.
+pub fn approval_challenge(request_id: &str, safe_tx_hash: &B256, owner: &Address) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(CHALLENGE_TAG);
     hasher.update([0u8]);
@@ -32,6 +34,7 @@ pub fn approval_challenge(request_id: &str, safe_tx_hash: &B256) -> [u8; 32] {
     hasher.update((request_id.len() as u16).to_be_bytes());
     hasher.update(request_id.as_bytes());
     hasher.update(safe_tx_hash.as_slice());
+    hasher.update(owner.as_slice());
     hasher.finalize().into()
 }
 
@@ -136,7 +139,7 @@ pub enum Refusal {
         problem: &'static str,
     },
     WrongType,
-    /// The challenge is another approval's (another request, or another safeTxHash).
+    /// The challenge is another approval's (another request, safeTxHash or owner).
     OtherApproval,
     WrongOrigin,
     WrongRpId,
@@ -177,7 +180,7 @@ impl fmt::Display for Refusal {
             Self::Malformed { field, problem } => write!(f, "fido.{field}: {problem}"),
             Self::WrongType => write!(f, "the assertion is not a WebAuthn get (authentication)"),
             Self::OtherApproval => {
-                write!(f, "the assertion was made for another request or safeTxHash")
+                write!(f, "the assertion was made for another request, safeTxHash or owner")
             }
             Self::WrongOrigin => write!(f, "the assertion was made for another origin"),
             Self::WrongRpId => write!(f, "the assertion was made for another relying party"),
@@ -275,6 +278,8 @@ pub struct Verified {
 pub struct Expected<'a> {
     pub request_id: &'a str,
     pub safe_tx_hash: &'a B256,
+    /// The owner whose approval this assertion stands beside.
+    pub owner: &'a Address,
     pub require_user_verification: bool,
     /// The counter stored for the key, live; None offline.
     pub stored_counter: Option<u32>,
@@ -294,7 +299,7 @@ pub fn verify(
     if client.type_ != "webauthn.get" {
         return Err(Refusal::WrongType);
     }
-    let challenge = approval_challenge(expected.request_id, expected.safe_tx_hash);
+    let challenge = approval_challenge(expected.request_id, expected.safe_tx_hash, expected.owner);
     let claimed = decode("clientDataJSON.challenge", &client.challenge)?;
     if claimed != challenge {
         return Err(Refusal::OtherApproval);
@@ -329,12 +334,17 @@ pub fn verify(
     Ok(Verified { counter: data.counter, user_verified: data.user_verified })
 }
 
-/// A stored approval with its assertion, everything needed to check it again offline.
+/// A stored approval with its assertion, everything needed to check it again offline, as
+/// the queue recorded it when it took the approval (its relying party and policy then).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StoredApproval {
     pub request_id: String,
     pub safe_tx_hash: B256,
+    /// The owner whose approval the assertion stands beside.
+    pub owner: Address,
+    /// The queue member that owner is, whose confirmed key made the assertion.
+    pub member: String,
     pub relying_party: RelyingParty,
     pub user_verification_required: bool,
     /// The credential's public key, in webauthn-rs-core's serde form.
@@ -342,15 +352,38 @@ pub struct StoredApproval {
     pub assertion: Assertion,
 }
 
+impl StoredApproval {
+    /// SHA-256 of the public key's serde form, to compare with the queue's key list
+    /// (`GET /v1/fido/credentials`): the file carries its own key, so what it proves offline
+    /// holds for that key only.
+    pub fn key_fingerprint(&self) -> String {
+        fingerprint(&self.public_key)
+    }
+}
+
+/// SHA-256 of a public key's serde form, in hex.
+pub fn fingerprint(key: &COSEKey) -> String {
+    hex_of(&Sha256::digest(serde_json::to_vec(key).unwrap_or_default()))
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Re-verifies a stored approval with no server state (the counter is not checked offline).
+/// It proves that the key in the file signed, for a person's touch, the challenge of this
+/// owner's approval of this request at this safeTxHash; that the key is the member's
+/// confirmed one is for the queue's key list to say ([`StoredApproval::key_fingerprint`]).
 pub fn reverify(stored: &StoredApproval) -> Result<Verified, Refusal> {
+    let rp = RelyingParty::new(&stored.relying_party.id, stored.relying_party.origin.as_str())?;
     let expected = Expected {
         request_id: &stored.request_id,
         safe_tx_hash: &stored.safe_tx_hash,
+        owner: &stored.owner,
         require_user_verification: stored.user_verification_required,
         stored_counter: None,
     };
-    verify(&stored.relying_party, &stored.public_key, &stored.assertion, &expected)
+    verify(&rp, &stored.public_key, &stored.assertion, &expected)
 }
 
 /// The fuzz target's entry point: every parser of an assertion or a stored approval, on the

@@ -9,7 +9,7 @@
     reason = "a test fails by panicking"
 )]
 
-use alloy_primitives::B256;
+use alloy_primitives::{Address, B256};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use countersign_fido::{
@@ -34,16 +34,15 @@ fn b64(text: &str) -> Vec<u8> {
 /// hashlib) from the documented formula.
 #[test]
 fn the_challenge_is_the_documented_hash_of_the_approval() {
-    let hash = B256::repeat_byte(0x11);
+    let (hash, owner) = (B256::repeat_byte(0x11), Address::repeat_byte(0x22));
+    let challenge = approval_challenge("payroll-1", &hash, &owner);
     assert_eq!(
-        hex::encode(approval_challenge("payroll-1", &hash)),
-        "087057dd56397b34d48016f12e641a02dc553efdcbd6907ee0eb3adfceee177c"
+        hex::encode(challenge),
+        "ffc4e93bd7f930ca5b5513d674824e6f7fc1fe8fefe5635a24a0f3a3159c4191"
     );
-    assert_ne!(approval_challenge("payroll-2", &hash), approval_challenge("payroll-1", &hash));
-    assert_ne!(
-        approval_challenge("payroll-1", &B256::repeat_byte(0x12)),
-        approval_challenge("payroll-1", &hash)
-    );
+    assert_ne!(approval_challenge("payroll-2", &hash, &owner), challenge);
+    assert_ne!(approval_challenge("payroll-1", &B256::repeat_byte(0x12), &owner), challenge);
+    assert_ne!(approval_challenge("payroll-1", &hash, &Address::repeat_byte(0x23)), challenge);
 }
 
 /// py_webauthn's ES256 assertion vector (tests/test_verify_authentication_response.py, as
@@ -95,6 +94,9 @@ fn registered(token: &mut SoftToken, rp: &RelyingParty) -> (Vec<u8>, COSEKey) {
     (credential.cred_id.to_vec(), credential.cred)
 }
 
+/// The owner whose approvals the tests' assertions stand beside.
+const OWNER: Address = Address::repeat_byte(0x22);
+
 /// The key's assertion over the challenge of approving `id` at `hash`.
 fn assert_for(
     token: &mut SoftToken,
@@ -104,7 +106,7 @@ fn assert_for(
     hash: &B256,
 ) -> Assertion {
     let options = PublicKeyCredentialRequestOptions {
-        challenge: approval_challenge(id, hash).to_vec(),
+        challenge: approval_challenge(id, hash, &OWNER).to_vec(),
         timeout: Some(60_000),
         rp_id: rp.id.clone(),
         allow_credentials: vec![AllowCredentials {
@@ -124,6 +126,7 @@ fn expected<'a>(id: &'a str, hash: &'a B256, stored: Option<u32>) -> Expected<'a
     Expected {
         request_id: id,
         safe_tx_hash: hash,
+        owner: &OWNER,
         require_user_verification: false,
         stored_counter: stored,
     }
@@ -150,6 +153,10 @@ fn a_software_key_proves_presence_for_one_approval_only() {
         verify(&rp, &key, &assertion, &expected("payroll-1", &other, None)),
         Err(Refusal::OtherApproval)
     );
+    // Nor for another owner's approval of the same request.
+    let other_owner = Address::repeat_byte(0x23);
+    let theirs = Expected { owner: &other_owner, ..expected("payroll-1", &hash, None) };
+    assert_eq!(verify(&rp, &key, &assertion, &theirs), Err(Refusal::OtherApproval));
     // Replayed, and with a counter that went back (the software key keeps a counter).
     assert!(counter > 0);
     {
@@ -215,6 +222,8 @@ fn a_software_key_proves_presence_for_one_approval_only() {
     let stored = StoredApproval {
         request_id: "payroll-1".into(),
         safe_tx_hash: hash,
+        owner: OWNER,
+        member: "alice".into(),
         relying_party: rp.clone(),
         user_verification_required: false,
         public_key: key,
@@ -273,6 +282,13 @@ fn a_committed_stored_approval_still_verifies() {
     let mut other = stored.clone();
     other.relying_party = RelyingParty::new("other.example", "https://other.example").unwrap();
     assert_eq!(reverify(&other), Err(Refusal::WrongOrigin));
+    let mut other = stored.clone();
+    other.owner = Address::repeat_byte(0x23);
+    assert_eq!(reverify(&other), Err(Refusal::OtherApproval));
+    let mut other = stored.clone();
+    other.relying_party.id = String::new();
+    assert_eq!(reverify(&other).unwrap_err().code(), "fido_malformed");
+    assert_eq!(stored.key_fingerprint().len(), 64);
     let mut other = stored;
     other.user_verification_required = true;
     assert_eq!(reverify(&other), Err(Refusal::NoUserVerification));

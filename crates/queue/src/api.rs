@@ -187,6 +187,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/fido/registrations/finish", post(finish_fido_registration))
         .route("/v1/fido/credentials", get(fido_credentials))
         .route("/v1/fido/credentials/{id}/confirm", post(confirm_fido))
+        .route("/v1/fido/credentials/{id}/revoke", post(revoke_fido))
         .route("/v1/vaults/fido-policy", post(set_fido_policy))
         .route("/v1/audit", get(audit))
         .route("/v1/events", get(events))
@@ -356,6 +357,15 @@ async fn confirm_fido(
 ) -> Answer {
     let caller = state.caller(&headers).await?;
     Ok(Json(crate::fido::confirm(&state.db, &caller, &id).await?))
+}
+
+async fn revoke_fido(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
+    let caller = state.caller(&headers).await?;
+    Ok(Json(crate::fido::revoke(&state.db, &caller, &id).await?))
 }
 
 async fn set_fido_policy(

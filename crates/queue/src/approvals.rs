@@ -162,18 +162,28 @@ pub async fn approve(
         ));
     }
 
-    let fido = crate::fido::check_approval(
-        store,
-        presence.fido,
-        presence.rules,
-        id,
-        &text(&row, "vault_id"),
-        &text(&row, "transaction_json"),
-        &safe_tx_hash,
-        &member_id,
-        body,
-    )
-    .await?;
+    // The identical approval again answers as the first did, before anything else is asked
+    // of it (its security key assertion was used once and would now look replayed).
+    let repeat =
+        sqlx::query("SELECT owner FROM approvals WHERE request_id = $1 AND signature = $2")
+            .bind(id.to_owned())
+            .bind(signature.to_hex())
+            .fetch_optional(&store.pool)
+            .await
+            .map_err(db)?;
+    if repeat.is_some() {
+        return request_view(store, id).await;
+    }
+    let approval = crate::fido::ApprovalFacts {
+        request_id: id,
+        vault: &text(&row, "vault_id"),
+        transaction_json: &text(&row, "transaction_json"),
+        safe_tx_hash: &safe_tx_hash,
+        owner: &owner,
+        member_id: &member_id,
+    };
+    let fido =
+        crate::fido::check_approval(store, presence.fido, presence.rules, &approval, body).await?;
     let (reply, answer) = oneshot::channel();
     let job = Job {
         fido,
@@ -352,7 +362,7 @@ async fn write(
             let (_, approval, _, fido) = &jobs[*index];
             if let Some(used) = fido {
                 sqlx::query("UPDATE approvals SET fido = $1 WHERE request_id = $2 AND owner = $3")
-                    .bind(used.assertion.clone())
+                    .bind(used.stored.clone())
                     .bind((*id).to_owned())
                     .bind(approval.owner.clone())
                     .execute(&mut *tx)

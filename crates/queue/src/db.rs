@@ -35,7 +35,7 @@ const SCHEMA: &[&str] = &[
      signature TEXT NOT NULL, created_at BIGINT NOT NULL, fido TEXT, PRIMARY KEY (request_id, owner))",
     "CREATE TABLE IF NOT EXISTS fido_credentials (id TEXT PRIMARY KEY, member_id TEXT NOT NULL, \
      public_key TEXT NOT NULL, counter BIGINT NOT NULL, created_at BIGINT NOT NULL, confirmed_at BIGINT, \
-     confirmed_by TEXT)",
+     confirmed_by TEXT, revoked_at BIGINT, revoked_by TEXT, attestation TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS fido_registrations (member_id TEXT PRIMARY KEY, state TEXT NOT NULL, \
      created_at BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS fido_policies (vault_id TEXT PRIMARY KEY, policy TEXT NOT NULL, \

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use alloy_primitives::B256;
+use alloy_primitives::{Address, B256};
 use countersign_core::decode::decode_call;
 use countersign_core::presence::PresencePolicy;
 use countersign_core::request::SafeTxRequest;
@@ -73,8 +73,7 @@ pub async fn start_registration(
         .fetch_all(&store.pool)
         .await
         .map_err(db)?;
-    let exclude: Vec<_> =
-        existing.iter().filter_map(|row| base64_url(&text(row, "id"))).collect();
+    let exclude: Vec<_> = existing.iter().filter_map(|row| base64_url(&text(row, "id"))).collect();
     let (options, state) = fido
         .webauthn
         .start_securitykey_registration(
@@ -167,15 +166,29 @@ pub async fn finish_registration(
         ));
     }
     let public_key = serde_json::to_string(&credential.cred).map_err(|e| internal(&e))?;
+    // Another credential id around a public key already registered would let one person's
+    // assertions pass as another's key.
+    let same_key = sqlx::query("SELECT id FROM fido_credentials WHERE public_key = $1")
+        .bind(public_key.clone())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+    if same_key.is_some() {
+        return Err(ApiError::conflict("fido_key_taken", "this public key is registered already"));
+    }
+    // Limitation: no attestation CA list is enforced; the admin who confirms a key sees its
+    // attestation format and fingerprint and must check the device out of band.
+    let attestation = format!("{:?}", credential.attestation_format);
     sqlx::query(
-        "INSERT INTO fido_credentials (id, member_id, public_key, counter, created_at) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO fido_credentials (id, member_id, public_key, counter, created_at, attestation) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(id.clone())
     .bind(caller.id.clone())
     .bind(public_key)
     .bind(i64::from(credential.counter))
     .bind(now())
+    .bind(attestation)
     .execute(&mut *tx)
     .await
     .map_err(db)?;
@@ -217,14 +230,41 @@ pub async fn confirm(store: &Db, caller: &Member, id: &str) -> Result<Value, Api
     Ok(json!({ "credentialId": id, "member": member, "confirmed": true }))
 }
 
+/// `POST /v1/fido/credentials/{id}/revoke` (admin): the key no longer counts, for good (a
+/// lost or cloned key).
+pub async fn revoke(store: &Db, caller: &Member, id: &str) -> Result<Value, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let (mut tx, _turn) = store.begin().await?;
+    let row = sqlx::query("SELECT member_id, revoked_at FROM fido_credentials WHERE id = $1")
+        .bind(id.to_owned())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| ApiError::not_found(format!("security key {id}")))?;
+    let member = text(&row, "member_id");
+    if sqlx::Row::try_get::<Option<i64>, _>(&row, "revoked_at").ok().flatten().is_none() {
+        sqlx::query("UPDATE fido_credentials SET revoked_at = $1, revoked_by = $2 WHERE id = $3")
+            .bind(now())
+            .bind(caller.id.clone())
+            .bind(id.to_owned())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let body = json!({ "credentialId": id, "member": member, "by": caller.id });
+        audit(&mut tx, "fido_revoked", &body).await?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(json!({ "credentialId": id, "member": member, "revoked": true }))
+}
+
 /// `GET /v1/fido/credentials`: every key for an admin, the caller's own otherwise.
 pub async fn credentials(store: &Db, caller: &Member) -> Result<Value, ApiError> {
     let rows = if caller.role == Role::Admin {
-        sqlx::query("SELECT id, member_id, counter, confirmed_at FROM fido_credentials ORDER BY created_at")
+        sqlx::query("SELECT id, member_id, counter, confirmed_at, revoked_at, public_key, attestation FROM fido_credentials ORDER BY created_at")
             .fetch_all(&store.pool)
             .await
     } else {
-        sqlx::query("SELECT id, member_id, counter, confirmed_at FROM fido_credentials WHERE member_id = $1 ORDER BY created_at")
+        sqlx::query("SELECT id, member_id, counter, confirmed_at, revoked_at, public_key, attestation FROM fido_credentials WHERE member_id = $1 ORDER BY created_at")
             .bind(caller.id.clone())
             .fetch_all(&store.pool)
             .await
@@ -234,8 +274,14 @@ pub async fn credentials(store: &Db, caller: &Member) -> Result<Value, ApiError>
         .iter()
         .map(|row| {
             let confirmed = confirmed_at(row).is_some();
+            let revoked =
+                sqlx::Row::try_get::<Option<i64>, _>(row, "revoked_at").ok().flatten().is_some();
+            let fingerprint = serde_json::from_str::<COSEKey>(&text(row, "public_key"))
+                .map(|key| countersign_fido::fingerprint(&key))
+                .unwrap_or_default();
             json!({ "credentialId": text(row, "id"), "member": text(row, "member_id"),
-                    "counter": int(row, "counter"), "confirmed": confirmed })
+                    "counter": int(row, "counter"), "confirmed": confirmed, "revoked": revoked,
+                    "publicKeySha256": fingerprint, "attestation": text(row, "attestation") })
         })
         .collect();
     Ok(json!({ "credentials": keys }))
@@ -280,13 +326,19 @@ pub async fn set_policy(store: &Db, caller: &Member, body: &Value) -> Result<Val
     Ok(json!({ "vault": vault, "policy": policy }))
 }
 
+/// The vault's presence policy. One that cannot be read is an error, never "no policy".
 async fn policy_of(store: &Db, vault: &str) -> Result<Option<PresencePolicy>, ApiError> {
     let row = sqlx::query("SELECT policy FROM fido_policies WHERE vault_id = $1")
         .bind(vault.to_owned())
         .fetch_optional(&store.pool)
         .await
         .map_err(db)?;
-    Ok(row.and_then(|row| serde_json::from_str(&text(&row, "policy")).ok()))
+    match row {
+        None => Ok(None),
+        Some(row) => serde_json::from_str(&text(&row, "policy"))
+            .map(Some)
+            .map_err(|_| internal(&format!("the presence policy of {vault} cannot be read"))),
+    }
 }
 
 /// An assertion that passed, to be recorded with its approval.
@@ -294,7 +346,21 @@ async fn policy_of(store: &Db, vault: &str) -> Result<Option<PresencePolicy>, Ap
 pub struct FidoUse {
     pub credential_id: String,
     pub counter: u32,
-    pub assertion: String,
+    /// The [`StoredApproval`] as of now (relying party, policy, key), as JSON: what the
+    /// offline re-check is handed later.
+    pub stored: String,
+}
+
+/// The approval an assertion must stand beside.
+#[derive(Debug, Clone, Copy)]
+pub struct ApprovalFacts<'a> {
+    pub request_id: &'a str,
+    pub vault: &'a str,
+    pub transaction_json: &'a str,
+    pub safe_tx_hash: &'a B256,
+    pub owner: &'a Address,
+    /// The member the owner is.
+    pub member_id: &'a str,
 }
 
 fn confirmed_at(row: &sqlx::any::AnyRow) -> Option<i64> {
@@ -302,25 +368,24 @@ fn confirmed_at(row: &sqlx::any::AnyRow) -> Option<i64> {
 }
 
 /// What an approval of the request needs, from its vault's presence policy, and the checked
-/// assertion when one is needed. `member_id` is the member whose owner signature this is.
-#[allow(clippy::too_many_arguments, reason = "what one approval is checked against")]
+/// assertion when one is needed.
 pub async fn check_approval(
     store: &Db,
     fido: Option<&Fido>,
     rules: &QueueRules,
-    request_id: &str,
-    vault: &str,
-    transaction_json: &str,
-    safe_tx_hash: &B256,
-    member_id: &str,
+    approval: &ApprovalFacts<'_>,
     body: &Value,
 ) -> Result<Option<FidoUse>, ApiError> {
+    let ApprovalFacts { request_id, vault, transaction_json, safe_tx_hash, owner, member_id } =
+        *approval;
     let Some(policy) = policy_of(store, vault).await? else { return Ok(None) };
     let request = SafeTxRequest::from_json(transaction_json.as_bytes())
         .map_err(|e| internal(&e.to_string()))?;
     let chain_id: u64 = vault.split(':').next().and_then(|c| c.parse().ok()).unwrap_or(0);
     let call = decode_call(request.safe, chain_id, &request.tx);
-    let Some(reason) = policy.required(&call, chain_id, &rules.tokens) else { return Ok(None) };
+    let Some(reason) = policy.required(&request.tx, &call, chain_id, &rules.tokens) else {
+        return Ok(None);
+    };
     let fido = fido.ok_or_else(not_configured)?;
     let Some(given) = body.get("fido").filter(|v| !v.is_null()) else {
         return Err(ApiError::unprocessable(
@@ -330,10 +395,12 @@ pub async fn check_approval(
     };
     let assertion: Assertion = serde_json::from_value(given.clone())
         .map_err(|e| ApiError::bad_request(format!("fido: {e}")))?;
+    let credential_id = assertion.credential_id.trim_end_matches('=').to_owned();
     let row = sqlx::query(
-        "SELECT member_id, public_key, counter, confirmed_at FROM fido_credentials WHERE id = $1",
+        "SELECT member_id, public_key, counter, confirmed_at, revoked_at FROM fido_credentials \
+         WHERE id = $1",
     )
-    .bind(assertion.credential_id.clone())
+    .bind(credential_id.clone())
     .fetch_optional(&store.pool)
     .await
     .map_err(db)?
@@ -349,6 +416,12 @@ pub async fn check_approval(
             "fido.credentialId: the security key belongs to another member than the signing owner",
         ));
     }
+    if sqlx::Row::try_get::<Option<i64>, _>(&row, "revoked_at").ok().flatten().is_some() {
+        return Err(ApiError::unprocessable(
+            "fido_revoked",
+            "fido.credentialId: an admin revoked this security key",
+        ));
+    }
     if confirmed_at(&row).is_none() {
         return Err(ApiError::unprocessable(
             "fido_unconfirmed",
@@ -360,15 +433,26 @@ pub async fn check_approval(
     let expected = Expected {
         request_id,
         safe_tx_hash,
+        owner,
         require_user_verification: policy.user_verification,
         stored_counter: Some(stored),
     };
     let verified = countersign_fido::verify(&fido.rp, &key, &assertion, &expected)
         .map_err(|refusal| ApiError::unprocessable(refusal.code(), refusal.to_string()))?;
+    let kept = StoredApproval {
+        request_id: request_id.to_owned(),
+        safe_tx_hash: *safe_tx_hash,
+        owner: *owner,
+        member: member_id.to_owned(),
+        relying_party: fido.rp.clone(),
+        user_verification_required: policy.user_verification,
+        public_key: key,
+        assertion: Assertion { credential_id: credential_id.clone(), ..assertion },
+    };
     Ok(Some(FidoUse {
-        credential_id: assertion.credential_id.clone(),
+        credential_id,
         counter: verified.counter,
-        assertion: serde_json::to_string(&assertion).map_err(|e| internal(&e))?,
+        stored: serde_json::to_string(&kept).map_err(|e| internal(&e))?,
     }))
 }
 
@@ -400,37 +484,16 @@ pub async fn stored_approval(
     request_id: &str,
     owner: &str,
 ) -> Result<Value, ApiError> {
-    let fido = fido.ok_or_else(not_configured)?;
-    let row = sqlx::query(
-        "SELECT a.fido, r.safe_tx_hash, r.vault_id FROM approvals a JOIN requests r ON r.id = a.request_id \
-         WHERE a.request_id = $1 AND a.owner = $2",
-    )
-    .bind(request_id.to_owned())
-    .bind(owner.to_owned())
-    .fetch_optional(&store.pool)
-    .await
-    .map_err(db)?
-    .ok_or_else(|| ApiError::not_found(format!("approval of {request_id} by {owner}")))?;
-    let assertion: Assertion =
-        optional_text(&row, "fido").and_then(|text| serde_json::from_str(&text).ok()).ok_or_else(
-            || ApiError::not_found(format!("a security key assertion for {request_id} by {owner}")),
-        )?;
-    let key = sqlx::query("SELECT public_key FROM fido_credentials WHERE id = $1")
-        .bind(assertion.credential_id.clone())
+    let _ = fido.ok_or_else(not_configured)?;
+    let row = sqlx::query("SELECT fido FROM approvals WHERE request_id = $1 AND owner = $2")
+        .bind(request_id.to_owned())
+        .bind(owner.to_owned())
         .fetch_optional(&store.pool)
         .await
         .map_err(db)?
-        .ok_or_else(|| ApiError::not_found("the assertion's security key"))?;
-    let public_key: COSEKey =
-        serde_json::from_str(&text(&key, "public_key")).map_err(|e| internal(&e))?;
-    let policy = policy_of(store, &text(&row, "vault_id")).await?.unwrap_or_default();
-    let stored = StoredApproval {
-        request_id: request_id.to_owned(),
-        safe_tx_hash: text(&row, "safe_tx_hash").parse().map_err(|_| internal(&"safeTxHash"))?,
-        relying_party: fido.rp.clone(),
-        user_verification_required: policy.user_verification,
-        public_key,
-        assertion,
-    };
-    serde_json::to_value(&stored).map_err(|e| internal(&e))
+        .ok_or_else(|| ApiError::not_found(format!("approval of {request_id} by {owner}")))?;
+    // Kept as it was when the approval was taken: that day's relying party and policy.
+    optional_text(&row, "fido").and_then(|text| serde_json::from_str(&text).ok()).ok_or_else(|| {
+        ApiError::not_found(format!("a security key assertion for {request_id} by {owner}"))
+    })
 }

@@ -86,12 +86,12 @@ async fn register(session: &Session) -> (SoftToken, String) {
     (token, finished["credentialId"].as_str().unwrap().to_owned())
 }
 
-/// The key's assertion for approving `id` at `hash`, as the approval's `fido` member.
+/// The key's assertion for alice's approval of `id` at `hash`, as the approval's `fido` member.
 fn assertion(token: &mut SoftToken, credential: &str, id: &str, hash: &B256) -> Value {
     use base64::Engine as _;
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(credential).unwrap();
     let options = PublicKeyCredentialRequestOptions {
-        challenge: approval_challenge(id, hash).to_vec(),
+        challenge: approval_challenge(id, hash, &key(0x22).address()).to_vec(),
         timeout: Some(60_000),
         rp_id: RP_ID.into(),
         allow_credentials: vec![AllowCredentials {
@@ -287,20 +287,36 @@ async fn a_vault_that_asks_for_a_security_key_refuses_approvals_without_one() {
         "fido_required"
     );
 
+    // The admin sees each key's fingerprint and attestation, and can revoke a key for good.
+    let listed = admin.get("/v1/fido/credentials").await.unwrap();
+    let listed = &listed["credentials"][0];
+    assert_eq!(listed["publicKeySha256"].as_str().unwrap().len(), 64);
+    assert!(!listed["attestation"].as_str().unwrap().is_empty());
+    admin.post(&format!("/v1/fido/credentials/{alice_id}/revoke"), &json!({})).await.unwrap();
+    let revoked = assertion(&mut alice_key, &alice_id, "r6", &r6);
+    assert_eq!(
+        code(
+            alice_s.post("/v1/requests/r6/approvals", &approval(&r6, &alice, Some(revoked))).await
+        ),
+        "fido_revoked"
+    );
+
     // The stored approval re-verifies offline, from nothing but what the queue hands out.
     let stored = alice_s
         .get(&format!("/v1/requests/r1/approvals/{}/fido", alice.address().to_checksum(None)))
         .await
         .unwrap();
     let stored: StoredApproval = serde_json::from_value(stored).unwrap();
-    assert_eq!(stored.request_id, "r1");
+    assert_eq!((stored.request_id.as_str(), stored.member.as_str()), ("r1", "alice"));
+    assert_eq!(stored.owner, alice.address());
+    assert_eq!(stored.key_fingerprint(), listed["publicKeySha256"].as_str().unwrap());
     assert!(countersign_fido::reverify(&stored).is_ok());
 
     // Every step is in the audit chain.
     let audit = admin.get("/v1/audit").await.unwrap();
     let kinds: Vec<&str> =
         audit["entries"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
-    for kind in ["fido_policy_set", "fido_registered", "fido_confirmed"] {
+    for kind in ["fido_policy_set", "fido_registered", "fido_confirmed", "fido_revoked"] {
         assert!(kinds.contains(&kind), "{kinds:?}");
     }
     running.stop();
