@@ -31,39 +31,13 @@ use serde_json::{json, Value};
 
 mod common;
 
-use common::{hex_of, key, rules, transaction, SAFE};
+use common::{databases, hex_of, key, rules, transaction, SAFE};
 
 struct Queue {
     running: server::Running,
     api: ApiState,
     admin_key: String,
     _dir: tempfile::TempDir,
-}
-
-/// The databases to run against: SQLite always, PostgreSQL when configured.
-async fn databases() -> Vec<(String, Db, tempfile::TempDir)> {
-    let dir = tempfile::tempdir().unwrap();
-    let mut out = vec![("sqlite".to_owned(), Db::sqlite_in(dir.path()).await.unwrap(), dir)];
-    match std::env::var("COUNTERSIGN_TEST_POSTGRES_URL") {
-        Ok(url) => {
-            sqlx::any::install_default_drivers();
-            let admin = sqlx::AnyPool::connect(&url).await.unwrap();
-            let name = format!("cs_{}", hex::encode(rand_bytes()));
-            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
-            let (base, _) = url.rsplit_once('/').unwrap();
-            let db = Db::connect(&format!("{base}/{name}")).await.unwrap();
-            out.push(("postgres".to_owned(), db, tempfile::tempdir().unwrap()));
-        }
-        Err(_) if std::env::var("COUNTERSIGN_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
-            panic!("COUNTERSIGN_REQUIRE_POSTGRES=1 but COUNTERSIGN_TEST_POSTGRES_URL is not set");
-        }
-        Err(_) => eprintln!("PostgreSQL suite skipped: COUNTERSIGN_TEST_POSTGRES_URL is not set"),
-    }
-    out
-}
-
-fn rand_bytes() -> [u8; 8] {
-    rand::random()
 }
 
 async fn start(db: Db, dir: tempfile::TempDir, limit: RateLimit) -> Queue {

@@ -2,10 +2,11 @@
 //! queue's default rules.
 
 #![allow(dead_code, reason = "each test binary uses part of it")]
-#![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+#![allow(clippy::unwrap_used, clippy::panic, reason = "a test fails by panicking")]
 
 use alloy_primitives::{address, Address};
 use countersign_core::secret::SecretString;
+use countersign_queue::db::Db;
 use countersign_queue::model::QueueRules;
 use countersign_signers::software::SoftwareSigner;
 use serde_json::Value;
@@ -38,4 +39,26 @@ pub fn rules() -> QueueRules {
         policy: Default::default(),
         tokens: countersign_core::tokens::TokenList::shipped().unwrap(),
     }
+}
+
+/// The databases to run against: SQLite always, PostgreSQL when configured.
+pub async fn databases() -> Vec<(String, Db, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut out = vec![("sqlite".to_owned(), Db::sqlite_in(dir.path()).await.unwrap(), dir)];
+    match std::env::var("COUNTERSIGN_TEST_POSTGRES_URL") {
+        Ok(url) => {
+            sqlx::any::install_default_drivers();
+            let admin = sqlx::AnyPool::connect(&url).await.unwrap();
+            let name = format!("cs_{}", hex::encode(rand::random::<[u8; 8]>()));
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+            let (base, _) = url.rsplit_once('/').unwrap();
+            let db = Db::connect(&format!("{base}/{name}")).await.unwrap();
+            out.push(("postgres".to_owned(), db, tempfile::tempdir().unwrap()));
+        }
+        Err(_) if std::env::var("COUNTERSIGN_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+            panic!("COUNTERSIGN_REQUIRE_POSTGRES=1 but COUNTERSIGN_TEST_POSTGRES_URL is not set");
+        }
+        Err(_) => eprintln!("PostgreSQL suite skipped: COUNTERSIGN_TEST_POSTGRES_URL is not set"),
+    }
+    out
 }
