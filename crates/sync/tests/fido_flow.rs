@@ -35,7 +35,7 @@ use webauthn_rs_proto::{
 
 mod common;
 
-use common::{key, rules, transaction, SAFE};
+use common::{databases, key, rules, transaction, SAFE};
 
 const RP_ID: &str = "countersign.example";
 const ORIGIN: &str = "https://countersign.example";
@@ -114,8 +114,13 @@ fn approval(hash: &B256, signer: &SoftwareSigner, fido: Option<Value>) -> Value 
 
 #[tokio::test]
 async fn a_vault_that_asks_for_a_security_key_refuses_approvals_without_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::sqlite_in(dir.path()).await.unwrap();
+    for (backend, db, _dir) in databases().await {
+        eprintln!("FIDO2 flow on {backend}");
+        flow(db).await;
+    }
+}
+
+async fn flow(db: Db) {
     let admin_key = model::bootstrap(&db).await.unwrap().unwrap();
     let api = ApiState::new(db, rules(), RateLimit::default())
         .with_fido(Fido::new(RP_ID, ORIGIN).unwrap());
