@@ -112,18 +112,45 @@ pub async fn find(client: &Client, css: &str) -> fantoccini::elements::Element {
         .unwrap_or_else(|e| panic!("{css}: {e}"))
 }
 
+/// Whether WebDriver says the element found was replaced since (the page redrew it).
+fn stale(error: &fantoccini::error::CmdError) -> bool {
+    matches!(
+        error,
+        fantoccini::error::CmdError::Standard(e)
+            if e.error == fantoccini::error::ErrorStatus::StaleElementReference
+    )
+}
+
+/// Finds `css` and acts on it, finding it again if a live update redrew it in between.
+async fn on_element<T, F, Fut>(client: &Client, css: &str, act: F) -> T
+where
+    F: Fn(fantoccini::elements::Element) -> Fut,
+    Fut: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+{
+    for _ in 0..10 {
+        match act(find(client, css).await).await {
+            Ok(done) => return done,
+            Err(e) if stale(&e) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("{css}: {e}"),
+        }
+    }
+    panic!("{css}: redrawn ten times in a row");
+}
+
 pub async fn text(client: &Client, css: &str) -> String {
-    find(client, css).await.text().await.unwrap()
+    on_element(client, css, |e| async move { e.text().await }).await
 }
 
 pub async fn fill(client: &Client, css: &str, value: &str) {
-    let input = find(client, css).await;
-    input.clear().await.unwrap();
-    input.send_keys(value).await.unwrap();
+    on_element(client, css, |e| async move {
+        e.clear().await?;
+        e.send_keys(value).await
+    })
+    .await
 }
 
 pub async fn click(client: &Client, css: &str) {
-    find(client, css).await.click().await.unwrap();
+    on_element(client, css, |e| async move { e.click().await }).await
 }
 
 /// Waits until the element's text content satisfies `test` (read in the page, so that a row
