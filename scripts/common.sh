@@ -58,10 +58,11 @@ stop_keyring() {
     return 0
 }
 
-# WebKitGTK to build and run the app, libudev for the Ledger's USB HID transport, its WebDriver,
-# a virtual display, and Node.js for the UI.
+# WebKitGTK to build and run the app, libudev for the Ledger's and the security key's USB HID
+# transports (libclang for the latter's bindings), its WebDriver, a virtual display, and
+# Node.js for the UI.
 # (npm comes with some Node.js packages and separately with Debian's: see check_node.)
-app_packages=(libwebkit2gtk-4.1-dev libudev-dev webkit2gtk-driver xvfb nodejs)
+app_packages=(libwebkit2gtk-4.1-dev libudev-dev libclang-dev webkit2gtk-driver xvfb nodejs)
 
 # Vite 8 needs Node.js 20.19 or newer.
 check_node() {

@@ -568,6 +568,9 @@ pub async fn approve_request<R: Runtime>(
         &args.id,
         signer.as_ref(),
         &ConfirmedHash(confirmed),
+        // Limitation: the window has no security-key prompts yet; an approval that needs a
+        // key is refused before anything is signed.
+        None,
         &on_step,
     )
     .await;

@@ -5,6 +5,7 @@
 //! only if it is still pending with the payload reviewed; sign under the guards and record the
 //! signature in the store's history before it goes anywhere; then send it.
 
+use crate::presence::{KeyPrompts, SecurityKey};
 use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
 use countersign_core::address::checksummed;
@@ -213,12 +214,16 @@ pub enum Approved {
 /// signs it under the guards and sends the signature. `on_step` hears each step as it starts
 /// and answers whether to go on (false: the caller was locked meanwhile; nothing further is
 /// signed or sent).
+/// The security key an approval may need, and how to ask the person for its PIN and touch.
+pub type KeyAccess<'a> = (&'a SecurityKey, std::sync::Arc<dyn KeyPrompts>);
+
 pub async fn approve(
     store: &Store,
     tokens: &TokenList,
     id: &str,
     signer: &dyn Signer,
     prompt: &dyn Prompt,
+    security_key: Option<KeyAccess<'_>>,
     on_step: &(dyn Fn(Step) -> bool + Send + Sync),
 ) -> Result<Approved, Problem> {
     let cached = cached(store, id).await?;
@@ -275,6 +280,27 @@ pub async fn approve(
         ));
     }
     let hash = review.hashes.safe_tx;
+    // Where the vault's presence policy asks for a security key, nothing is signed without
+    // a way to make the assertion.
+    let needs = crate::presence::requirement(&session, id).await?;
+    let user_verification = needs["userVerification"] == json!(true);
+    let key = if needs["required"] == json!(true) {
+        let reason = countersign_core::printable(needs["reason"].as_str().unwrap_or("its policy"));
+        match security_key {
+            Some(key) => Some((key, crate::presence::confirmed_keys(&session).await?)),
+            None => {
+                return Err(Problem::refused(
+                    "fido_unsupported",
+                    format!(
+                        "this approval needs a security key ({reason}), which this client cannot \
+                         use yet; approve with the CLI; nothing was signed"
+                    ),
+                ))
+            }
+        }
+    } else {
+        None
+    };
     if !on_step(Step::Signing) {
         return Err(stopped());
     }
@@ -283,10 +309,26 @@ pub async fn approve(
             Signed::Done { signature, review } => (signature, review),
             other => return Ok(Approved::NotSigned(other)),
         };
+    let fido = match key {
+        Some(((key, prompts), allow)) => Some(
+            crate::presence::assertion(
+                &session,
+                key,
+                prompts,
+                allow,
+                id,
+                &hash,
+                &signer.address(),
+                user_verification,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     if !on_step(Step::Sending) {
         return Err(stopped());
     }
-    let reply = send_approval(&session, id, hash, &signature).await?;
+    let reply = send_approval(&session, id, hash, &signature, fido).await?;
     Ok(Approved::Sent {
         signer: signer.address(),
         review,
@@ -307,8 +349,12 @@ async fn send_approval(
     id: &str,
     hash: B256,
     signature: &OwnerSignature,
+    fido: Option<Value>,
 ) -> Result<Value, Problem> {
-    let body = json!({ "safeTxHash": hash.to_string(), "signature": signature.to_hex() });
+    let mut body = json!({ "safeTxHash": hash.to_string(), "signature": signature.to_hex() });
+    if let Some(fido) = fido {
+        body["fido"] = fido;
+    }
     Ok(session.post(&format!("/v1/requests/{id}/approvals"), &body).await?)
 }
 

@@ -4,6 +4,7 @@
 //! neither decides anything itself.
 
 pub mod actions;
+pub mod presence;
 pub mod problem;
 pub mod rows;
 pub mod setup;

@@ -92,6 +92,9 @@ pub enum Command {
     /// The reference approval queue: serve it, administer it, connect to it, submit to it.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// This member's FIDO2 security key (USB HID, CTAP2).
+    #[command(subcommand)]
+    Fido(FidoCommand),
     /// Fetch the queue's changes into the local store and check every request again.
     Sync,
     /// The synced requests, from the local store (works offline).
@@ -383,6 +386,9 @@ pub enum QueueCommand {
     /// Make an API key for a member (admins); printed once.
     #[command(subcommand, name = "api-key")]
     ApiKey(QueueApiKeyCommand),
+    /// FIDO2 security keys (admin): list, confirm, revoke, and a vault's presence policy.
+    #[command(subcommand)]
+    Fido(QueueFidoCommand),
     /// The queue's own audit log, read from its database.
     #[command(subcommand)]
     Audit(QueueAuditCommand),
@@ -393,6 +399,46 @@ pub enum QueueCommand {
         /// The queue's SPKI SHA-256 pin, base64; repeat once for a rotation.
         #[arg(long = "pin", value_name = "BASE64", required = true)]
         pins: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FidoCommand {
+    /// Register your security key with the connected queue; it counts once an admin confirms
+    /// it. The PIN comes from COUNTERSIGN_FIDO_PIN, else the terminal.
+    Register,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueFidoCommand {
+    /// Every member's security keys, with each public key's SHA-256.
+    List {
+        #[command(flatten)]
+        connection: AdminConnection,
+    },
+    /// Confirm a member's key, after checking with them that the key is theirs.
+    Confirm {
+        #[command(flatten)]
+        connection: AdminConnection,
+        id: String,
+    },
+    /// Revoke a key for good (lost, or cloned).
+    Revoke {
+        #[command(flatten)]
+        connection: AdminConnection,
+        id: String,
+    },
+    /// Set a vault's presence policy from a JSON file: `{"all": true}` or
+    /// `{"thresholds": {"native" | TOKEN: "base units"}, "userVerification": true}`.
+    Policy {
+        #[command(flatten)]
+        connection: AdminConnection,
+        #[arg(long, value_name = "N")]
+        chain_id: u64,
+        #[arg(long, value_name = "ADDRESS")]
+        address: String,
+        #[arg(long, value_name = "FILE")]
+        policy_file: PathBuf,
     },
 }
 

@@ -50,6 +50,9 @@ pub async fn run(cli: Cli) -> Result<Outcome, Failure> {
         Command::Audit(command) => audit(&context, command).await,
         Command::Queue(command) => queue(&context, command).await,
         Command::Sync => crate::queue_commands::run_sync(&context).await,
+        Command::Fido(crate::args::FidoCommand::Register) => {
+            crate::queue_commands::fido_register(&context).await
+        }
         Command::List => crate::queue_commands::list(&context).await,
         Command::Show { id } => crate::queue_commands::show(&context, &id).await,
         Command::Approve { id, key, yes } => {
@@ -806,6 +809,7 @@ async fn queue(context: &Context, command: QueueCommand) -> Result<Outcome, Fail
         QueueCommand::Vault(command) => crate::queue_commands::vault(command).await,
         QueueCommand::Member(command) => crate::queue_commands::member(command).await,
         QueueCommand::ApiKey(command) => crate::queue_commands::api_key_new(command).await,
+        QueueCommand::Fido(command) => crate::queue_commands::fido_admin(command).await,
         QueueCommand::Audit(crate::args::QueueAuditCommand::Verify { queue_dir, database }) => {
             if database.is_none() && !queue_dir.join("queue.db").is_file() {
                 return Err(Failure::input(format!(

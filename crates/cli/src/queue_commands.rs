@@ -251,8 +251,19 @@ pub async fn approve(
     let review =
         actions::local_review(&store, &actions::cached(&store, id).await?, &tokens).await?;
     let prompt = TerminalPrompt { yes, preface: Some(report::review_text(&review, &tokens)) };
-    let approved =
-        actions::approve(&store, &tokens, id, signer.as_ref(), &prompt, &|_| true).await?;
+    let security_key = countersign_approver::presence::SecurityKey::from_env();
+    let prompts: std::sync::Arc<dyn countersign_approver::presence::KeyPrompts> =
+        std::sync::Arc::new(TerminalKeyPrompts);
+    let approved = actions::approve(
+        &store,
+        &tokens,
+        id,
+        signer.as_ref(),
+        &prompt,
+        Some((&security_key, prompts)),
+        &|_| true,
+    )
+    .await?;
     match approved {
         Approved::Marked { review, marks } => {
             out!("{}", report::review_text(&review, &tokens));
@@ -327,5 +338,75 @@ pub async fn accept_queue_vault(
     }
     store.replace_vault(&record, "queue").await?;
     outln!("Pinned the queue's record.");
+    Ok(Outcome::Done)
+}
+
+/// A security key's prompts at the terminal: the PIN from `COUNTERSIGN_FIDO_PIN`, else asked
+/// for; the touch said on standard error.
+#[derive(Debug)]
+pub struct TerminalKeyPrompts;
+
+impl countersign_approver::presence::KeyPrompts for TerminalKeyPrompts {
+    fn pin(&self) -> Option<String> {
+        if let Ok(pin) = std::env::var("COUNTERSIGN_FIDO_PIN") {
+            return Some(pin);
+        }
+        rpassword::prompt_password("Security key PIN: ").ok()
+    }
+
+    fn touch(&self) {
+        eprintln!("Touch your security key.");
+    }
+}
+
+/// `countersign fido register`: registers this member's security key with the queue.
+pub async fn fido_register(context: &Context) -> Result<Outcome, Failure> {
+    let store = context.open_store().await?;
+    let session =
+        actions::stored_connection(&store).await?.session().await.map_err(client_failure)?;
+    let key = countersign_approver::presence::SecurityKey::from_env();
+    let answer = countersign_approver::presence::register(
+        &session,
+        &key,
+        std::sync::Arc::new(TerminalKeyPrompts),
+    )
+    .await?;
+    let id = answer["credentialId"].as_str().unwrap_or_default();
+    outln!("{id}");
+    eprintln!(
+        "Registered, not yet confirmed: an admin confirms it with \
+         `countersign queue fido confirm {id}` once they have checked the key with you."
+    );
+    Ok(Outcome::Done)
+}
+
+/// `countersign queue fido …` (admin).
+pub async fn fido_admin(command: crate::args::QueueFidoCommand) -> Result<Outcome, Failure> {
+    use crate::args::QueueFidoCommand;
+    let (connection, path, body) = match &command {
+        QueueFidoCommand::List { connection } => {
+            (connection, "/v1/fido/credentials".to_owned(), None)
+        }
+        QueueFidoCommand::Confirm { connection, id } => {
+            (connection, format!("/v1/fido/credentials/{id}/confirm"), Some(json!({})))
+        }
+        QueueFidoCommand::Revoke { connection, id } => {
+            (connection, format!("/v1/fido/credentials/{id}/revoke"), Some(json!({})))
+        }
+        QueueFidoCommand::Policy { connection, chain_id, address, policy_file } => {
+            let text = read_limited("policy-file", policy_file, 64 * 1024)?;
+            let policy: Value = serde_json::from_slice(&text)
+                .map_err(|e| Failure::input(format!("policy-file: {e}")))?;
+            let body = json!({ "chainId": chain_id, "address": address, "policy": policy });
+            (connection, "/v1/vaults/fido-policy".to_owned(), Some(body))
+        }
+    };
+    let session = admin_session(connection).await?;
+    let answer = match body {
+        Some(body) => session.post(&path, &body).await,
+        None => session.get(&path).await,
+    }
+    .map_err(client_failure)?;
+    outln!("{answer}");
     Ok(Outcome::Done)
 }

@@ -835,12 +835,18 @@ struct Queue {
 
 impl Queue {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// `queue serve` with more arguments.
+    fn start_with(extra: &[&str]) -> Self {
         use std::io::{BufRead, BufReader};
         let admin = Home::new();
         let queue_dir = admin.dir.path().join("queue");
         let mut server = bin()
             .args(["queue", "serve", "--queue-dir", queue_dir.to_str().unwrap()])
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -955,4 +961,71 @@ fn audit_verify_approval_checks_a_stored_fido_approval_offline() {
     let junk = home.file("junk.json", "{\"requestId\": 1}");
     let bad = home.run(&["audit", "verify-approval", junk.to_str().unwrap()]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}
+
+/// A vault whose presence policy asks for a security key on every approval: the CLI
+/// registers a key (webauthn-authenticator-rs's software key, in a file, behind the same
+/// backend trait as its USB transport), is refused until an admin confirms it, and then
+/// approves with an assertion the queue checks; an approver with no key is refused before
+/// anything is signed.
+#[test]
+fn fido_register_confirm_and_approve_through_the_cli() {
+    let queue =
+        Queue::start_with(&["--fido-rp-id", "localhost", "--fido-origin", "https://localhost"]);
+    let home = || {
+        let home = Home::new();
+        home.file("passphrase", "a long test passphrase\n");
+        assert_ok(&home.run(&["init", "--passphrase"]));
+        let address = stdout(&home.run(&["key", "new"])).trim().to_owned();
+        (home, address)
+    };
+    let (initiator, alice, bob) = (home(), home(), home());
+    let owners = [alice.1.as_str(), bob.1.as_str(), initiator.1.as_str()];
+    queue.add_vault(&owners);
+    queue.enroll("init", "initiator", &initiator.0, &initiator.1, &owners, &initiator.1);
+    queue.enroll("alice", "approver", &alice.0, &alice.1, &owners, &initiator.1);
+    queue.enroll("bob", "approver", &bob.0, &bob.1, &owners, &initiator.1);
+    let policy = queue.admin.file("policy.json", "{\"all\": true}");
+    let mut set = vec!["queue", "fido", "policy"];
+    set.extend(queue.conn());
+    set.extend(["--chain-id", "1", "--address", SAFE, "--policy-file", policy.to_str().unwrap()]);
+    assert_ok(&queue.admin.run(&set));
+    let request = repo("cases/ok_usdc_transfer/request.json");
+    let submit =
+        ["queue", "submit", request.to_str().unwrap(), "--id", "fido-1", "--chain-id", "1"];
+    assert_ok(&initiator.0.run(&submit));
+
+    let token = alice.0.dir.path().join("security-key");
+    let with_key = |args: &[&str]| {
+        alice.0.run_with(&[("COUNTERSIGN_FIDO_SOFT_TOKEN", token.as_os_str())], args)
+    };
+    let registered = with_key(&["fido", "register"]);
+    assert_ok(&registered);
+    let credential = stdout(&registered).trim().to_owned();
+    assert!(stderr(&registered).contains("not yet confirmed"), "{}", stderr(&registered));
+    assert_ok(&alice.0.run(&["sync"]));
+    let approve = ["approve", "fido-1", "--yes"];
+    let early = with_key(&approve);
+    assert_eq!(early.status.code(), Some(1), "{}", stderr(&early));
+    assert!(stderr(&early).contains("no key an admin confirmed"), "{}", stderr(&early));
+    assert!(!stdout(&early).contains("Step 1"), "nothing was signed");
+
+    let mut confirm = vec!["queue", "fido", "confirm"];
+    confirm.extend(queue.conn());
+    confirm.push(&credential);
+    assert_ok(&queue.admin.run(&confirm));
+    let mut list = vec!["queue", "fido", "list"];
+    list.extend(queue.conn());
+    assert!(stdout(&queue.admin.run(&list)).contains("publicKeySha256"));
+    let approved = with_key(&approve);
+    assert_ok(&approved);
+    assert!(stdout(&approved).contains("pending with 1 approval"), "{}", stdout(&approved));
+    assert!(stderr(&approved).contains("Touch your security key"), "{}", stderr(&approved));
+
+    // Bob has no key: refused before anything is signed.
+    assert_ok(&bob.0.run(&["sync"]));
+    let refused = bob.0.run(&approve);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("no key an admin confirmed"), "{}", stderr(&refused));
+    queue.stop();
 }

@@ -183,6 +183,8 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/requests/{id}/rejections", post(reject))
         .route("/v1/requests/{id}/execution", post(execute))
         .route("/v1/requests/{id}/approvals/{owner}/fido", get(stored_fido_approval))
+        .route("/v1/fido/config", get(fido_config))
+        .route("/v1/requests/{id}/presence", get(presence))
         .route("/v1/fido/registrations", post(start_fido_registration))
         .route("/v1/fido/registrations/finish", post(finish_fido_registration))
         .route("/v1/fido/credentials", get(fido_credentials))
@@ -326,6 +328,20 @@ async fn approve(
     )
     .await?;
     Ok(changed(&state, view))
+}
+
+async fn fido_config(State(state): State<ApiState>, headers: HeaderMap) -> Answer {
+    state.caller(&headers).await?;
+    Ok(Json(crate::fido::config(state.fido.as_ref())?))
+}
+
+async fn presence(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
+    let caller = state.caller(&headers).await?;
+    Ok(Json(crate::fido::presence(&state.db, &state.rules, &caller, &id).await?))
 }
 
 async fn start_fido_registration(State(state): State<ApiState>, headers: HeaderMap) -> Answer {

@@ -60,6 +60,41 @@ fn user_handle(member: &Member) -> Uuid {
     Uuid::from_bytes(bytes)
 }
 
+/// `GET /v1/fido/config`: the relying party clients make assertions for.
+pub fn config(fido: Option<&Fido>) -> Result<Value, ApiError> {
+    let fido = fido.ok_or_else(not_configured)?;
+    Ok(json!({ "rpId": fido.rp.id, "origin": fido.rp.origin.as_str() }))
+}
+
+/// `GET /v1/requests/{id}/presence`: whether the caller's approval of the request needs a
+/// security key, why, and with user verification or not.
+pub async fn presence(
+    store: &Db,
+    rules: &QueueRules,
+    caller: &Member,
+    request_id: &str,
+) -> Result<Value, ApiError> {
+    let row = sqlx::query("SELECT vault_id, transaction_json FROM requests WHERE id = $1")
+        .bind(request_id.to_owned())
+        .fetch_optional(&store.pool)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| ApiError::not_found(format!("request {request_id}")))?;
+    let vault = text(&row, "vault_id");
+    let Some(policy) = policy_of(store, &vault).await? else {
+        return Ok(json!({ "required": false, "member": caller.id }));
+    };
+    let request = SafeTxRequest::from_json(text(&row, "transaction_json").as_bytes())
+        .map_err(|e| internal(&e.to_string()))?;
+    let chain_id: u64 = vault.split(':').next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let call = decode_call(request.safe, chain_id, &request.tx);
+    Ok(match policy.required(&request.tx, &call, chain_id, &rules.tokens) {
+        Some(reason) => json!({ "required": true, "reason": reason, "member": caller.id,
+                                "userVerification": policy.user_verification }),
+        None => json!({ "required": false, "member": caller.id }),
+    })
+}
+
 /// `POST /v1/fido/registrations`: the creation options for the caller's new key. The
 /// registration state is kept on the queue (one pending registration per member).
 pub async fn start_registration(
