@@ -518,6 +518,8 @@ pub struct ApproveArgs {
     pub safe_tx_hash: String,
     /// The token's PIN, for a key in an HSM; used for this approval only.
     pub pin: Option<String>,
+    /// The security key's PIN, where the vault asks for a security key and the key has one.
+    pub key_pin: Option<String>,
 }
 
 impl std::fmt::Debug for ApproveArgs {
@@ -555,6 +557,7 @@ pub async fn approve_request<R: Runtime>(
     let pin = args.pin.map(SecretString::new);
     let signer = setup::signer(&store, &key, &state.ledger, pin.as_ref()).await?;
     let id = args.id.clone();
+    let app_for_key = app.clone();
     let gate = state.inner();
     // Each step goes on only while the app is unlocked: a lock during an approval stops it
     // before the signature is made or sent.
@@ -568,9 +571,7 @@ pub async fn approve_request<R: Runtime>(
         &args.id,
         signer.as_ref(),
         &ConfirmedHash(confirmed),
-        // Limitation: the window has no security-key prompts yet; an approval that needs a
-        // key is refused before anything is signed.
-        None,
+        Some((&state.security_key, key_prompts(&app_for_key, args.key_pin.clone(), &args.id))),
         &on_step,
     )
     .await;
@@ -750,4 +751,66 @@ pub async fn pin_queue_vault(state: State<'_, AppState>, args: Option<Value>) ->
 pub async fn user_active(state: State<'_, AppState>) -> Answer<()> {
     state.touch();
     Ok(())
+}
+
+/// The security key's prompts in the window: the PIN the person typed with the request, and
+/// the touch announced as an approval step (`touch`) for the window to show.
+struct WindowKeyPrompts<R: Runtime> {
+    app: AppHandle<R>,
+    pin: Option<String>,
+    id: String,
+}
+
+impl<R: Runtime> std::fmt::Debug for WindowKeyPrompts<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowKeyPrompts").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> countersign_approver::presence::KeyPrompts for WindowKeyPrompts<R> {
+    fn pin(&self) -> Option<String> {
+        self.pin.clone().filter(|p| !p.is_empty())
+    }
+
+    fn touch(&self) {
+        let _ = self.app.emit("approval-step", json!({ "id": self.id, "step": "touch" }));
+    }
+}
+
+fn key_prompts<R: Runtime>(
+    app: &AppHandle<R>,
+    pin: Option<String>,
+    id: &str,
+) -> std::sync::Arc<dyn countersign_approver::presence::KeyPrompts> {
+    std::sync::Arc::new(WindowKeyPrompts { app: app.clone(), pin, id: id.to_owned() })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterKeyArgs {
+    /// The security key's PIN, if it has one.
+    pub key_pin: Option<String>,
+}
+
+impl std::fmt::Debug for RegisterKeyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterKeyArgs").finish_non_exhaustive()
+    }
+}
+
+/// Registers the approver's security key with the connected queue; an admin confirms it
+/// before it counts. Answers the credential id.
+#[tauri::command]
+pub async fn register_security_key<R: Runtime>(
+    app: AppHandle<R>,
+    state: State<'_, AppState>,
+    args: Option<Value>,
+) -> Answer<String> {
+    let args: RegisterKeyArgs = parse(args.or_else(|| Some(json!({}))))?;
+    let store = state.store().await?;
+    let session = actions::stored_connection(&store).await?.session().await?;
+    let prompts = key_prompts(&app, args.key_pin, "registration");
+    let answer =
+        countersign_approver::presence::register(&session, &state.security_key, prompts).await?;
+    Ok(answer["credentialId"].as_str().unwrap_or_default().to_owned())
 }

@@ -58,6 +58,7 @@ macro_rules! handler {
             commands::queue_vaults,
             commands::pin_queue_vault,
             commands::user_active,
+            commands::register_security_key,
         ]
     };
 }

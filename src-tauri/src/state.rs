@@ -45,6 +45,8 @@ pub struct AppState {
     /// Held while a key is being added: the app signs with one key, and a Ledger's
     /// confirmation takes long enough for a second request to arrive meanwhile.
     pub adding_key: tokio::sync::Mutex<()>,
+    /// The approver's FIDO2 security key: USB HID (a test build may use a software key).
+    pub security_key: countersign_approver::presence::SecurityKey,
 }
 
 /// The queue's rows, and the JSON the window is sent.
@@ -79,6 +81,7 @@ impl AppState {
             rows: tokio::sync::Mutex::new(None),
             ledger: ledger_link(),
             adding_key: tokio::sync::Mutex::new(()),
+            security_key: countersign_approver::presence::SecurityKey::from_env(),
         }
     }
 

@@ -579,3 +579,78 @@ fn an_hsm_key_approves_through_the_commands() {
     assert_eq!(approved["state"], "approved");
     queue_holds_signature_of(&queue, &hash, owner);
 }
+
+#[test]
+fn a_security_key_is_registered_and_touched_for_an_approval_through_the_commands() {
+    let keys = tempfile::tempdir().unwrap();
+    // The app reaches webauthn-authenticator-rs's software key (a test build only).
+    std::env::set_var("COUNTERSIGN_FIDO_SOFT_TOKEN", keys.path().join("security-key"));
+    let queue_dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let queue = tauri::async_runtime::block_on(countersign_demo::start_queue(
+        queue_dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .unwrap();
+    let admin =
+        tauri::async_runtime::block_on(queue.connection(&queue.admin_api_key).session()).unwrap();
+    let policy = json!({ "chainId": 1, "address": countersign_core::address::checksummed(&countersign_demo::SAFE),
+                         "policy": { "all": true } });
+    tauri::async_runtime::block_on(admin.post("/v1/vaults/fido-policy", &policy)).unwrap();
+    let (app, w) = app(data.path(), &Recorder::default());
+    ok(&w, "create_store", json!({ "args": { "passphrase": PASSPHRASE } }));
+    ok(&w, "add_key", json!({ "args": { "kind": "software", "secretHex": "21".repeat(32) } }));
+    let initiator =
+        countersign_core::address::checksummed(&countersign_demo::initiator().address());
+    ok(
+        &w,
+        "connect_queue",
+        json!({ "args": { "url": queue.url, "pins": [queue.pin],
+        "apiKey": queue.approver_api_keys[0], "initiators": [initiator] } }),
+    );
+    let shown = ok(&w, "queue_vaults", json!({}))[0]["queue"].clone();
+    ok(
+        &w,
+        "pin_queue_vault",
+        json!({ "args": { "chainId": shown["chainId"], "address": shown["address"],
+        "safeVersion": shown["safeVersion"], "owners": shown["owners"], "threshold": shown["threshold"] } }),
+    );
+    ok(&w, "sync_queue", json!({}));
+    let detail =
+        ok(&w, "request_detail", json!({ "args": { "id": countersign_demo::USDC_TRANSFER } }));
+    let hash = detail["safeTxHash"].as_str().unwrap().to_owned();
+    let approve = json!({ "args": { "id": countersign_demo::USDC_TRANSFER, "safeTxHash": hash } });
+    assert_eq!(code(&w, "approve_request", approve.clone()), "fido_no_confirmed_key");
+
+    let touched = Arc::new(Mutex::new(Vec::new()));
+    let seen = touched.clone();
+    app.listen_any("approval-step", move |event| {
+        seen.lock().unwrap().push(event.payload().to_owned())
+    });
+    let credential = ok(&w, "register_security_key", json!({ "args": {} }));
+    let credential = credential.as_str().unwrap().to_owned();
+    assert_eq!(
+        code(&w, "approve_request", approve.clone()),
+        "fido_no_confirmed_key",
+        "not confirmed yet"
+    );
+    tauri::async_runtime::block_on(
+        admin.post(&format!("/v1/fido/credentials/{credential}/confirm"), &json!({})),
+    )
+    .unwrap();
+    let approved = ok(&w, "approve_request", approve);
+    assert_eq!(approved["approvals"], 1);
+    assert!(
+        touched.lock().unwrap().iter().any(|s| s.contains("touch")),
+        "the window was told to ask for a touch"
+    );
+    let alice = countersign_core::address::checksummed(&countersign_demo::approvers()[0].address());
+    let stored =
+        tauri::async_runtime::block_on(admin.get(&format!(
+            "/v1/requests/{}/approvals/{alice}/fido",
+            countersign_demo::USDC_TRANSFER
+        )))
+        .unwrap();
+    let stored: countersign_fido::StoredApproval = serde_json::from_value(stored).unwrap();
+    assert!(countersign_fido::reverify(&stored).is_ok());
+}

@@ -389,3 +389,71 @@ async fn a_ledger_and_an_hsm_key_approve_in_the_window() {
     client.close().await.unwrap();
     queue.running.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_security_key_is_registered_and_touched_in_the_window() {
+    if !wanted() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (_queue_dir, data, queue) = demo_queue().await;
+    let admin = queue.connection(&queue.admin_api_key).session().await.unwrap();
+    let safe = checksummed(&countersign_demo::SAFE);
+    let policy = serde_json::json!({ "chainId": 1, "address": safe, "policy": { "all": true } });
+    admin.post("/v1/vaults/fido-policy", &policy).await.unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let token = keys.path().join("security-key");
+    let env = [("COUNTERSIGN_FIDO_SOFT_TOKEN", token.as_os_str())];
+    let (_xvfb, _driver, client) = app_with(data.path(), &env).await;
+    fill(&client, "#new-passphrase", "correct horse battery staple").await;
+    fill(&client, "#new-passphrase-again", "correct horse battery staple").await;
+    click(&client, "#create-store").await;
+    fill(&client, "#key-secret", &"21".repeat(32)).await;
+    click(&client, "#import-key").await;
+    fill(&client, "#queue-url", &queue.url).await;
+    fill(&client, "#queue-pin", &queue.pin).await;
+    fill(&client, "#queue-key", &queue.approver_api_keys[0]).await;
+    fill(&client, "#queue-initiators", &checksummed(&countersign_demo::initiator().address()))
+        .await;
+    click(&client, "#connect-queue").await;
+    let card = format!(".card[data-address=\"{safe}\"]");
+    click(&client, &format!("{card} .pin-vault")).await;
+    until_text(&client, &card, |t| t.contains("it agrees with the queue")).await;
+    click(&client, "#open-queue").await;
+    click(&client, "#sync").await;
+    until_text(&client, "#row-count", |t| t.starts_with("4 of 4")).await;
+
+    // Without a confirmed key the approval is refused before anything is signed.
+    click(&client, &rows_selector(countersign_demo::USDC_TRANSFER)).await;
+    click(&client, "#approve").await;
+    click(&client, "#confirm-approve").await;
+    until_text(&client, "#approve-error", |t| t.contains("no key an admin confirmed")).await;
+    click(&client, "#cancel-approve").await;
+
+    // Register the key in the settings; the admin confirms it.
+    click(&client, "#nav-settings").await;
+    click(&client, "#register-key").await;
+    let registered =
+        until_text(&client, "#register-key-ok", |t| t.contains("Registered key")).await;
+    let credential = registered.split_whitespace().nth(2).unwrap().trim_end_matches('.').to_owned();
+    admin
+        .post(&format!("/v1/fido/credentials/{credential}/confirm"), &serde_json::json!({}))
+        .await
+        .unwrap();
+
+    click(&client, "#nav-queue").await;
+    click(&client, &rows_selector(countersign_demo::USDC_TRANSFER)).await;
+    click(&client, "#approve").await;
+    click(&client, "#confirm-approve").await;
+    until_text(&client, "#message", |t| t.contains("recorded your approval")).await;
+    screenshot(&client, "security-key-approved").await;
+    let alice = checksummed(&countersign_demo::approvers()[0].address());
+    let stored = admin
+        .get(&format!("/v1/requests/{}/approvals/{alice}/fido", countersign_demo::USDC_TRANSFER))
+        .await
+        .unwrap();
+    let stored: countersign_fido::StoredApproval = serde_json::from_value(stored).unwrap();
+    assert!(countersign_fido::reverify(&stored).is_ok());
+    client.close().await.unwrap();
+    queue.running.stop();
+}

@@ -65,7 +65,7 @@ export function settingsScreen(shell: Shell): HTMLElement {
             : el("p", {}, "Not connected."),
         ),
       );
-      if (queue) body.append(credentialsForm(shell, queue));
+      if (queue) body.append(credentialsForm(shell, queue), securityKeyForm(shell));
       body.append(
         el(
           "section",
@@ -113,6 +113,37 @@ export function settingsScreen(shell: Shell): HTMLElement {
   };
   void load();
   return screen;
+}
+
+/** Registers the approver's FIDO2 security key with the queue; an admin confirms it. */
+function securityKeyForm(shell: Shell): HTMLElement {
+  const pin = el("input", { id: "register-key-pin", type: "password", autocomplete: "off" });
+  const result = el("div", { id: "register-key-result" });
+  const register = el("button", { id: "register-key" }, "Register a security key");
+  register.addEventListener("click", async () => {
+    clear(result);
+    register.disabled = true;
+    shell.busy("Touch your security key…");
+    try {
+      const id = await api.registerSecurityKey(pin.value || null);
+      result.append(el("p", { class: "ok", id: "register-key-ok" }, `Registered key ${id}. It counts once your queue's admin confirms it: check the key with them.`));
+    } catch (error) {
+      result.append(el("p", { class: "danger", id: "register-key-error", "data-code": asProblem(error).code }, sentence(asProblem(error))));
+    } finally {
+      pin.value = "";
+      register.disabled = false;
+      shell.busy(null);
+    }
+  });
+  return el(
+    "section",
+    { class: "card", id: "settings-security-key" },
+    el("h2", {}, "Security key (FIDO2)"),
+    el("p", { class: "sub" }, "A vault may ask for a touch of your security key next to each approval."),
+    el("label", { class: "field" }, el("span", {}, "The key's PIN, if it has one"), pin),
+    register,
+    result,
+  );
 }
 
 /** New pins (a rotation), a new API key or other initiators for the same queue. The backend

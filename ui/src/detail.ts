@@ -8,6 +8,7 @@ import type { Shell } from "./main";
 const STEPS: [string, string][] = [
   ["checking", "Checking the request on the queue is unchanged and pending"],
   ["signing", "Signing with your key"],
+  ["touch", "Touch your security key (where the vault asks for one)"],
   ["sending", "Sending the signature to the queue"],
   ["done", "The queue recorded the approval"],
 ];
@@ -183,6 +184,8 @@ export function detailScreen(shell: Shell, id: string): HTMLElement {
       );
     }
     if (detail.signer === "hsm") box.append(el("label", { class: "field" }, el("span", {}, "The token's PIN"), pin));
+    const keyPin = el("input", { id: "approve-key-pin", type: "password", autocomplete: "off" });
+    box.append(el("label", { class: "field" }, el("span", {}, "Security key PIN (only where the vault asks for a security key and your key has a PIN)"), keyPin));
     box.append(sign, cancel, steps);
     shell.onStep((payload) => {
       if (payload.id === detail.id) mark(payload.step);
@@ -194,8 +197,10 @@ export function detailScreen(shell: Shell, id: string): HTMLElement {
       try {
         document.getElementById("approve-error")?.remove();
         const tokenPin = detail.signer === "hsm" ? pin.value : null;
+        const securityKeyPin = keyPin.value || null;
         pin.value = "";
-        const answer = await api.approve(detail.id, detail.safeTxHash, tokenPin);
+        keyPin.value = "";
+        const answer = await api.approve(detail.id, detail.safeTxHash, tokenPin, securityKeyPin);
         mark("done");
         stepItems.get("done")?.classList.replace("active", "done");
         shell.notice(`The queue recorded your approval (${answer.signer}); the request is ${answer.state} with ${answer.approvals} approval(s).`);

@@ -190,9 +190,10 @@ export const api = {
     return Array.isArray(answer) ? answer : (JSON.parse(new TextDecoder().decode(answer)) as Row[]);
   },
   detail: (id: string) => call<Detail>("request_detail", { id }),
-  /** `pin` is the HSM token's, for this approval only. */
-  approve: (id: string, safeTxHash: string, pin: string | null = null) =>
-    call<ApproveAnswer>("approve_request", { id, safeTxHash, pin }),
+  /** `pin` is the HSM token's, `keyPin` the security key's: for this approval only. */
+  approve: (id: string, safeTxHash: string, pin: string | null = null, keyPin: string | null = null) =>
+    call<ApproveAnswer>("approve_request", { id, safeTxHash, pin, keyPin }),
+  registerSecurityKey: (keyPin: string | null) => call<string>("register_security_key", { keyPin }),
   reject: (id: string, reason: string) => call<string>("reject_request", { id, reason }),
   incidents: () => call<Incident[]>("incidents"),
   clearIncident: (id: string, note: string) => call<null>("clear_incident", { id, note }),

@@ -90,6 +90,9 @@ beforeAll(async () => {
             keys: [{ address: "0xA", kind: "software", label: "alice" }],
             dataDir: "/tmp/x",
           };
+        case "register_security_key":
+          calls.push(`register:${String(args.keyPin)}`);
+          return "cred-1";
         case "connect_queue":
           connects.push(args as Record<string, unknown>);
           return { id: "alice", role: "approver" };
@@ -224,5 +227,16 @@ describe("the settings", () => {
       initiators: ["0xI"],
     });
     expect((document.getElementById("settings-key") as HTMLInputElement).value).toBe("");
+  });
+
+  it("register a security key, its PIN used once and cleared", async () => {
+    const pin = document.getElementById("register-key-pin") as HTMLInputElement;
+    pin.value = "2468";
+    (document.getElementById("register-key") as HTMLElement).click();
+    const ok = await until(() => document.getElementById("register-key-ok"), "the registration");
+    expect(ok.textContent).toContain("cred-1");
+    expect(ok.textContent).toContain("admin confirms");
+    expect(calls).toContain("register:2468");
+    expect(pin.value).toBe("");
   });
 });

@@ -200,10 +200,9 @@ pub async fn start_queue(dir: &Path, listen: std::net::SocketAddr) -> Result<Dem
     let tokens = countersign_core::tokens::TokenList::shipped().map_err(|e| fail("tokens")(&e))?;
     let rules = QueueRules { policy: queue_policy(), tokens };
     let identity = Identity::ephemeral().map_err(|e| fail("TLS key")(&e))?;
-    let running =
-        server::start(listen, &identity, ApiState::new(db.clone(), rules, RateLimit::default()))
-            .await
-            .map_err(|e| fail("queue server")(&e))?;
+    let running = server::start(listen, &identity, api_state(db.clone(), rules)?)
+        .await
+        .map_err(|e| fail("queue server")(&e))?;
     let url = running.url();
     let pin = running.pin.clone();
     let connect = |api_key: &str| connection(&url, &pin, api_key);
@@ -233,6 +232,15 @@ pub async fn start_queue(dir: &Path, listen: std::net::SocketAddr) -> Result<Dem
     let approver_api_keys: [String; 3] =
         approver_api_keys.try_into().map_err(|_| DemoError("three approvers".into()))?;
     Ok(DemoQueue { running, db, url, pin, approver_api_keys, initiator_api_key, admin_api_key })
+}
+
+/// The demo queue's FIDO2 relying party: security keys bind to it.
+pub const FIDO_RP_ID: &str = "localhost";
+pub const FIDO_ORIGIN: &str = "https://localhost";
+
+fn api_state(db: Db, rules: QueueRules) -> Result<ApiState, DemoError> {
+    let fido = countersign_queue::fido::Fido::new(FIDO_RP_ID, FIDO_ORIGIN).map_err(DemoError)?;
+    Ok(ApiState::new(db, rules, RateLimit::default()).with_fido(fido))
 }
 
 /// Adds a member with one API key, and returns the key.
