@@ -323,3 +323,33 @@ pub async fn assertion(
     serde_json::to_value(Assertion::from_credential(&answer))
         .map_err(|e| Problem::other("fido_failed", e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each failure of the client crate a person can act on has its own code and words.
+    #[test]
+    fn the_client_crates_failures_have_their_own_codes() {
+        let cases = [
+            (WebauthnCError::NoHidDevices, "fido_no_key", "no security key found"),
+            (WebauthnCError::Ctap(CtapError::Ctap2PinInvalid), "fido_wrong_pin", "refused the PIN"),
+            (WebauthnCError::Ctap(CtapError::Ctap2PinBlocked), "fido_pin_blocked", "blocked"),
+            (WebauthnCError::Ctap(CtapError::Ctap2PinAuthBlocked), "fido_pin_blocked", "blocked"),
+            (WebauthnCError::Ctap(CtapError::Ctap2UserActionTimeout), "fido_timeout", "in time"),
+            (
+                WebauthnCError::Ctap(CtapError::Ctap2NoCredentials),
+                "fido_key_not_registered",
+                "not the one registered",
+            ),
+            (WebauthnCError::Ctap(CtapError::Ctap2OperationDenied), "fido_declined", "declined"),
+            (WebauthnCError::Ctap(CtapError::Ctap2PinNotSet), "fido_pin_not_set", "no PIN"),
+            (WebauthnCError::PermissionDenied, "fido_permission", "cannot be opened"),
+        ];
+        for (error, code, words) in cases {
+            let problem = key_problem(error);
+            assert_eq!(problem.code, code);
+            assert!(problem.message.contains(words), "{code}: {}", problem.message);
+        }
+    }
+}
