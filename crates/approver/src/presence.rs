@@ -24,6 +24,9 @@ use webauthn_rs_proto::{
 
 use crate::Problem;
 
+/// Whether this build holds the software key that `COUNTERSIGN_FIDO_SOFT_TOKEN` selects.
+pub const SOFTWARE_KEY_BUILT: bool = cfg!(feature = "simulators");
+
 /// How long to wait for a security key to be plugged in, and for the person to answer on it.
 pub const FIND_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PERSON_TIMEOUT_MS: u32 = 60_000;
@@ -64,6 +67,15 @@ pub enum SecurityKey {
 }
 
 impl SecurityKey {
+    /// Whether this is the software key, a test double.
+    pub fn is_software(&self) -> bool {
+        match self {
+            SecurityKey::Usb => false,
+            #[cfg(feature = "simulators")]
+            SecurityKey::Soft(_) => true,
+        }
+    }
+
     /// USB, unless a test build is pointed at a software key by `COUNTERSIGN_FIDO_SOFT_TOKEN`.
     pub fn from_env() -> Self {
         #[cfg(feature = "simulators")]

@@ -251,7 +251,7 @@ pub async fn approve(
     let review =
         actions::local_review(&store, &actions::cached(&store, id).await?, &tokens).await?;
     let prompt = TerminalPrompt { yes, preface: Some(report::review_text(&review, &tokens)) };
-    let security_key = countersign_approver::presence::SecurityKey::from_env();
+    let security_key = security_key();
     let prompts: std::sync::Arc<dyn countersign_approver::presence::KeyPrompts> =
         std::sync::Arc::new(TerminalKeyPrompts);
     let approved = actions::approve(
@@ -364,7 +364,7 @@ pub async fn fido_register(context: &Context) -> Result<Outcome, Failure> {
     let store = context.open_store().await?;
     let session =
         actions::stored_connection(&store).await?.session().await.map_err(client_failure)?;
-    let key = countersign_approver::presence::SecurityKey::from_env();
+    let key = security_key();
     let answer = countersign_approver::presence::register(
         &session,
         &key,
@@ -374,8 +374,9 @@ pub async fn fido_register(context: &Context) -> Result<Outcome, Failure> {
     let id = answer["credentialId"].as_str().unwrap_or_default();
     outln!("{id}");
     eprintln!(
-        "Registered, not yet confirmed: an admin confirms it with \
-         `countersign queue fido confirm {id}` once they have checked the key with you."
+        "Registered, not yet confirmed: an admin confirms it with `countersign queue fido \
+         confirm {id} --url URL --pin PIN --api-key-file ADMIN_KEY` once they have checked the \
+         key with you."
     );
     Ok(Outcome::Done)
 }
@@ -409,4 +410,21 @@ pub async fn fido_admin(command: crate::args::QueueFidoCommand) -> Result<Outcom
     .map_err(client_failure)?;
     outln!("{answer}");
     Ok(Outcome::Done)
+}
+
+/// The security key over USB, or the software key a test build is pointed at; either way the
+/// terminal is told when the request for a software key is ignored, or when it is used.
+fn security_key() -> countersign_approver::presence::SecurityKey {
+    let asked = std::env::var_os("COUNTERSIGN_FIDO_SOFT_TOKEN").is_some();
+    if asked && !countersign_approver::presence::SOFTWARE_KEY_BUILT {
+        eprintln!(
+            "note: COUNTERSIGN_FIDO_SOFT_TOKEN is ignored: this build has no software key (build \
+             with --features countersign-approver/simulators); using USB"
+        );
+    }
+    let key = countersign_approver::presence::SecurityKey::from_env();
+    if key.is_software() {
+        eprintln!("note: the security key is a SOFTWARE test key, not a device");
+    }
+    key
 }

@@ -520,6 +520,10 @@ pub async fn stored_approval(
     owner: &str,
 ) -> Result<Value, ApiError> {
     let _ = fido.ok_or_else(not_configured)?;
+    // Owners are kept checksummed; any spelling of the address finds them.
+    let owner = &countersign_core::address::checksummed(
+        &countersign_core::address::parse_address("owner", owner)?.address,
+    );
     let row = sqlx::query("SELECT fido FROM approvals WHERE request_id = $1 AND owner = $2")
         .bind(request_id.to_owned())
         .bind(owner.to_owned())
