@@ -545,7 +545,7 @@ pub async fn approve_request<R: Runtime>(
     state: State<'_, AppState>,
     args: Option<Value>,
 ) -> Answer<ApproveAnswer> {
-    let args: ApproveArgs = parse(args)?;
+    let mut args: ApproveArgs = parse(args)?;
     check_id("id", &args.id)?;
     let confirmed: B256 = args
         .safe_tx_hash
@@ -557,7 +557,7 @@ pub async fn approve_request<R: Runtime>(
     let pin = args.pin.map(SecretString::new);
     let signer = setup::signer(&store, &key, &state.ledger, pin.as_ref()).await?;
     let id = args.id.clone();
-    let app_for_key = app.clone();
+    let key_prompts = key_prompts(&app, args.key_pin.take(), &args.id)?;
     let gate = state.inner();
     // Each step goes on only while the app is unlocked: a lock during an approval stops it
     // before the signature is made or sent.
@@ -571,7 +571,7 @@ pub async fn approve_request<R: Runtime>(
         &args.id,
         signer.as_ref(),
         &ConfirmedHash(confirmed),
-        Some((&state.security_key, key_prompts(&app_for_key, args.key_pin.clone(), &args.id))),
+        Some((&state.security_key, key_prompts)),
         &on_step,
     )
     .await;
@@ -757,7 +757,7 @@ pub async fn user_active(state: State<'_, AppState>) -> Answer<()> {
 /// the touch announced as an approval step (`touch`) for the window to show.
 struct WindowKeyPrompts<R: Runtime> {
     app: AppHandle<R>,
-    pin: Option<String>,
+    pin: Option<SecretString>,
     id: String,
 }
 
@@ -769,7 +769,8 @@ impl<R: Runtime> std::fmt::Debug for WindowKeyPrompts<R> {
 
 impl<R: Runtime> countersign_approver::presence::KeyPrompts for WindowKeyPrompts<R> {
     fn pin(&self) -> Option<String> {
-        self.pin.clone().filter(|p| !p.is_empty())
+        // The client crate takes the PIN as a String; this copy lives for its one call.
+        self.pin.as_ref().map(|p| p.expose().to_owned()).filter(|p| !p.is_empty())
     }
 
     fn touch(&self) {
@@ -777,12 +778,19 @@ impl<R: Runtime> countersign_approver::presence::KeyPrompts for WindowKeyPrompts
     }
 }
 
+/// A security key's PIN is at most 63 bytes (CTAP2).
+const MAX_KEY_PIN: usize = 63;
+
 fn key_prompts<R: Runtime>(
     app: &AppHandle<R>,
     pin: Option<String>,
     id: &str,
-) -> std::sync::Arc<dyn countersign_approver::presence::KeyPrompts> {
-    std::sync::Arc::new(WindowKeyPrompts { app: app.clone(), pin, id: id.to_owned() })
+) -> Answer<std::sync::Arc<dyn countersign_approver::presence::KeyPrompts>> {
+    if pin.as_ref().is_some_and(|p| p.len() > MAX_KEY_PIN) {
+        return Err(bad("keyPin", "is longer than a security key's PIN (63 bytes)"));
+    }
+    let pin = pin.map(SecretString::new);
+    Ok(std::sync::Arc::new(WindowKeyPrompts { app: app.clone(), pin, id: id.to_owned() }))
 }
 
 #[derive(Deserialize)]
@@ -809,7 +817,7 @@ pub async fn register_security_key<R: Runtime>(
     let args: RegisterKeyArgs = parse(args.or_else(|| Some(json!({}))))?;
     let store = state.store().await?;
     let session = actions::stored_connection(&store).await?.session().await?;
-    let prompts = key_prompts(&app, args.key_pin, "registration");
+    let prompts = key_prompts(&app, args.key_pin, "registration")?;
     let answer =
         countersign_approver::presence::register(&session, &state.security_key, prompts).await?;
     Ok(answer["credentialId"].as_str().unwrap_or_default().to_owned())

@@ -124,13 +124,14 @@ function securityKeyForm(shell: Shell): HTMLElement {
     clear(result);
     register.disabled = true;
     shell.busy("Touch your security key…");
+    const keyPin = pin.value || null;
+    pin.value = "";
     try {
-      const id = await api.registerSecurityKey(pin.value || null);
+      const id = await api.registerSecurityKey(keyPin);
       result.append(el("p", { class: "ok", id: "register-key-ok" }, `Registered key ${id}. It counts once your queue's admin confirms it: check the key with them.`));
     } catch (error) {
       result.append(el("p", { class: "danger", id: "register-key-error", "data-code": asProblem(error).code }, sentence(asProblem(error))));
     } finally {
-      pin.value = "";
       register.disabled = false;
       shell.busy(null);
     }

@@ -301,14 +301,9 @@ pub async fn approve(
     } else {
         None
     };
-    if !on_step(Step::Signing) {
-        return Err(stopped());
-    }
-    let (signature, review) =
-        match sign_reviewed(store, review, signer, prompt, tokens, &shown).await? {
-            Signed::Done { signature, review } => (signature, review),
-            other => return Ok(Approved::NotSigned(other)),
-        };
+    // The security key's assertion comes first: its challenge needs only the request, its
+    // safeTxHash and the owner, and a key that is missing, wrong or declined then leaves no
+    // owner signature behind that was never sent.
     let fido = match key {
         Some(((key, prompts), allow)) => Some(
             crate::presence::assertion(
@@ -325,6 +320,14 @@ pub async fn approve(
         ),
         None => None,
     };
+    if !on_step(Step::Signing) {
+        return Err(stopped());
+    }
+    let (signature, review) =
+        match sign_reviewed(store, review, signer, prompt, tokens, &shown).await? {
+            Signed::Done { signature, review } => (signature, review),
+            other => return Ok(Approved::NotSigned(other)),
+        };
     if !on_step(Step::Sending) {
         return Err(stopped());
     }

@@ -242,15 +242,20 @@ fn key_problem(error: WebauthnCError) -> Problem {
     }
 }
 
-/// The queue's relying party.
+/// The queue's relying party, checked as WebAuthn requires (a domain-like id, the origin's
+/// host or a parent of it).
+// Limitation: the relying party is read from the queue each time, not pinned at connect
+// time; what a lying queue can obtain with it is bounded in the README.
 async fn origin(session: &countersign_sync::client::Session) -> Result<(String, Url), Problem> {
     let config = session.get("/v1/fido/config").await?;
-    let rp_id = config["rpId"].as_str().unwrap_or_default().to_owned();
-    let origin = config["origin"]
-        .as_str()
-        .and_then(|o| Url::parse(o).ok())
-        .ok_or_else(|| Problem::other("fido_failed", "the queue's FIDO2 origin is not a URL"))?;
-    Ok((rp_id, origin))
+    let rp = countersign_fido::RelyingParty::new(
+        config["rpId"].as_str().unwrap_or_default(),
+        config["origin"].as_str().unwrap_or_default(),
+    )
+    .map_err(|e| {
+        Problem::other("fido_bad_relying_party", format!("the queue's relying party: {e}"))
+    })?;
+    Ok((rp.id, rp.origin))
 }
 
 /// Registers the key with the queue for this member; an admin must confirm it before it
@@ -260,10 +265,26 @@ pub async fn register(
     key: &SecurityKey,
     prompts: std::sync::Arc<dyn KeyPrompts>,
 ) -> Result<Value, Problem> {
-    let (_, origin) = origin(session).await?;
+    let (rp_id, origin) = origin(session).await?;
     let started = session.post("/v1/fido/registrations", &json!({})).await?;
     let options: CreationChallengeResponse = serde_json::from_value(started["options"].clone())
         .map_err(|e| Problem::other("fido_failed", format!("the queue's options: {e}")))?;
+    // The key makes a credential for the queue's relying party only, and never a resident one
+    // (which would take one of the key's slots, or replace a passkey of the same site).
+    if options.public_key.rp.id != rp_id {
+        return Err(Problem::refused(
+            "fido_bad_relying_party",
+            "the queue asked for a key for another relying party than its own; nothing was made",
+        ));
+    }
+    let resident =
+        options.public_key.authenticator_selection.as_ref().is_some_and(|s| s.require_resident_key);
+    if resident {
+        return Err(Problem::refused(
+            "fido_bad_relying_party",
+            "the queue asked for a resident key; Countersign registers only non-resident keys",
+        ));
+    }
     let credential = key.register(prompts, origin, options).await?;
     Ok(session.post("/v1/fido/registrations/finish", &json!({ "credential": credential })).await?)
 }

@@ -155,9 +155,8 @@ impl PresencePolicy {
                         Asset::Native => NATIVE.to_owned(),
                         Asset::Token(token) => checksummed(&token),
                     };
-                    return Some(format!(
-                        "{total} base units of {name}, at or above the threshold {threshold}"
-                    ));
+                    // The threshold itself is not named: a reason can reach initiators too.
+                    return Some(format!("{name}: at or above the vault's threshold"));
                 }
             }
         }

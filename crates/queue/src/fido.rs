@@ -74,6 +74,8 @@ pub async fn presence(
     caller: &Member,
     request_id: &str,
 ) -> Result<Value, ApiError> {
+    // Only those who approve need to know; the reason names no threshold.
+    caller.require(&[Role::Approver])?;
     let row = sqlx::query("SELECT vault_id, transaction_json FROM requests WHERE id = $1")
         .bind(request_id.to_owned())
         .fetch_optional(&store.pool)
