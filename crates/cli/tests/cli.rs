@@ -1017,9 +1017,16 @@ fn fido_register_confirm_and_approve_through_the_cli() {
     let mut list = vec!["queue", "fido", "list"];
     list.extend(queue.conn());
     assert!(stdout(&queue.admin.run(&list)).contains("publicKeySha256"));
+    // Another key than the registered one: refused, and no owner signature is left behind.
+    let other = alice.0.dir.path().join("other-key");
+    let wrong = alice.0.run_with(&[("COUNTERSIGN_FIDO_SOFT_TOKEN", other.as_os_str())], &approve);
+    assert!(!wrong.status.success(), "{}", stderr(&wrong));
+    let audit = stdout(&alice.0.run(&["audit", "export"]));
+    assert!(!audit.contains("\"signed\""), "nothing was signed: {audit}");
     let approved = with_key(&approve);
     assert_ok(&approved);
     assert!(stdout(&approved).contains("pending with 1 approval"), "{}", stdout(&approved));
+    assert!(stdout(&alice.0.run(&["audit", "export"])).contains("\"signed\""));
     assert!(stderr(&approved).contains("Touch your security key"), "{}", stderr(&approved));
 
     // Bob has no key: refused before anything is signed.
