@@ -77,3 +77,26 @@ pub fn signature(data: &[u8]) {
 pub fn token_list(data: &[u8]) {
     let _ = TokenList::from_json(data);
 }
+
+/// A vault's presence policy as an admin sends it, then judged against a call whose calldata
+/// is the same bytes.
+pub fn presence_policy(data: &[u8]) {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    let Ok(policy) = crate::presence::PresencePolicy::parse(&value) else { return };
+    let tx = crate::request::SafeTx {
+        to: alloy_primitives::Address::ZERO,
+        value: alloy_primitives::U256::from(data.len()),
+        data: alloy_primitives::Bytes::copy_from_slice(data),
+        operation: crate::request::Operation::CALL,
+        safe_tx_gas: alloy_primitives::U256::ZERO,
+        base_gas: alloy_primitives::U256::ZERO,
+        gas_price: alloy_primitives::U256::ZERO,
+        gas_token: alloy_primitives::Address::ZERO,
+        refund_receiver: alloy_primitives::Address::ZERO,
+        nonce: alloy_primitives::U256::ZERO,
+    };
+    let call = crate::decode::decode_call(alloy_primitives::Address::ZERO, 1, &tx);
+    if let Ok(tokens) = crate::tokens::TokenList::shipped() {
+        let _ = policy.required(&tx, &call, 1, &tokens);
+    }
+}

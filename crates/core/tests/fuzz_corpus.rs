@@ -55,3 +55,8 @@ fn signature_corpus() {
 fn token_list_corpus() {
     replay("token_list", fuzzing::token_list);
 }
+
+#[test]
+fn presence_policy_corpus() {
+    replay("presence_policy", fuzzing::presence_policy);
+}
