@@ -406,9 +406,9 @@ fn an_approver_onboards_reviews_approves_and_rejects_through_the_commands() {
     queue.running.stop();
 }
 
-/// A store onboarded onto the demo queue with a hardware key: the vault with `owner` pinned
-/// as the window showed it, and synced.
-fn hardware_approver(
+/// The store connected to the demo queue as the member with `api_key`, trusting the demo's
+/// initiator: the vault at `safe` pinned as the window showed it, and synced.
+fn connected_approver(
     w: &WebviewWindow<MockRuntime>,
     queue: &countersign_demo::DemoQueue,
     api_key: &str,
@@ -499,7 +499,7 @@ fn a_ledger_approves_through_the_commands() {
     assert_eq!(added, json!(countersign_core::address::checksummed(&owner)));
     assert_eq!(ok(&w, "app_status", json!({}))["signer"], "ledger");
 
-    hardware_approver(&w, &queue, &api_key, &countersign_core::address::checksummed(&safe));
+    connected_approver(&w, &queue, &api_key, &countersign_core::address::checksummed(&safe));
     let detail =
         ok(&w, "request_detail", json!({ "args": { "id": countersign_demo::HARDWARE_REQUEST } }));
     assert_eq!(detail["canApprove"], true, "{}", detail["whyNot"]);
@@ -565,7 +565,7 @@ fn an_hsm_key_approves_through_the_commands() {
         "vault-hsm",
     ))
     .unwrap();
-    hardware_approver(&w, &queue, &api_key, &countersign_core::address::checksummed(&safe));
+    connected_approver(&w, &queue, &api_key, &countersign_core::address::checksummed(&safe));
     let detail =
         ok(&w, "request_detail", json!({ "args": { "id": countersign_demo::HARDWARE_REQUEST } }));
     let hash = detail["safeTxHash"].as_str().unwrap().to_owned();
@@ -600,22 +600,8 @@ fn a_security_key_is_registered_and_touched_for_an_approval_through_the_commands
     let (app, w) = app(data.path(), &Recorder::default());
     ok(&w, "create_store", json!({ "args": { "passphrase": PASSPHRASE } }));
     ok(&w, "add_key", json!({ "args": { "kind": "software", "secretHex": "21".repeat(32) } }));
-    let initiator =
-        countersign_core::address::checksummed(&countersign_demo::initiator().address());
-    ok(
-        &w,
-        "connect_queue",
-        json!({ "args": { "url": queue.url, "pins": [queue.pin],
-        "apiKey": queue.approver_api_keys[0], "initiators": [initiator] } }),
-    );
-    let shown = ok(&w, "queue_vaults", json!({}))[0]["queue"].clone();
-    ok(
-        &w,
-        "pin_queue_vault",
-        json!({ "args": { "chainId": shown["chainId"], "address": shown["address"],
-        "safeVersion": shown["safeVersion"], "owners": shown["owners"], "threshold": shown["threshold"] } }),
-    );
-    ok(&w, "sync_queue", json!({}));
+    let safe = countersign_core::address::checksummed(&countersign_demo::SAFE);
+    connected_approver(&w, &queue, &queue.approver_api_keys[0], &safe);
     let detail =
         ok(&w, "request_detail", json!({ "args": { "id": countersign_demo::USDC_TRANSFER } }));
     let hash = detail["safeTxHash"].as_str().unwrap().to_owned();

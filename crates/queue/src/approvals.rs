@@ -119,14 +119,7 @@ pub async fn approve(
     if state != "pending" {
         // A retry of an approval already recorded answers as the first did, even once the
         // request has moved on (the first answer may have been lost on the way back).
-        let repeat =
-            sqlx::query("SELECT owner FROM approvals WHERE request_id = $1 AND signature = $2")
-                .bind(id.to_owned())
-                .bind(signature.to_hex())
-                .fetch_optional(&store.pool)
-                .await
-                .map_err(db)?;
-        if repeat.is_some() {
+        if recorded(store, id, &signature).await? {
             return request_view(store, id).await;
         }
         return Err(closed(id, state));
@@ -162,18 +155,6 @@ pub async fn approve(
         ));
     }
 
-    // The identical approval again answers as the first did, before anything else is asked
-    // of it (its security key assertion was used once and would now look replayed).
-    let repeat =
-        sqlx::query("SELECT owner FROM approvals WHERE request_id = $1 AND signature = $2")
-            .bind(id.to_owned())
-            .bind(signature.to_hex())
-            .fetch_optional(&store.pool)
-            .await
-            .map_err(db)?;
-    if repeat.is_some() {
-        return request_view(store, id).await;
-    }
     let approval = crate::fido::ApprovalFacts {
         request_id: id,
         vault: &text(&row, "vault_id"),
@@ -183,7 +164,19 @@ pub async fn approve(
         member_id: &member_id,
     };
     let fido =
-        crate::fido::check_approval(store, presence.fido, presence.rules, &approval, body).await?;
+        match crate::fido::check_approval(store, presence.fido, presence.rules, &approval, body)
+            .await
+        {
+            Ok(fido) => fido,
+            // The identical approval again answers as the first did: its assertion, used once,
+            // now looks replayed, and a retry may leave it out. Looked up only on this path.
+            Err(refusal) => {
+                if recorded(store, id, &signature).await? {
+                    return request_view(store, id).await;
+                }
+                return Err(refusal);
+            }
+        };
     let (reply, answer) = oneshot::channel();
     let job = Job {
         fido,
@@ -201,6 +194,17 @@ pub async fn approve(
         || ApiError::from(crate::QueueError::Database("the approval writer has stopped".into()));
     writer.jobs.send(job).await.map_err(|_| stopped())?;
     answer.await.map_err(|_| stopped())?
+}
+
+/// Whether this very signature is recorded as an approval of request `id`.
+async fn recorded(store: &Db, id: &str, signature: &OwnerSignature) -> Result<bool, ApiError> {
+    let row = sqlx::query("SELECT owner FROM approvals WHERE request_id = $1 AND signature = $2")
+        .bind(id.to_owned())
+        .bind(signature.to_hex())
+        .fetch_optional(&store.pool)
+        .await
+        .map_err(db)?;
+    Ok(row.is_some())
 }
 
 fn recover(signature: &OwnerSignature, hash: &B256) -> Result<Address, ApiError> {

@@ -169,6 +169,10 @@ pub fn optional_text(row: &AnyRow, column: &str) -> Option<String> {
     sqlx::Row::try_get::<Option<String>, _>(row, column).ok().flatten()
 }
 
+pub fn optional_int(row: &AnyRow, column: &str) -> Option<i64> {
+    sqlx::Row::try_get::<Option<i64>, _>(row, column).ok().flatten()
+}
+
 pub fn int(row: &AnyRow, column: &str) -> i64 {
     sqlx::Row::try_get::<i64, _>(row, column).unwrap_or_default()
 }

@@ -20,7 +20,7 @@ use webauthn_rs::prelude::{
 use webauthn_rs::{Webauthn, WebauthnBuilder};
 use webauthn_rs_core::proto::COSEKey;
 
-use crate::db::{int, optional_text, text, Db};
+use crate::db::{int, optional_int, optional_text, text, Db};
 use crate::error::ApiError;
 use crate::model::{audit, db, now, Member, QueueRules, Role};
 
@@ -83,16 +83,9 @@ pub async fn presence(
         .map_err(db)?
         .ok_or_else(|| ApiError::not_found(format!("request {request_id}")))?;
     let vault = text(&row, "vault_id");
-    let Some(policy) = policy_of(store, &vault).await? else {
-        return Ok(json!({ "required": false, "member": caller.id }));
-    };
-    let request = SafeTxRequest::from_json(text(&row, "transaction_json").as_bytes())
-        .map_err(|e| internal(&e.to_string()))?;
-    let chain_id: u64 = vault.split(':').next().and_then(|c| c.parse().ok()).unwrap_or(0);
-    let call = decode_call(request.safe, chain_id, &request.tx);
-    Ok(match policy.required(&request.tx, &call, chain_id, &rules.tokens) {
-        Some(reason) => json!({ "required": true, "reason": reason, "member": caller.id,
-                                "userVerification": policy.user_verification }),
+    Ok(match requirement(store, rules, &vault, &text(&row, "transaction_json")).await? {
+        Some((policy, reason)) => json!({ "required": true, "reason": reason, "member": caller.id,
+                                          "userVerification": policy.user_verification }),
         None => json!({ "required": false, "member": caller.id }),
     })
 }
@@ -239,48 +232,59 @@ pub async fn finish_registration(
     Ok(json!({ "credentialId": id, "member": caller.id, "confirmed": false }))
 }
 
+/// What an admin does to a key: the columns it sets, the audit entry, the answer's flag.
+struct KeyChange {
+    at: &'static str,
+    by: &'static str,
+    audit: &'static str,
+    answer: &'static str,
+}
+
 /// `POST /v1/fido/credentials/{id}/confirm` (admin): the key counts from now on.
 pub async fn confirm(store: &Db, caller: &Member, id: &str) -> Result<Value, ApiError> {
-    caller.require(&[Role::Admin])?;
-    let (mut tx, _turn) = store.begin().await?;
-    let row = sqlx::query("SELECT member_id, confirmed_at FROM fido_credentials WHERE id = $1")
-        .bind(id.to_owned())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?
-        .ok_or_else(|| ApiError::not_found(format!("security key {id}")))?;
-    let member = text(&row, "member_id");
-    if confirmed_at(&row).is_none() {
-        sqlx::query(
-            "UPDATE fido_credentials SET confirmed_at = $1, confirmed_by = $2 WHERE id = $3",
-        )
-        .bind(now())
-        .bind(caller.id.clone())
-        .bind(id.to_owned())
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        let body = json!({ "credentialId": id, "member": member, "by": caller.id });
-        audit(&mut tx, "fido_confirmed", &body).await?;
-    }
-    tx.commit().await.map_err(db)?;
-    Ok(json!({ "credentialId": id, "member": member, "confirmed": true }))
+    let change = KeyChange {
+        at: "confirmed_at",
+        by: "confirmed_by",
+        audit: "fido_confirmed",
+        answer: "confirmed",
+    };
+    change_key(store, caller, id, &change).await
 }
 
 /// `POST /v1/fido/credentials/{id}/revoke` (admin): the key no longer counts, for good (a
 /// lost or cloned key).
 pub async fn revoke(store: &Db, caller: &Member, id: &str) -> Result<Value, ApiError> {
+    let change =
+        KeyChange { at: "revoked_at", by: "revoked_by", audit: "fido_revoked", answer: "revoked" };
+    change_key(store, caller, id, &change).await
+}
+
+/// Sets `change.at` and `change.by` once, in the audit log too; doing it again changes
+/// nothing. The column names are this module's constants, never input.
+async fn change_key(
+    store: &Db,
+    caller: &Member,
+    id: &str,
+    change: &KeyChange,
+) -> Result<Value, ApiError> {
     caller.require(&[Role::Admin])?;
     let (mut tx, _turn) = store.begin().await?;
-    let row = sqlx::query("SELECT member_id, revoked_at FROM fido_credentials WHERE id = $1")
-        .bind(id.to_owned())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?
-        .ok_or_else(|| ApiError::not_found(format!("security key {id}")))?;
+    let row = sqlx::query(&format!(
+        "SELECT member_id, {} FROM fido_credentials WHERE id = $1",
+        change.at
+    ))
+    .bind(id.to_owned())
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db)?
+    .ok_or_else(|| ApiError::not_found(format!("security key {id}")))?;
     let member = text(&row, "member_id");
-    if sqlx::Row::try_get::<Option<i64>, _>(&row, "revoked_at").ok().flatten().is_none() {
-        sqlx::query("UPDATE fido_credentials SET revoked_at = $1, revoked_by = $2 WHERE id = $3")
+    if optional_int(&row, change.at).is_none() {
+        let statement = format!(
+            "UPDATE fido_credentials SET {} = $1, {} = $2 WHERE id = $3",
+            change.at, change.by
+        );
+        sqlx::query(&statement)
             .bind(now())
             .bind(caller.id.clone())
             .bind(id.to_owned())
@@ -288,10 +292,10 @@ pub async fn revoke(store: &Db, caller: &Member, id: &str) -> Result<Value, ApiE
             .await
             .map_err(db)?;
         let body = json!({ "credentialId": id, "member": member, "by": caller.id });
-        audit(&mut tx, "fido_revoked", &body).await?;
+        audit(&mut tx, change.audit, &body).await?;
     }
     tx.commit().await.map_err(db)?;
-    Ok(json!({ "credentialId": id, "member": member, "revoked": true }))
+    Ok(json!({ "credentialId": id, "member": member, change.answer: true }))
 }
 
 /// `GET /v1/fido/credentials`: every key for an admin, the caller's own otherwise.
@@ -310,9 +314,8 @@ pub async fn credentials(store: &Db, caller: &Member) -> Result<Value, ApiError>
     let keys: Vec<Value> = rows
         .iter()
         .map(|row| {
-            let confirmed = confirmed_at(row).is_some();
-            let revoked =
-                sqlx::Row::try_get::<Option<i64>, _>(row, "revoked_at").ok().flatten().is_some();
+            let confirmed = optional_int(row, "confirmed_at").is_some();
+            let revoked = optional_int(row, "revoked_at").is_some();
             let fingerprint = serde_json::from_str::<COSEKey>(&text(row, "public_key"))
                 .map(|key| countersign_fido::fingerprint(&key))
                 .unwrap_or_default();
@@ -363,6 +366,22 @@ pub async fn set_policy(store: &Db, caller: &Member, body: &Value) -> Result<Val
     Ok(json!({ "vault": vault, "policy": policy }))
 }
 
+/// The vault's presence policy and why it asks for a security key for this transaction, or
+/// None when it does not.
+async fn requirement(
+    store: &Db,
+    rules: &QueueRules,
+    vault: &str,
+    transaction_json: &str,
+) -> Result<Option<(PresencePolicy, String)>, ApiError> {
+    let Some(policy) = policy_of(store, vault).await? else { return Ok(None) };
+    let request = SafeTxRequest::from_json(transaction_json.as_bytes())
+        .map_err(|e| internal(&e.to_string()))?;
+    let chain_id: u64 = vault.split(':').next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let call = decode_call(request.safe, chain_id, &request.tx);
+    Ok(policy.required(&request.tx, &call, chain_id, &rules.tokens).map(|reason| (policy, reason)))
+}
+
 /// The vault's presence policy. One that cannot be read is an error, never "no policy".
 async fn policy_of(store: &Db, vault: &str) -> Result<Option<PresencePolicy>, ApiError> {
     let row = sqlx::query("SELECT policy FROM fido_policies WHERE vault_id = $1")
@@ -400,10 +419,6 @@ pub struct ApprovalFacts<'a> {
     pub member_id: &'a str,
 }
 
-fn confirmed_at(row: &sqlx::any::AnyRow) -> Option<i64> {
-    sqlx::Row::try_get::<Option<i64>, _>(row, "confirmed_at").ok().flatten()
-}
-
 /// What an approval of the request needs, from its vault's presence policy, and the checked
 /// assertion when one is needed.
 pub async fn check_approval(
@@ -415,12 +430,7 @@ pub async fn check_approval(
 ) -> Result<Option<FidoUse>, ApiError> {
     let ApprovalFacts { request_id, vault, transaction_json, safe_tx_hash, owner, member_id } =
         *approval;
-    let Some(policy) = policy_of(store, vault).await? else { return Ok(None) };
-    let request = SafeTxRequest::from_json(transaction_json.as_bytes())
-        .map_err(|e| internal(&e.to_string()))?;
-    let chain_id: u64 = vault.split(':').next().and_then(|c| c.parse().ok()).unwrap_or(0);
-    let call = decode_call(request.safe, chain_id, &request.tx);
-    let Some(reason) = policy.required(&request.tx, &call, chain_id, &rules.tokens) else {
+    let Some((policy, reason)) = requirement(store, rules, vault, transaction_json).await? else {
         return Ok(None);
     };
     let fido = fido.ok_or_else(not_configured)?;
@@ -453,13 +463,13 @@ pub async fn check_approval(
             "fido.credentialId: the security key belongs to another member than the signing owner",
         ));
     }
-    if sqlx::Row::try_get::<Option<i64>, _>(&row, "revoked_at").ok().flatten().is_some() {
+    if optional_int(&row, "revoked_at").is_some() {
         return Err(ApiError::unprocessable(
             "fido_revoked",
             "fido.credentialId: an admin revoked this security key",
         ));
     }
-    if confirmed_at(&row).is_none() {
+    if optional_int(&row, "confirmed_at").is_none() {
         return Err(ApiError::unprocessable(
             "fido_unconfirmed",
             "fido.credentialId: the security key is not confirmed by an admin yet",
