@@ -85,8 +85,7 @@ const PASSPHRASE: &str = "correct horse battery staple";
 
 #[test]
 fn the_manifest_the_capability_and_the_handler_list_the_same_commands() {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| dir.to_owned());
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
     let capability: Value = serde_json::from_str(
         &std::fs::read_to_string(format!("{dir}/capabilities/main.json")).unwrap(),
     )
