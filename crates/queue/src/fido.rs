@@ -83,7 +83,8 @@ pub async fn presence(
         .map_err(db)?
         .ok_or_else(|| ApiError::not_found(format!("request {request_id}")))?;
     let vault = text(&row, "vault_id");
-    Ok(match requirement(store, rules, &vault, &text(&row, "transaction_json")).await? {
+    let policy = policy_of(store, &vault).await?;
+    Ok(match requirement(policy, rules, &vault, &text(&row, "transaction_json"))? {
         Some((policy, reason)) => json!({ "required": true, "reason": reason, "member": caller.id,
                                           "userVerification": policy.user_verification }),
         None => json!({ "required": false, "member": caller.id }),
@@ -368,13 +369,13 @@ pub async fn set_policy(store: &Db, caller: &Member, body: &Value) -> Result<Val
 
 /// The vault's presence policy and why it asks for a security key for this transaction, or
 /// None when it does not.
-async fn requirement(
-    store: &Db,
+fn requirement(
+    policy: Option<PresencePolicy>,
     rules: &QueueRules,
     vault: &str,
     transaction_json: &str,
 ) -> Result<Option<(PresencePolicy, String)>, ApiError> {
-    let Some(policy) = policy_of(store, vault).await? else { return Ok(None) };
+    let Some(policy) = policy else { return Ok(None) };
     let request = SafeTxRequest::from_json(transaction_json.as_bytes())
         .map_err(|e| internal(&e.to_string()))?;
     let chain_id: u64 = vault.split(':').next().and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -389,9 +390,18 @@ async fn policy_of(store: &Db, vault: &str) -> Result<Option<PresencePolicy>, Ap
         .fetch_optional(&store.pool)
         .await
         .map_err(db)?;
-    match row {
+    read_policy(vault, row.map(|row| text(&row, "policy")))
+}
+
+/// A presence policy as stored for `vault` (`None`: the vault has none). One that cannot be
+/// read is an error, never "no policy".
+pub(crate) fn read_policy(
+    vault: &str,
+    stored: Option<String>,
+) -> Result<Option<PresencePolicy>, ApiError> {
+    match stored {
         None => Ok(None),
-        Some(row) => serde_json::from_str(&text(&row, "policy"))
+        Some(text) => serde_json::from_str(&text)
             .map(Some)
             .map_err(|_| internal(&format!("the presence policy of {vault} cannot be read"))),
     }
@@ -419,22 +429,23 @@ pub struct ApprovalFacts<'a> {
     pub member_id: &'a str,
 }
 
-/// What an approval of the request needs, from its vault's presence policy, and the checked
-/// assertion when one is needed.
+/// What an approval of the request needs under its vault's presence `policy` (as read with the
+/// request), and the checked assertion `given` when one is needed.
 pub async fn check_approval(
     store: &Db,
     fido: Option<&Fido>,
     rules: &QueueRules,
+    policy: Option<PresencePolicy>,
     approval: &ApprovalFacts<'_>,
-    body: &Value,
+    given: Option<&Value>,
 ) -> Result<Option<FidoUse>, ApiError> {
     let ApprovalFacts { request_id, vault, transaction_json, safe_tx_hash, owner, member_id } =
         *approval;
-    let Some((policy, reason)) = requirement(store, rules, vault, transaction_json).await? else {
+    let Some((policy, reason)) = requirement(policy, rules, vault, transaction_json)? else {
         return Ok(None);
     };
     let fido = fido.ok_or_else(not_configured)?;
-    let Some(given) = body.get("fido").filter(|v| !v.is_null()) else {
+    let Some(given) = given.filter(|v| !v.is_null()) else {
         return Err(ApiError::unprocessable(
             "fido_required",
             format!("fido: this approval needs a security key assertion ({reason})"),
