@@ -25,7 +25,7 @@ use countersign_core::InputError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
-pub use queue::CachedRequest;
+pub use queue::{row_part, CachedRequest};
 pub use records::KeyInfo;
 pub use tripwire::{Incident, Recorded};
 

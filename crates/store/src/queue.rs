@@ -92,6 +92,50 @@ impl Store {
         rows.iter().map(|row| self.open_cached(row)).collect()
     }
 
+    /// Every synced request with only what its row on the queue screen shows (see
+    /// [`RowPart`]): the same fields as the body, far fewer bytes to open and parse.
+    pub async fn cached_rows(&self) -> Result<Vec<CachedRequest>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, seq, payload_hash, sealed_row, \
+             CASE WHEN sealed_row IS NULL THEN sealed_body END AS sealed_body \
+             FROM queue_requests ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let Some(sealed) = row.get::<Option<Vec<u8>>, _>("sealed_row") else {
+                    // Synced before rows were kept apart.
+                    let mut cached = self.open_cached(row)?;
+                    cached.body = row_part(&cached.body);
+                    return Ok(cached);
+                };
+                let id: String = row.get("id");
+                let place = Place { table: "queue_requests", column: "sealed_row", row: &id };
+                let plain = self.sealer.open(place, &sealed)?;
+                let body = serde_json::from_slice(plain.expose())
+                    .map_err(|_| StoreError::Corrupt { detail: format!("cached row {id}") })?;
+                Ok(CachedRequest {
+                    id,
+                    seq: row.get("seq"),
+                    payload_hash: row.get("payload_hash"),
+                    body,
+                })
+            })
+            .collect()
+    }
+
+    /// The body and the row part of `request`, sealed for its row.
+    fn seal_cached(&self, request: &CachedRequest) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        let place = Place { table: "queue_requests", column: "sealed_body", row: &request.id };
+        let body = self.sealer.seal(place, request.body.to_string().as_bytes())?;
+        let place = Place { table: "queue_requests", column: "sealed_row", row: &request.id };
+        let part = serde_json::to_vec(&RowPart::of(&request.body))
+            .map_err(|_| StoreError::Corrupt { detail: format!("cached row {}", request.id) })?;
+        let row = self.sealer.seal(place, &part)?;
+        Ok((body, row))
+    }
+
     fn open_cached(&self, row: &sqlx::sqlite::SqliteRow) -> Result<CachedRequest, StoreError> {
         let id: String = row.get("id");
         let place = Place { table: "queue_requests", column: "sealed_body", row: &id };
@@ -118,10 +162,10 @@ impl Store {
         } else {
             cached.body["countersign"]["marks"] = serde_json::json!([mark]);
         }
-        let place = Place { table: "queue_requests", column: "sealed_body", row: id };
-        let sealed = self.sealer.seal(place, cached.body.to_string().as_bytes())?;
-        sqlx::query("UPDATE queue_requests SET sealed_body = ? WHERE id = ?")
+        let (sealed, sealed_row) = self.seal_cached(&cached)?;
+        sqlx::query("UPDATE queue_requests SET sealed_body = ?, sealed_row = ? WHERE id = ?")
             .bind(sealed)
+            .bind(sealed_row)
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -138,26 +182,27 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut sealed = Vec::with_capacity(requests.len());
         for request in requests {
-            let place = Place { table: "queue_requests", column: "sealed_body", row: &request.id };
-            sealed.push(self.sealer.seal(place, request.body.to_string().as_bytes())?);
+            sealed.push(self.seal_cached(request)?);
         }
         let mut tx = self.begin().await?;
         // Rows go in a hundred to a statement: one statement a row costs more in round trips
         // to SQLite's thread than the writing itself.
-        let rows: Vec<(&CachedRequest, Vec<u8>)> = requests.iter().zip(sealed).collect();
+        let rows: Vec<(&CachedRequest, (Vec<u8>, Vec<u8>))> = requests.iter().zip(sealed).collect();
         for chunk in rows.chunks(100) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO queue_requests (id, seq, payload_hash, sealed_body) ",
+                "INSERT INTO queue_requests (id, seq, payload_hash, sealed_body, sealed_row) ",
             );
-            insert.push_values(chunk, |mut row, (request, sealed)| {
+            insert.push_values(chunk, |mut row, (request, (body, part))| {
                 row.push_bind(&request.id)
                     .push_bind(request.seq)
                     .push_bind(&request.payload_hash)
-                    .push_bind(sealed.as_slice());
+                    .push_bind(body.as_slice())
+                    .push_bind(part.as_slice());
             });
             insert.push(
                 " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, \
-                 payload_hash = excluded.payload_hash, sealed_body = excluded.sealed_body",
+                 payload_hash = excluded.payload_hash, sealed_body = excluded.sealed_body, \
+                 sealed_row = excluded.sealed_row",
             );
             insert.build().execute(&mut *tx).await?;
         }
@@ -168,4 +213,46 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// The part of a synced request's body that its row on the queue screen is read from, in the
+/// body's own shape: its state, chain, creation time, the transaction, and what Countersign
+/// noted (`countersign`: Safe, nonce, marks, verified approvers). Not the approvals'
+/// signatures, the initiator's signature or the queue's other fields.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RowPart<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chain_id: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created_at: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transaction: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    countersign: Option<&'a serde_json::Value>,
+}
+
+impl<'a> RowPart<'a> {
+    fn of(body: &'a serde_json::Value) -> Self {
+        Self {
+            id: body.get("id"),
+            seq: body.get("seq"),
+            state: body.get("state"),
+            chain_id: body.get("chainId"),
+            created_at: body.get("createdAt"),
+            transaction: body.get("transaction"),
+            countersign: body.get("countersign"),
+        }
+    }
+}
+
+/// [`RowPart`] of `body`, as a value.
+pub fn row_part(body: &serde_json::Value) -> serde_json::Value {
+    serde_json::to_value(RowPart::of(body)).unwrap_or_default()
 }

@@ -449,3 +449,64 @@ async fn a_mark_is_added_in_place_and_leaves_the_cursor() {
     assert_eq!(store.queue_config().await.unwrap().unwrap().1, 7, "the cursor is unchanged");
     assert!(store.cached_request("nope").await.unwrap().is_none());
 }
+
+/// Two synced requests, the second marked since.
+async fn synced_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path(), passphrase("rows")).await.unwrap();
+    store.set_queue_config(&SecretBytes::new(b"{}".to_vec())).await.unwrap();
+    let request = |id: &str, seq: i64| countersign_store::CachedRequest {
+        id: id.into(),
+        seq,
+        payload_hash: format!("h{seq}"),
+        body: serde_json::json!({ "id": id, "seq": seq, "state": "pending", "chainId": 1,
+            "createdAt": 1_700_000_000 + seq, "transaction": { "to": "0x00", "nonce": "5" },
+            "approvals": [{ "owner": "0x01", "signature": "0xaa" }], "initiatorSignature": "0xbb",
+            "countersign": { "marks": [], "safe": "0x5a", "nonce": "5", "approvedBy": ["0x01"] } }),
+    };
+    store.store_synced(&[request("r1", 1), request("r2", 2)], 2).await.unwrap();
+    assert!(store.add_mark("r2", "its payload changed since the last sync").await.unwrap());
+    (dir, store)
+}
+
+#[tokio::test]
+async fn rows_are_read_from_their_own_sealed_part_and_agree_with_the_bodies() {
+    let (dir, store) = synced_store().await;
+    let bodies = store.cached_requests().await.unwrap();
+    let rows = store.cached_rows().await.unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, full) in rows.iter().zip(&bodies) {
+        assert_eq!((&row.id, row.seq, &row.payload_hash), (&full.id, full.seq, &full.payload_hash));
+        assert_eq!(row.body, countersign_store::row_part(&full.body));
+        assert!(
+            row.body.get("approvals").is_none() && row.body.get("initiatorSignature").is_none()
+        );
+    }
+    assert_eq!(
+        rows[1].body["countersign"]["marks"],
+        serde_json::json!(["its payload changed since the last sync"]),
+        "a mark reaches the row part too"
+    );
+
+    // A row synced before the row parts were kept is read from its body.
+    let mut db = raw(dir.path()).await;
+    sqlx::query("UPDATE queue_requests SET sealed_row = NULL WHERE id = 'r1'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(store.cached_rows().await.unwrap(), rows);
+}
+
+#[tokio::test]
+async fn fail_a_row_part_moved_to_another_request_is_reported_not_shown() {
+    let (dir, store) = synced_store().await;
+    let mut db = raw(dir.path()).await;
+    sqlx::query(
+        "UPDATE queue_requests SET sealed_row = (SELECT sealed_row FROM queue_requests \
+         WHERE id = 'r1') WHERE id = 'r2'",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    assert!(matches!(store.cached_rows().await, Err(StoreError::Tampered { .. })));
+}
