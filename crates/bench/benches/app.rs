@@ -1,5 +1,6 @@
-//! The desktop app's benchmark: `scripts/bench-app` (it runs `cargo bench -p countersign-app
-//! --bench app` under a D-Bus session with a keyring). Not run by the test command.
+//! The desktop app's benchmark: `scripts/bench-app` (it builds the app in release, then runs
+//! `cargo bench -p countersign-bench --bench app` under a D-Bus session with a keyring, the
+//! app's path in `COUNTERSIGN_APP`). Not run by the test command.
 //!
 //! It seeds the demo queue with 10,000 more pending requests, syncs them into an approver's
 //! store (keyring-protected, so that opening it asks nothing), stops the queue, and then
@@ -23,7 +24,7 @@
     reason = "a benchmark stops at the first failure"
 )]
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../../../src-tauri/tests/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
@@ -69,6 +70,12 @@ fn memory(pid: u32) -> Option<(String, u64, u64)> {
             .unwrap_or(0)
     };
     Some((command, field("Rss:"), field("Pss:")))
+}
+
+/// The release build of the app that scripts/bench-app made.
+fn app_binary() -> String {
+    std::env::var("COUNTERSIGN_APP")
+        .expect("COUNTERSIGN_APP: the app to measure (run this through scripts/bench-app)")
 }
 
 fn main() {
@@ -121,7 +128,7 @@ async fn run() {
     let (xvfb, display) = support::start_xvfb();
     let (driver, port) = support::start_driver(&display, data.path(), &[]);
     let started = Instant::now();
-    let client = support::session(port, env!("CARGO_BIN_EXE_countersign-app")).await;
+    let client = support::session(port, &app_binary()).await;
     let want = format!("{total} of {total}");
     // All rows: the filter shows those awaiting approval, every one of them here.
     support::until_text(&client, "#row-count", |t| t.starts_with(&want)).await;

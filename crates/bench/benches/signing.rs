@@ -1,5 +1,5 @@
-//! `cargo bench -p countersign-signers`: the hashing, review, signing and recovery costs, with
-//! one bare Keccak-f[1600] permutation as the floor, all in the same run.
+//! `cargo bench -p countersign-bench --bench signing`: the hashing, review, signing and
+//! recovery costs, with one bare Keccak-f[1600] permutation as the floor, all in the same run.
 //!
 //! A safeTxHash with the domain hash cached is at least five permutations: keccak256(data)
 //! (one, for short data), the struct hash over 352 bytes (three), and the final 66 bytes (one).
