@@ -130,7 +130,7 @@ impl Store {
         let place = Place { table: "queue_requests", column: "sealed_body", row: &request.id };
         let body = self.sealer.seal(place, request.body.to_string().as_bytes())?;
         let place = Place { table: "queue_requests", column: "sealed_row", row: &request.id };
-        let part = serde_json::to_vec(&RowPart::of(&request.body))
+        let part = serde_json::to_vec(&RowPart(&request.body))
             .map_err(|_| StoreError::Corrupt { detail: format!("cached row {}", request.id) })?;
         let row = self.sealer.seal(place, &part)?;
         Ok((body, row))
@@ -219,40 +219,27 @@ impl Store {
 /// body's own shape: its state, chain, creation time, the transaction, and what Countersign
 /// noted (`countersign`: Safe, nonce, marks, verified approvers). Not the approvals'
 /// signatures, the initiator's signature or the queue's other fields.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RowPart<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<&'a serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    state: Option<&'a serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    chain_id: Option<&'a serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    created_at: Option<&'a serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    transaction: Option<&'a serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    countersign: Option<&'a serde_json::Value>,
+struct RowPart<'a>(&'a serde_json::Value);
+
+impl RowPart<'_> {
+    const KEYS: [&'static str; 7] =
+        ["id", "seq", "state", "chainId", "createdAt", "transaction", "countersign"];
 }
 
-impl<'a> RowPart<'a> {
-    fn of(body: &'a serde_json::Value) -> Self {
-        Self {
-            id: body.get("id"),
-            seq: body.get("seq"),
-            state: body.get("state"),
-            chain_id: body.get("chainId"),
-            created_at: body.get("createdAt"),
-            transaction: body.get("transaction"),
-            countersign: body.get("countersign"),
+impl serde::Serialize for RowPart<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(None)?;
+        for key in Self::KEYS {
+            if let Some(value) = self.0.get(key) {
+                map.serialize_entry(key, value)?;
+            }
         }
+        map.end()
     }
 }
 
 /// [`RowPart`] of `body`, as a value.
 pub fn row_part(body: &serde_json::Value) -> serde_json::Value {
-    serde_json::to_value(RowPart::of(body)).unwrap_or_default()
+    serde_json::to_value(RowPart(body)).unwrap_or_default()
 }
