@@ -85,9 +85,12 @@ impl<'a> RowContext<'a> {
 
 /// The rows of every synced request, newest first.
 pub async fn rows(store: &Store, tokens: &TokenList) -> Result<Vec<Row>, Problem> {
+    let started = std::time::Instant::now();
     let context = RowContext::load(store, tokens).await?;
-    // Only the part of each body that a row shows: a tenth of the bytes to open and parse.
+    let loaded = started.elapsed();
+    // Only the part of each body that a row shows.
     let cached = store.cached_rows().await?;
+    let read = started.elapsed();
     // Decoding 10,000 requests is worth the cores: one chunk a thread.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     let chunk = cached.len().div_ceil(threads).max(256);
@@ -102,6 +105,12 @@ pub async fn rows(store: &Store, tokens: &TokenList) -> Result<Vec<Row>, Problem
         handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
     });
     out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
+    tracing::debug!(
+        context_ms = loaded.as_millis() as u64,
+        read_ms = (read - loaded).as_millis() as u64,
+        rows_ms = (started.elapsed() - read).as_millis() as u64,
+        "rows built"
+    );
     Ok(out)
 }
 

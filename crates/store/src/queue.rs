@@ -25,6 +25,7 @@ impl Store {
         let mut tx = self.begin().await?;
         sqlx::query("DELETE FROM queue_config").execute(&mut *tx).await?;
         sqlx::query("DELETE FROM queue_requests").execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM queue_rows").execute(&mut *tx).await?;
         sqlx::query("INSERT INTO queue_config (id, cursor, sealed_config) VALUES (1, 0, ?)")
             .bind(sealed)
             .execute(&mut *tx)
@@ -96,43 +97,43 @@ impl Store {
     /// [`RowPart`]): the same fields as the body, far fewer bytes to open and parse.
     pub async fn cached_rows(&self) -> Result<Vec<CachedRequest>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, seq, payload_hash, sealed_row, \
-             CASE WHEN sealed_row IS NULL THEN sealed_body END AS sealed_body \
-             FROM queue_requests ORDER BY seq",
+            "SELECT r.id, r.seq, r.payload_hash, w.sealed_row FROM queue_requests r \
+             LEFT JOIN queue_rows w ON w.id = r.id ORDER BY r.seq",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let Some(sealed) = row.get::<Option<Vec<u8>>, _>("sealed_row") else {
-                    // Synced before rows were kept apart.
-                    let mut cached = self.open_cached(row)?;
-                    cached.body = row_part(&cached.body);
-                    return Ok(cached);
-                };
-                let id: String = row.get("id");
-                let place = Place { table: "queue_requests", column: "sealed_row", row: &id };
-                let plain = self.sealer.open(place, &sealed)?;
-                let body = serde_json::from_slice(plain.expose())
-                    .map_err(|_| StoreError::Corrupt { detail: format!("cached row {id}") })?;
-                Ok(CachedRequest {
-                    id,
-                    seq: row.get("seq"),
-                    payload_hash: row.get("payload_hash"),
-                    body,
-                })
-            })
-            .collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.get("id");
+            let Some(sealed) = row.get::<Option<Vec<u8>>, _>("sealed_row") else {
+                // Synced before rows were kept apart.
+                let mut cached = self.cached_request(&id).await?.ok_or_else(|| {
+                    StoreError::Corrupt { detail: format!("cached request {id}") }
+                })?;
+                cached.body = row_part(&cached.body);
+                out.push(cached);
+                continue;
+            };
+            let plain = self.sealer.open(row_place(&id), &sealed)?;
+            let body = serde_json::from_slice(plain.expose())
+                .map_err(|_| StoreError::Corrupt { detail: format!("cached row {id}") })?;
+            out.push(CachedRequest {
+                id,
+                seq: row.get("seq"),
+                payload_hash: row.get("payload_hash"),
+                body,
+            });
+        }
+        Ok(out)
     }
 
     /// The body and the row part of `request`, sealed for its row.
-    fn seal_cached(&self, request: &CachedRequest) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    fn seal_cached(&self, request: &CachedRequest) -> Result<Sealed, StoreError> {
         let place = Place { table: "queue_requests", column: "sealed_body", row: &request.id };
         let body = self.sealer.seal(place, request.body.to_string().as_bytes())?;
-        let place = Place { table: "queue_requests", column: "sealed_row", row: &request.id };
         let part = serde_json::to_vec(&RowPart(&request.body))
             .map_err(|_| StoreError::Corrupt { detail: format!("cached row {}", request.id) })?;
-        let row = self.sealer.seal(place, &part)?;
+        let row = self.sealer.seal(row_place(&request.id), &part)?;
         Ok((body, row))
     }
 
@@ -163,12 +164,19 @@ impl Store {
             cached.body["countersign"]["marks"] = serde_json::json!([mark]);
         }
         let (sealed, sealed_row) = self.seal_cached(&cached)?;
-        sqlx::query("UPDATE queue_requests SET sealed_body = ?, sealed_row = ? WHERE id = ?")
+        sqlx::query("UPDATE queue_requests SET sealed_body = ? WHERE id = ?")
             .bind(sealed)
-            .bind(sealed_row)
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "INSERT INTO queue_rows (id, sealed_row) VALUES (?, ?) \
+             ON CONFLICT (id) DO UPDATE SET sealed_row = excluded.sealed_row",
+        )
+        .bind(id)
+        .bind(sealed_row)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -187,23 +195,28 @@ impl Store {
         let mut tx = self.begin().await?;
         // Rows go in a hundred to a statement: one statement a row costs more in round trips
         // to SQLite's thread than the writing itself.
-        let rows: Vec<(&CachedRequest, (Vec<u8>, Vec<u8>))> = requests.iter().zip(sealed).collect();
+        let rows: Vec<(&CachedRequest, Sealed)> = requests.iter().zip(sealed).collect();
         for chunk in rows.chunks(100) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO queue_requests (id, seq, payload_hash, sealed_body, sealed_row) ",
+                "INSERT INTO queue_requests (id, seq, payload_hash, sealed_body) ",
             );
-            insert.push_values(chunk, |mut row, (request, (body, part))| {
+            insert.push_values(chunk, |mut row, (request, (body, _))| {
                 row.push_bind(&request.id)
                     .push_bind(request.seq)
                     .push_bind(&request.payload_hash)
-                    .push_bind(body.as_slice())
-                    .push_bind(part.as_slice());
+                    .push_bind(body.as_slice());
             });
             insert.push(
                 " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, \
-                 payload_hash = excluded.payload_hash, sealed_body = excluded.sealed_body, \
-                 sealed_row = excluded.sealed_row",
+                 payload_hash = excluded.payload_hash, sealed_body = excluded.sealed_body",
             );
+            insert.build().execute(&mut *tx).await?;
+            let mut insert =
+                sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO queue_rows (id, sealed_row) ");
+            insert.push_values(chunk, |mut row, (request, (_, part))| {
+                row.push_bind(&request.id).push_bind(part.as_slice());
+            });
+            insert.push(" ON CONFLICT (id) DO UPDATE SET sealed_row = excluded.sealed_row");
             insert.build().execute(&mut *tx).await?;
         }
         sqlx::query("UPDATE queue_config SET cursor = ? WHERE id = 1")
@@ -220,6 +233,14 @@ impl Store {
 /// noted (`countersign`: Safe, nonce, marks, verified approvers). Not the approvals'
 /// signatures, the initiator's signature or the queue's other fields.
 struct RowPart<'a>(&'a serde_json::Value);
+
+/// A synced request's body and row part, sealed.
+type Sealed = (Vec<u8>, Vec<u8>);
+
+/// Where a request's row part is sealed.
+fn row_place(id: &str) -> Place<'_> {
+    Place { table: "queue_rows", column: "sealed_row", row: id }
+}
 
 impl RowPart<'_> {
     const KEYS: [&'static str; 7] =

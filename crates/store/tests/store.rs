@@ -490,10 +490,7 @@ async fn rows_are_read_from_their_own_sealed_part_and_agree_with_the_bodies() {
 
     // A row synced before the row parts were kept is read from its body.
     let mut db = raw(dir.path()).await;
-    sqlx::query("UPDATE queue_requests SET sealed_row = NULL WHERE id = 'r1'")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    sqlx::query("DELETE FROM queue_rows WHERE id = 'r1'").execute(&mut db).await.unwrap();
     assert_eq!(store.cached_rows().await.unwrap(), rows);
 }
 
@@ -502,8 +499,8 @@ async fn fail_a_row_part_moved_to_another_request_is_reported_not_shown() {
     let (dir, store) = synced_store().await;
     let mut db = raw(dir.path()).await;
     sqlx::query(
-        "UPDATE queue_requests SET sealed_row = (SELECT sealed_row FROM queue_requests \
-         WHERE id = 'r1') WHERE id = 'r2'",
+        "UPDATE queue_rows SET sealed_row = (SELECT sealed_row FROM queue_rows WHERE id = 'r1') \
+         WHERE id = 'r2'",
     )
     .execute(&mut db)
     .await
