@@ -60,7 +60,9 @@ impl ApprovalWriter {
     pub fn start(store: Db, rules: Arc<QueueRules>, fido: Option<Fido>) -> Self {
         let (jobs, mut queue) = mpsc::channel::<Job>(4 * BATCH);
         tokio::spawn(async move {
-            let mut checks = Checks { rules, fido, approvers: HashMap::new() };
+            let fresh =
+                || Checks { rules: rules.clone(), fido: fido.clone(), approvers: HashMap::new() };
+            let mut checks = fresh();
             while let Some(first) = queue.recv().await {
                 let mut batch = vec![first];
                 while batch.len() < BATCH {
@@ -69,7 +71,18 @@ impl ApprovalWriter {
                         Err(_) => break,
                     }
                 }
-                write_batch(&store, &mut checks, batch).await;
+                // Each batch in a task of its own: a panic fails that batch (its handlers
+                // answer that the writer stopped, and nothing of it is written), not every
+                // approval after it.
+                let store = store.clone();
+                let task = tokio::spawn(async move {
+                    write_batch(&store, &mut checks, batch).await;
+                    checks
+                });
+                checks = task.await.unwrap_or_else(|_| {
+                    tracing::error!("a batch of approvals failed: its task panicked");
+                    fresh()
+                });
             }
         });
         Self { jobs }
@@ -111,7 +124,7 @@ fn recover(signature: &OwnerSignature, hash: &B256) -> Result<Address, ApiError>
 }
 
 /// Checks and writes a batch in one transaction and answers every job. A database failure
-/// fails the whole batch and writes nothing.
+/// fails the whole batch and writes nothing; a refusal fails its own job only.
 async fn write_batch(store: &Db, checks: &mut Checks, batch: Vec<Job>) {
     let (jobs, replies): (Vec<_>, Vec<_>) = batch
         .into_iter()
@@ -223,13 +236,13 @@ async fn write(
     let mut accepted: Vec<Accepted> = Vec::new();
     let mut outcome: Vec<Result<(), ApiError>> = Vec::with_capacity(jobs.len());
     for (index, job) in jobs.iter().enumerate() {
-        outcome.push(match take(store, &mut tx, checks, &mut open, job).await {
-            Ok(Some((approval, fido))) => {
+        outcome.push(match take(&mut tx, checks, &mut open, job).await? {
+            Taken::Accepted(approval, fido) => {
                 accepted.push(Accepted { index, approval, fido });
                 Ok(())
             }
-            Ok(None) => Ok(()),
-            Err(refusal) => Err(refusal),
+            Taken::Recorded => Ok(()),
+            Taken::Refused(refusal) => Err(refusal),
         });
     }
 
@@ -316,59 +329,71 @@ async fn write(
     Ok(answers)
 }
 
+/// What checking one approval came to.
+enum Taken {
+    Accepted(Approval, Option<FidoUse>),
+    /// This very approval is recorded already: a retry answers as the first did, even once
+    /// the request has moved on (the first answer may have been lost on the way back) and
+    /// although its assertion, used once, would now look replayed.
+    Recorded,
+    Refused(ApiError),
+}
+
 /// Checks one approval against its request as the earlier approvals of the batch left it,
-/// and takes it in. `Ok(None)`: this very approval is recorded already, and a retry answers
-/// as the first did, even once the request has moved on (the first answer may have been lost
-/// on the way back) and although its assertion, used once, would now look replayed.
+/// and takes it in. An error is a database failure, which fails the whole batch.
 async fn take(
-    store: &Db,
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     checks: &mut Checks,
     open: &mut HashMap<String, Open>,
     job: &Asked,
-) -> Result<Option<(Approval, Option<FidoUse>)>, ApiError> {
+) -> Result<Taken, ApiError> {
     let id = &job.request_id;
-    let entry = open.get_mut(id).ok_or_else(|| ApiError::not_found(format!("request {id}")))?;
+    let Some(entry) = open.get_mut(id) else {
+        return Ok(Taken::Refused(ApiError::not_found(format!("request {id}"))));
+    };
     let owner = checksummed(&job.owner);
     if entry.approvals.iter().any(|a| a.owner == owner && a.signature == job.signature) {
-        return Ok(None);
+        return Ok(Taken::Recorded);
     }
     let state = entry.request.shown_state();
     if state != "pending" {
-        return Err(closed(id, state));
+        return Ok(Taken::Refused(closed(id, state)));
     }
     let safe_tx_hash = B256::from_str(&entry.request.safe_tx_hash).unwrap_or_default();
     if job.claimed != safe_tx_hash {
-        return Err(ApiError::unprocessable("hash_mismatch",
-            format!("safeTxHash: the approval signed {}, the request's safeTxHash is {safe_tx_hash} (another vault, chain or request)", job.claimed)));
+        return Ok(Taken::Refused(ApiError::unprocessable("hash_mismatch",
+            format!("safeTxHash: the approval signed {}, the request's safeTxHash is {safe_tx_hash} (another vault, chain or request)", job.claimed))));
     }
     if !entry.owners.contains(&owner) {
-        return Err(ApiError::unprocessable(
+        return Ok(Taken::Refused(ApiError::unprocessable(
             "not_an_owner",
             format!("signature: recovers to {owner}, which is not an owner of the vault"),
-        ));
+        )));
     }
     let Some(member_id) = approver(tx, checks, &job.owner).await? else {
-        return Err(ApiError::unprocessable(
+        return Ok(Taken::Refused(ApiError::unprocessable(
             "not_an_approver",
             format!("signature: owner {owner} is not a member with the approver role"),
-        ));
+        )));
     };
     // The signature proves the owner's consent, so an approver may relay another approver's
     // signature; the approval is recorded under the member whose address signed it.
     if entry.request.initiator_address == owner {
-        return Err(ApiError::unprocessable(
+        return Ok(Taken::Refused(ApiError::unprocessable(
             "self_approval",
             "signature: the initiator cannot approve their own request",
-        ));
+        )));
     }
     if entry.approvals.iter().any(|a| a.owner == owner) {
-        return Err(ApiError::conflict(
+        return Ok(Taken::Refused(ApiError::conflict(
             "duplicate_approval",
             format!("owner {owner} already approved this request"),
-        ));
+        )));
     }
-    let policy = crate::fido::read_policy(&entry.request.vault_id, entry.policy.clone())?;
+    let policy = match crate::fido::read_policy(&entry.request.vault_id, entry.policy.clone()) {
+        Ok(policy) => policy,
+        Err(refusal) => return Ok(Taken::Refused(refusal)),
+    };
     let facts = ApprovalFacts {
         request_id: id,
         vault: &entry.request.vault_id,
@@ -377,8 +402,8 @@ async fn take(
         owner: &job.owner,
         member_id: &member_id,
     };
-    let fido = crate::fido::check_approval(
-        store,
+    let checked = crate::fido::check_approval(
+        tx,
         checks.fido.as_ref(),
         &checks.rules,
         policy,
@@ -386,14 +411,18 @@ async fn take(
         job.assertion.as_ref(),
     )
     .await?;
+    let fido = match checked {
+        Ok(fido) => fido,
+        Err(refusal) => return Ok(Taken::Refused(refusal)),
+    };
     // The key's counter moves forward with the approval, or the assertion was used already
     // (by an approval earlier in this batch or before it).
     if let Some(used) = &fido {
         if !crate::fido::advance_counter(tx, used).await? {
-            return Err(ApiError::unprocessable(
+            return Ok(Taken::Refused(ApiError::unprocessable(
                 "fido_replayed",
                 "fido: the security key's counter did not move past the last one seen: a replay",
-            ));
+            )));
         }
     }
     let approval =
@@ -404,7 +433,7 @@ async fn take(
         entry.request.state = "approved".to_owned();
         entry.request.signatures = Some(ordered_signatures(&entry.approvals));
     }
-    Ok(Some((approval, fido)))
+    Ok(Taken::Accepted(approval, fido))
 }
 
 /// The approver member whose address is `owner`, if there is one.

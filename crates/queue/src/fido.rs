@@ -430,18 +430,52 @@ pub struct ApprovalFacts<'a> {
 }
 
 /// What an approval of the request needs under its vault's presence `policy` (as read with the
-/// request), and the checked assertion `given` when one is needed.
+/// request), and the checked assertion `given` when one is needed. The key is read through the
+/// approval's own transaction `tx`. The outer error is a database failure (the whole batch
+/// fails); the inner one is this approval's refusal.
 pub async fn check_approval(
-    store: &Db,
+    tx: &mut Transaction<'static, Any>,
     fido: Option<&Fido>,
     rules: &QueueRules,
     policy: Option<PresencePolicy>,
     approval: &ApprovalFacts<'_>,
     given: Option<&Value>,
-) -> Result<Option<FidoUse>, ApiError> {
-    let ApprovalFacts { request_id, vault, transaction_json, safe_tx_hash, owner, member_id } =
-        *approval;
-    let Some((policy, reason)) = requirement(policy, rules, vault, transaction_json)? else {
+) -> Result<Result<Option<FidoUse>, ApiError>, ApiError> {
+    let asked = match asked_for(fido, rules, policy, approval, given) {
+        Ok(Some(asked)) => asked,
+        Ok(None) => return Ok(Ok(None)),
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let row = sqlx::query(
+        "SELECT member_id, public_key, counter, confirmed_at, revoked_at FROM fido_credentials \
+         WHERE id = $1",
+    )
+    .bind(asked.credential_id.clone())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(checked(asked, row, approval).map(Some))
+}
+
+/// An assertion the presence policy asks for, parsed.
+struct Asked<'a> {
+    fido: &'a Fido,
+    policy: PresencePolicy,
+    assertion: Assertion,
+    credential_id: String,
+}
+
+/// Whether the approval needs an assertion, and the one given, parsed.
+fn asked_for<'a>(
+    fido: Option<&'a Fido>,
+    rules: &QueueRules,
+    policy: Option<PresencePolicy>,
+    approval: &ApprovalFacts<'_>,
+    given: Option<&Value>,
+) -> Result<Option<Asked<'a>>, ApiError> {
+    let Some((policy, reason)) =
+        requirement(policy, rules, approval.vault, approval.transaction_json)?
+    else {
         return Ok(None);
     };
     let fido = fido.ok_or_else(not_configured)?;
@@ -454,15 +488,18 @@ pub async fn check_approval(
     let assertion: Assertion = serde_json::from_value(given.clone())
         .map_err(|e| ApiError::bad_request(format!("fido: {e}")))?;
     let credential_id = assertion.credential_id.trim_end_matches('=').to_owned();
-    let row = sqlx::query(
-        "SELECT member_id, public_key, counter, confirmed_at, revoked_at FROM fido_credentials \
-         WHERE id = $1",
-    )
-    .bind(credential_id.clone())
-    .fetch_optional(&store.pool)
-    .await
-    .map_err(db)?
-    .ok_or_else(|| {
+    Ok(Some(Asked { fido, policy, assertion, credential_id }))
+}
+
+/// The assertion checked against the registered key `row` and the approval.
+fn checked(
+    asked: Asked<'_>,
+    row: Option<sqlx::any::AnyRow>,
+    approval: &ApprovalFacts<'_>,
+) -> Result<FidoUse, ApiError> {
+    let ApprovalFacts { request_id, safe_tx_hash, owner, member_id, .. } = *approval;
+    let Asked { fido, policy, assertion, credential_id } = asked;
+    let row = row.ok_or_else(|| {
         ApiError::unprocessable(
             "fido_unknown_key",
             "fido.credentialId: no such security key is registered",
@@ -507,11 +544,11 @@ pub async fn check_approval(
         public_key: key,
         assertion: Assertion { credential_id: credential_id.clone(), ..assertion },
     };
-    Ok(Some(FidoUse {
+    Ok(FidoUse {
         credential_id,
         counter: verified.counter,
         stored: serde_json::to_string(&kept).map_err(|e| internal(&e))?,
-    }))
+    })
 }
 
 /// Moves the key's counter forward inside the approval's transaction; false if another
