@@ -469,11 +469,37 @@ async fn notify_awaiting(state: &AppState, store: &Store) -> Answer<Vec<String>>
     Ok(notified)
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RowsArgs {
+    /// Only the newest rows, as many: a first screenful while the rest are read.
+    pub first: Option<u32>,
+}
+
 #[tauri::command]
-pub async fn queue_rows(state: State<'_, AppState>) -> Answer<tauri::ipc::Response> {
+pub async fn queue_rows(
+    state: State<'_, AppState>,
+    args: Option<Value>,
+) -> Answer<tauri::ipc::Response> {
+    let args: RowsArgs = match args {
+        None => RowsArgs::default(),
+        given => parse(given)?,
+    };
     let store = state.store().await?;
-    let kept = state.rows(&store).await?;
     // Raw bytes: the window parses the JSON itself, rather than the IPC converting it twice.
+    if let Some(first) = args.first {
+        if !(1..=500).contains(&first) {
+            return Err(bad("first", "from 1 to 500 rows"));
+        }
+        let rows = match state.kept_rows().await {
+            Some(kept) => kept.rows.iter().take(first as usize).cloned().collect(),
+            None => countersign_approver::rows::newest(&store, &state.tokens, first).await?,
+        };
+        let json =
+            serde_json::to_vec(&rows).map_err(|e| Problem::other("internal", e.to_string()))?;
+        return Ok(tauri::ipc::Response::new(json));
+    }
+    let kept = state.rows(&store).await?;
     Ok(tauri::ipc::Response::new(kept.json.clone()))
 }
 

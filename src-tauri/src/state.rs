@@ -145,6 +145,11 @@ impl AppState {
         Ok(rows)
     }
 
+    /// The rows if they are read already.
+    pub async fn kept_rows(&self) -> Option<Arc<KeptRows>> {
+        self.rows.lock().await.clone()
+    }
+
     /// Something changed the local copy (a sync, an approval, a rejection, a pinned vault).
     pub async fn forget_rows(&self) {
         *self.rows.lock().await = None;

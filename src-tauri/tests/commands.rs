@@ -229,7 +229,16 @@ fn an_approver_onboards_reviews_approves_and_rejects_through_the_commands() {
     assert_eq!(ok(&w, "sync_queue", json!({}))["notified"], json!([]));
     assert_eq!(recorder.0.lock().unwrap().len(), 4);
 
+    // A first screenful, read without reading every request: the newest rows, in the order
+    // of the whole list.
+    let first = ok(&w, "queue_rows", json!({ "args": { "first": 2 } }));
     let rows = ok(&w, "queue_rows", json!({}));
+    assert_eq!(first.as_array().unwrap().as_slice(), &rows.as_array().unwrap()[..2]);
+    let again = ok(&w, "queue_rows", json!({ "args": { "first": 2 } }));
+    assert_eq!(again, first, "the same from the rows kept since");
+    for wrong in [json!({ "first": 0 }), json!({ "first": 501 }), json!({ "last": 2 })] {
+        assert_eq!(code(&w, "queue_rows", json!({ "args": wrong })), "invalid_argument");
+    }
     let row = |id: &str| rows.as_array().unwrap().iter().find(|r| r["id"] == id).unwrap().clone();
     assert_eq!(row(countersign_demo::USDC_TRANSFER)["amount"], "250000");
     assert_eq!(row(countersign_demo::USDC_TRANSFER)["asset"], "USDC");

@@ -184,9 +184,15 @@ export const api = {
   testQueue: (args: ConnectArgs) => call<Member>("test_queue", { ...args }),
   connectQueue: (args: ConnectArgs) => call<Member>("connect_queue", { ...args }),
   sync: () => call<SyncSummary>("sync_queue"),
-  /** The backend answers raw JSON bytes (an ArrayBuffer) to spare a conversion. */
-  rows: async () => {
-    const answer = await call<ArrayBuffer | Row[]>("queue_rows");
+  /**
+   * Every row, or with `first` only the newest ones (a first screenful). The backend answers
+   * raw JSON bytes (an ArrayBuffer) to spare a conversion.
+   */
+  rows: async (first?: number) => {
+    const answer = await call<ArrayBuffer | Row[]>(
+      "queue_rows",
+      first === undefined ? undefined : { first },
+    );
     return Array.isArray(answer) ? answer : (JSON.parse(new TextDecoder().decode(answer)) as Row[]);
   },
   detail: (id: string) => call<Detail>("request_detail", { id }),

@@ -61,6 +61,8 @@ function detail(id: string): Detail {
 }
 
 const calls: string[] = [];
+/** What each `queue_rows` asked for: a number of newest rows, or all. */
+const rowAsks: (number | "all")[] = [];
 const connects: Record<string, unknown>[] = [];
 const approvals: Record<string, unknown>[] = [];
 
@@ -77,7 +79,8 @@ beforeAll(async () => {
         case "app_status":
           return { store: "unlocked", protection: "passphrase", queue: "https://127.0.0.1:1", keys: ["0xA"] };
         case "queue_rows":
-          return rows;
+          rowAsks.push(args.first === undefined ? "all" : Number(args.first));
+          return args.first === undefined ? rows : rows.slice(0, Number(args.first));
         case "request_detail":
           return detail(String(args.id));
         case "settings":
@@ -132,6 +135,8 @@ describe("the queue screen", () => {
     const rendered = document.querySelectorAll("#queue-table .row").length;
     expect(rendered).toBeGreaterThan(0);
     expect(rendered).toBeLessThan(100);
+    // A first screenful of the newest rows, then all of them.
+    expect(rowAsks.slice(0, 2)).toEqual([100, "all"]);
   });
 
   it("moves the selection with the arrow keys", async () => {

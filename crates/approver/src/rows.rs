@@ -114,6 +114,14 @@ pub async fn rows(store: &Store, tokens: &TokenList) -> Result<Vec<Row>, Problem
     Ok(out)
 }
 
+/// The rows of the `limit` newest synced requests, newest first: a first screenful, read
+/// without reading every request (see [`Store::newest_rows`]).
+pub async fn newest(store: &Store, tokens: &TokenList, limit: u32) -> Result<Vec<Row>, Problem> {
+    let context = RowContext::load(store, tokens).await?;
+    let cached = store.newest_rows(limit).await?;
+    Ok(cached.iter().map(|c| context.row(c)).collect())
+}
+
 fn row(cached: &CachedRequest, context: &RowContext<'_>) -> Row {
     let (tokens, policy, now) = (context.tokens, &context.policy, context.now);
     let body = &cached.body;

@@ -127,6 +127,42 @@ impl Store {
         Ok(out)
     }
 
+    /// The row parts of the `limit` most recently created synced requests, newest first, for
+    /// a first screenful before [`Self::cached_rows`] has read them all. Requests synced
+    /// before row parts were kept are not among them. A row whose clear creation time differs
+    /// from its sealed part's is reported as tampered.
+    pub async fn newest_rows(&self, limit: u32) -> Result<Vec<CachedRequest>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.seq, r.payload_hash, w.created_at, w.sealed_row FROM queue_rows w \
+             JOIN queue_requests r ON r.id = w.id ORDER BY w.created_at DESC, w.id LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.get("id");
+                let plain =
+                    self.sealer.open(row_place(&id), &row.get::<Vec<u8>, _>("sealed_row"))?;
+                let body: serde_json::Value = serde_json::from_slice(plain.expose())
+                    .map_err(|_| StoreError::Corrupt { detail: format!("cached row {id}") })?;
+                if created_at(&body) != row.get::<i64, _>("created_at") {
+                    return Err(StoreError::Tampered {
+                        table: "queue_rows",
+                        column: "created_at",
+                        row: id,
+                    });
+                }
+                Ok(CachedRequest {
+                    id,
+                    seq: row.get("seq"),
+                    payload_hash: row.get("payload_hash"),
+                    body,
+                })
+            })
+            .collect()
+    }
+
     /// The body and the row part of `request`, sealed for its row.
     fn seal_cached(&self, request: &CachedRequest) -> Result<Sealed, StoreError> {
         let place = Place { table: "queue_requests", column: "sealed_body", row: &request.id };
@@ -170,10 +206,12 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO queue_rows (id, sealed_row) VALUES (?, ?) \
-             ON CONFLICT (id) DO UPDATE SET sealed_row = excluded.sealed_row",
+            "INSERT INTO queue_rows (id, created_at, sealed_row) VALUES (?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at, \
+             sealed_row = excluded.sealed_row",
         )
         .bind(id)
+        .bind(created_at(&cached.body))
         .bind(sealed_row)
         .execute(&mut *tx)
         .await?;
@@ -211,12 +249,18 @@ impl Store {
                  payload_hash = excluded.payload_hash, sealed_body = excluded.sealed_body",
             );
             insert.build().execute(&mut *tx).await?;
-            let mut insert =
-                sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO queue_rows (id, sealed_row) ");
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO queue_rows (id, created_at, sealed_row) ",
+            );
             insert.push_values(chunk, |mut row, (request, (_, part))| {
-                row.push_bind(&request.id).push_bind(part.as_slice());
+                row.push_bind(&request.id)
+                    .push_bind(created_at(&request.body))
+                    .push_bind(part.as_slice());
             });
-            insert.push(" ON CONFLICT (id) DO UPDATE SET sealed_row = excluded.sealed_row");
+            insert.push(
+                " ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at, \
+                 sealed_row = excluded.sealed_row",
+            );
             insert.build().execute(&mut *tx).await?;
         }
         sqlx::query("UPDATE queue_config SET cursor = ? WHERE id = 1")
@@ -233,6 +277,11 @@ impl Store {
 /// noted (`countersign`: Safe, nonce, marks, verified approvers). Not the approvals'
 /// signatures, the initiator's signature or the queue's other fields.
 struct RowPart<'a>(&'a serde_json::Value);
+
+/// A synced request's creation time as the queue gave it (0 when it gave none).
+fn created_at(body: &serde_json::Value) -> i64 {
+    body["createdAt"].as_i64().unwrap_or(0)
+}
 
 /// A synced request's body and row part, sealed.
 type Sealed = (Vec<u8>, Vec<u8>);

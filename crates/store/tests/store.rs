@@ -507,3 +507,21 @@ async fn fail_a_row_part_moved_to_another_request_is_reported_not_shown() {
     .unwrap();
     assert!(matches!(store.cached_rows().await, Err(StoreError::Tampered { .. })));
 }
+
+#[tokio::test]
+async fn the_newest_rows_come_first_and_a_changed_clear_time_is_found() {
+    let (dir, store) = synced_store().await;
+    let newest = store.newest_rows(1).await.unwrap();
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].id, "r2", "r2 was created after r1");
+    assert_eq!(newest[0].body, store.cached_rows().await.unwrap()[1].body);
+    assert_eq!(store.newest_rows(10).await.unwrap().len(), 2);
+
+    // Moving a row up the list by its clear time is found when it is read.
+    let mut db = raw(dir.path()).await;
+    sqlx::query("UPDATE queue_rows SET created_at = 1900000000 WHERE id = 'r1'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert!(matches!(store.newest_rows(1).await, Err(StoreError::Tampered { .. })));
+}
