@@ -16,7 +16,7 @@ use countersign_store::{ProtectionKind, Store};
 use countersign_sync::sync::Connection;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tauri::{AppHandle, Emitter, Manager, Runtime, State};
+use tauri::{AppHandle, Emitter, Runtime, State};
 
 use crate::state::{AppState, IDLE_RANGE};
 
@@ -94,10 +94,7 @@ pub struct Status {
 }
 
 #[tauri::command]
-pub async fn app_status<R: Runtime>(
-    app: AppHandle<R>,
-    state: State<'_, AppState>,
-) -> Answer<Status> {
+pub async fn app_status(state: State<'_, AppState>) -> Answer<Status> {
     if state.first_status()
         && Store::exists(&state.data_dir)
         && Store::protection_of(&state.data_dir).await? == ProtectionKind::Keyring
@@ -105,21 +102,11 @@ pub async fn app_status<R: Runtime>(
         let store =
             Store::open(&state.data_dir, || Err(countersign_store::StoreError::PassphraseRequired))
                 .await?;
+        // The rows are not read ahead here: the store has one connection, and the queue
+        // screen's first screenful would wait behind them.
         state.set_store(store).await;
-        warm_rows(app);
     }
     status(&state).await
-}
-
-/// Reads the queue's rows in the background after an unlock, so that the queue screen, which
-/// asks for them next, finds them read or being read.
-fn warm_rows<R: Runtime>(app: AppHandle<R>) {
-    tauri::async_runtime::spawn(async move {
-        let state = app.state::<AppState>();
-        if let Some(store) = state.store_quietly().await {
-            let _ = state.rows(&store).await;
-        }
-    });
 }
 
 pub async fn status(state: &AppState) -> Answer<Status> {
@@ -196,11 +183,7 @@ pub async fn create_store(state: State<'_, AppState>, args: Option<Value>) -> An
 }
 
 #[tauri::command]
-pub async fn unlock<R: Runtime>(
-    app: AppHandle<R>,
-    state: State<'_, AppState>,
-    args: Option<Value>,
-) -> Answer<Status> {
+pub async fn unlock(state: State<'_, AppState>, args: Option<Value>) -> Answer<Status> {
     let args: PassphraseArgs = parse(args)?;
     let passphrase = args.passphrase.map(SecretString::new);
     let store = Store::open(&state.data_dir, move || {
@@ -208,7 +191,6 @@ pub async fn unlock<R: Runtime>(
     })
     .await?;
     state.set_store(store).await;
-    warm_rows(app);
     status(&state).await
 }
 
@@ -491,7 +473,9 @@ pub async fn queue_rows(
         if !(1..=500).contains(&first) {
             return Err(bad("first", "from 1 to 500 rows"));
         }
-        let rows = match state.kept_rows().await {
+        // Not waiting for every row being read (after an unlock, in the background): the
+        // newest are read on their own meanwhile.
+        let rows = match state.kept_rows() {
             Some(kept) => kept.rows.iter().take(first as usize).cloned().collect(),
             None => countersign_approver::rows::newest(&store, &state.tokens, first).await?,
         };

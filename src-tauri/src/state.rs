@@ -145,9 +145,9 @@ impl AppState {
         Ok(rows)
     }
 
-    /// The rows if they are read already.
-    pub async fn kept_rows(&self) -> Option<Arc<KeptRows>> {
-        self.rows.lock().await.clone()
+    /// The rows if they are read already; `None` while they are being read, without waiting.
+    pub fn kept_rows(&self) -> Option<Arc<KeptRows>> {
+        self.rows.try_lock().ok().and_then(|kept| kept.clone())
     }
 
     /// Something changed the local copy (a sync, an approval, a rejection, a pinned vault).

@@ -1,2 +1,3 @@
-//! Countersign's benchmarks live in `benches/`: `signing` (`cargo bench -p countersign-bench
-//! --bench signing`) and `app` (`scripts/bench-app`). This library is empty.
+//! Countersign's benchmarks live in `benches/`, each run on its own with `--bench NAME`:
+//! `signing` and `rows` (`cargo bench -p countersign-bench --bench signing`), and `app`
+//! (through `scripts/bench-app`, which builds the app first). This library is empty.

@@ -252,7 +252,9 @@ impl Store {
             },
         })?;
         let sealer = Sealer::new(&data_key)?;
-        Ok(Self { pool, sealer, store_id, protection, path: dir.to_owned() })
+        let store = Self { pool, sealer, store_id, protection, path: dir.to_owned() };
+        store.fill_row_parts().await?;
+        Ok(store)
     }
 
     pub fn protection(&self) -> ProtectionKind {

@@ -94,7 +94,9 @@ impl Store {
     }
 
     /// Every synced request with only what its row on the queue screen shows (see
-    /// [`RowPart`]): the same fields as the body, far fewer bytes to open and parse.
+    /// [`RowPart`]): the same fields as the body, far fewer bytes to open and parse. A request
+    /// without a row part (its body did not open when the store was opened) is read from its
+    /// body, which reports it.
     pub async fn cached_rows(&self) -> Result<Vec<CachedRequest>, StoreError> {
         let rows = sqlx::query(
             "SELECT r.id, r.seq, r.payload_hash, w.sealed_row FROM queue_requests r \
@@ -161,6 +163,38 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Seals the row part of every synced request that has none (synced before row parts were
+    /// kept), in one transaction, when the store is opened. A body that does not open is left
+    /// as it is, to be reported when it is read.
+    pub(crate) async fn fill_row_parts(&self) -> Result<(), StoreError> {
+        let missing = sqlx::query(
+            "SELECT r.id, r.seq, r.payload_hash, r.sealed_body FROM queue_requests r \
+             LEFT JOIN queue_rows w ON w.id = r.id WHERE w.id IS NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for row in &missing {
+            let Ok(cached) = self.open_cached(row) else { continue };
+            let part = serde_json::to_vec(&RowPart(&cached.body))
+                .map_err(|_| StoreError::Corrupt { detail: format!("cached row {}", cached.id) })?;
+            sqlx::query(
+                "INSERT INTO queue_rows (id, created_at, sealed_row) VALUES (?, ?, ?) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&cached.id)
+            .bind(created_at(&cached.body))
+            .bind(self.sealer.seal(row_place(&cached.id), &part)?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The body and the row part of `request`, sealed for its row.

@@ -488,10 +488,18 @@ async fn rows_are_read_from_their_own_sealed_part_and_agree_with_the_bodies() {
         "a mark reaches the row part too"
     );
 
-    // A row synced before the row parts were kept is read from its body.
+    // A row synced before the row parts were kept is read from its body, and gets its part
+    // when the store is opened next.
     let mut db = raw(dir.path()).await;
     sqlx::query("DELETE FROM queue_rows WHERE id = 'r1'").execute(&mut db).await.unwrap();
     assert_eq!(store.cached_rows().await.unwrap(), rows);
+    let count = "SELECT COUNT(*) AS n FROM queue_rows";
+    let parts = |row: sqlx::sqlite::SqliteRow| sqlx::Row::get::<i64, _>(&row, "n");
+    assert_eq!(parts(sqlx::query(count).fetch_one(&mut db).await.unwrap()), 1);
+    let reopened = Store::open(dir.path(), answer("rows")).await.unwrap();
+    assert_eq!(parts(sqlx::query(count).fetch_one(&mut db).await.unwrap()), 2);
+    assert_eq!(reopened.cached_rows().await.unwrap(), rows);
+    assert_eq!(reopened.newest_rows(2).await.unwrap().len(), 2);
 }
 
 #[tokio::test]
