@@ -375,7 +375,10 @@ pub async fn test_queue(state: State<'_, AppState>, args: Option<Value>) -> Answ
 pub async fn connect_queue(state: State<'_, AppState>, args: Option<Value>) -> Answer<Value> {
     let args: ConnectArgs = parse(args)?;
     let store = state.store().await?;
-    setup::connect(&store, &connection(args)?).await
+    let connected = setup::connect(&store, &connection(args)?).await;
+    // Another queue's synced copy is gone: so are its rows.
+    state.forget_rows().await;
+    connected
 }
 
 #[derive(Debug, Serialize)]

@@ -147,10 +147,11 @@ export function queueScreen(shell: Shell): HTMLElement {
     // Marks for the performance benchmark (standard User Timing, read through WebDriver).
     performance.mark("queue-requested");
     try {
-      // The newest rows first, a screenful and more, while the backend reads the rest.
+      // The newest rows first, a screenful and more, while the backend reads the rest. If they
+      // cannot be read, every row is asked for all the same, and its answer (or error) counts.
       if (rows.length === 0) {
-        const newest = await api.rows(FIRST_ROWS);
-        if (rows.length === 0) {
+        const newest = await api.rows(FIRST_ROWS).catch(() => null);
+        if (newest !== null && rows.length === 0) {
           rows = newest;
           performance.mark("queue-received");
           refilter();
@@ -164,6 +165,10 @@ export function queueScreen(shell: Shell): HTMLElement {
       performance.mark("queue-complete");
       refilter();
     } catch (error) {
+      // Never a partial list that looks whole: the table is emptied and the error said.
+      rows = [];
+      refilter();
+      count.textContent = "The synced requests could not be read.";
       shell.error(error);
     }
   }

@@ -175,21 +175,27 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.begin().await?;
+        let mut parts = Vec::new();
         for row in &missing {
             let Ok(cached) = self.open_cached(row) else { continue };
             let part = serde_json::to_vec(&RowPart(&cached.body))
                 .map_err(|_| StoreError::Corrupt { detail: format!("cached row {}", cached.id) })?;
+            let sealed = self.sealer.seal(row_place(&cached.id), &part)?;
+            parts.push((created_at(&cached.body), cached.id, sealed));
+        }
+        // Nothing to write, nothing begun: a store on a read-only disk still opens.
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for (created, id, sealed) in parts {
             sqlx::query(
                 "INSERT INTO queue_rows (id, created_at, sealed_row) VALUES (?, ?, ?) \
                  ON CONFLICT (id) DO NOTHING",
             )
-            .bind(&cached.id)
-            .bind(created_at(&cached.body))
-            .bind(self.sealer.seal(row_place(&cached.id), &part)?)
+            .bind(id)
+            .bind(created)
+            .bind(sealed)
             .execute(&mut *tx)
             .await?;
         }
