@@ -116,9 +116,7 @@ impl Store {
                 out.push(cached);
                 continue;
             };
-            let plain = self.sealer.open(row_place(&id), &sealed)?;
-            let body = serde_json::from_slice(plain.expose())
-                .map_err(|_| StoreError::Corrupt { detail: format!("cached row {id}") })?;
+            let body = self.open_row_part(&id, &sealed)?;
             out.push(CachedRequest {
                 id,
                 seq: row.get("seq"),
@@ -144,10 +142,7 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let id: String = row.get("id");
-                let plain =
-                    self.sealer.open(row_place(&id), &row.get::<Vec<u8>, _>("sealed_row"))?;
-                let body: serde_json::Value = serde_json::from_slice(plain.expose())
-                    .map_err(|_| StoreError::Corrupt { detail: format!("cached row {id}") })?;
+                let body = self.open_row_part(&id, &row.get::<Vec<u8>, _>("sealed_row"))?;
                 if created_at(&body) != row.get::<i64, _>("created_at") {
                     return Err(StoreError::Tampered {
                         table: "queue_rows",
@@ -178,9 +173,7 @@ impl Store {
         let mut parts = Vec::new();
         for row in &missing {
             let Ok(cached) = self.open_cached(row) else { continue };
-            let part = serde_json::to_vec(&RowPart(&cached.body))
-                .map_err(|_| StoreError::Corrupt { detail: format!("cached row {}", cached.id) })?;
-            let sealed = self.sealer.seal(row_place(&cached.id), &part)?;
+            let sealed = self.seal_row_part(&cached)?;
             parts.push((created_at(&cached.body), cached.id, sealed));
         }
         // Nothing to write, nothing begun: a store on a read-only disk still opens.
@@ -207,10 +200,21 @@ impl Store {
     fn seal_cached(&self, request: &CachedRequest) -> Result<Sealed, StoreError> {
         let place = Place { table: "queue_requests", column: "sealed_body", row: &request.id };
         let body = self.sealer.seal(place, request.body.to_string().as_bytes())?;
+        Ok((body, self.seal_row_part(request)?))
+    }
+
+    /// The row part of `request`, sealed for its row.
+    fn seal_row_part(&self, request: &CachedRequest) -> Result<Vec<u8>, StoreError> {
         let part = serde_json::to_vec(&RowPart(&request.body))
             .map_err(|_| StoreError::Corrupt { detail: format!("cached row {}", request.id) })?;
-        let row = self.sealer.seal(row_place(&request.id), &part)?;
-        Ok((body, row))
+        self.sealer.seal(row_place(&request.id), &part)
+    }
+
+    /// The row part sealed for request `id`, opened.
+    fn open_row_part(&self, id: &str, sealed: &[u8]) -> Result<serde_json::Value, StoreError> {
+        let plain = self.sealer.open(row_place(id), sealed)?;
+        serde_json::from_slice(plain.expose())
+            .map_err(|_| StoreError::Corrupt { detail: format!("cached row {id}") })
     }
 
     fn open_cached(&self, row: &sqlx::sqlite::SqliteRow) -> Result<CachedRequest, StoreError> {
@@ -312,12 +316,6 @@ impl Store {
     }
 }
 
-/// The part of a synced request's body that its row on the queue screen is read from, in the
-/// body's own shape: its state, chain, creation time, the transaction, and what Countersign
-/// noted (`countersign`: Safe, nonce, marks, verified approvers). Not the approvals'
-/// signatures, the initiator's signature or the queue's other fields.
-struct RowPart<'a>(&'a serde_json::Value);
-
 /// A synced request's creation time as the queue gave it (0 when it gave none).
 fn created_at(body: &serde_json::Value) -> i64 {
     body["createdAt"].as_i64().unwrap_or(0)
@@ -330,6 +328,12 @@ type Sealed = (Vec<u8>, Vec<u8>);
 fn row_place(id: &str) -> Place<'_> {
     Place { table: "queue_rows", column: "sealed_row", row: id }
 }
+
+/// The part of a synced request's body that its row on the queue screen is read from, in the
+/// body's own shape: its state, chain, creation time, the transaction, and what Countersign
+/// noted (`countersign`: Safe, nonce, marks, verified approvers). Not the approvals'
+/// signatures, the initiator's signature or the queue's other fields.
+struct RowPart<'a>(&'a serde_json::Value);
 
 impl RowPart<'_> {
     const KEYS: [&'static str; 7] =
