@@ -36,15 +36,29 @@ fn artifacts() -> PathBuf {
 }
 
 /// A screenshot after two animation frames, so that it shows what was just rendered.
+///
+/// Limitation: drawn without WebKit's compositor (the app's default), WebKitWebDriver takes a
+/// screenshot only after the page's next update on screen, and a page that is standing still
+/// makes none: the request would wait for ever. So a one-pixel mark in a corner changes
+/// shade every frame until the screenshot is in, and the screenshot may show it.
 async fn screenshot(client: &Client, name: &str) {
     client
         .execute_async(
-            "const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(() => done()));",
+            "const done = arguments[0]; \
+             const mark = document.createElement('div'); mark.id = 'screenshot-tick'; \
+             mark.style.position = 'fixed'; mark.style.right = '0'; mark.style.bottom = '0'; \
+             mark.style.width = '1px'; mark.style.height = '1px'; mark.style.pointerEvents = 'none'; \
+             document.body.append(mark); let n = 0; \
+             (function tick() { if (!mark.isConnected) return; \
+               mark.style.background = (n++ % 2) ? 'rgba(0,0,0,0.02)' : 'rgba(0,0,0,0.03)'; \
+               requestAnimationFrame(tick); })(); \
+             requestAnimationFrame(() => requestAnimationFrame(() => done()));",
             vec![],
         )
         .await
         .unwrap();
     let png = client.screenshot().await.unwrap();
+    client.execute("document.getElementById('screenshot-tick')?.remove();", vec![]).await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     let path = artifacts().join(format!("{name}.png"));
     std::fs::write(&path, png).unwrap();
