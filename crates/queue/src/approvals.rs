@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::fido::{ApprovalFacts, Fido, FidoUse};
 use crate::model::{
     audit_many, closed, db, list_marks, ordered_signatures, parse_signature, placeholders,
-    string_field, Approval, Member, QueueRules, RequestRow, RequestView, Role,
+    save_all, string_field, Approval, Member, QueueRules, RequestRow, RequestView, Role,
 };
 
 /// The most approvals written in one transaction.
@@ -289,11 +289,12 @@ async fn write(
         }
         let mut changed: Vec<&Open> = open.values().filter(|entry| entry.changed).collect();
         changed.sort_by_key(|entry| entry.request.seq);
+        let saved: Vec<(&RequestRow, &[Approval])> =
+            changed.iter().map(|entry| (&entry.request, entry.approvals.as_slice())).collect();
+        for view in save_all(&mut tx, &saved).await? {
+            views.insert(view.id.clone(), view);
+        }
         for entry in &changed {
-            views.insert(
-                entry.request.id.clone(),
-                entry.request.save(&mut tx, &entry.approvals).await?,
-            );
             if entry.request.state == "approved" {
                 entries.push(("threshold_reached", json!({ "id": entry.request.id })));
             }
@@ -301,6 +302,11 @@ async fn write(
         audit_many(&mut tx, &entries).await?;
     }
     tx.commit().await.map_err(db)?;
+    tracing::debug!(
+        approvals = jobs.len(),
+        accepted = accepted.len(),
+        "a batch of approvals written"
+    );
 
     for entry in open.values().filter(|entry| entry.changed) {
         if entry.request.state == "approved" {

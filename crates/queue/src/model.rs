@@ -836,23 +836,57 @@ impl RequestRow {
         tx: &mut Transaction<'static, Any>,
         approvals: &[Approval],
     ) -> Result<RequestView, ApiError> {
-        let view = self.stored_view(approvals);
-        sqlx::query(
-            "UPDATE requests SET seq = $1, state = $2, reason = $3, executed_tx = $4, \
-             signatures = $5, view = $6 WHERE id = $7",
-        )
-        .bind(self.seq)
-        .bind(self.state.clone())
-        .bind(self.reason.clone())
-        .bind(self.executed_tx.clone())
-        .bind(self.signatures.clone())
-        .bind(view.clone())
-        .bind(self.id.clone())
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
-        Ok(RequestView::new(self.id.clone(), self.seq, self.shown_state(), &view))
+        let mut views = save_all(tx, &[(self, approvals)]).await?;
+        views.pop().ok_or_else(|| {
+            ApiError::from(crate::QueueError::Database("a request was not saved".into()))
+        })
     }
+}
+
+/// Writes every changeable column and the view of each request, a hundred requests to a
+/// statement (a batch of approvals changes many): one round trip to the database where one
+/// each would queue the batch behind as many.
+pub(crate) async fn save_all(
+    tx: &mut Transaction<'static, Any>,
+    requests: &[(&RequestRow, &[Approval])],
+) -> Result<Vec<RequestView>, ApiError> {
+    let mut views = Vec::with_capacity(requests.len());
+    for chunk in requests.chunks(100) {
+        // A VALUES list names its columns column1, column2, … in SQLite and PostgreSQL alike.
+        let statement = format!(
+            "UPDATE requests SET seq = v.column2, state = v.column3, reason = v.column4, \
+             executed_tx = v.column5, signatures = v.column6, view = v.column7 \
+             FROM (VALUES {}) AS v WHERE requests.id = v.column1",
+            placeholders(chunk.len(), 7)
+        );
+        let mut query = sqlx::query(&statement);
+        for (request, approvals) in chunk {
+            let view = request.stored_view(approvals);
+            query = query
+                .bind(request.id.clone())
+                .bind(request.seq)
+                .bind(request.state.clone())
+                .bind(request.reason.clone())
+                .bind(request.executed_tx.clone())
+                .bind(request.signatures.clone())
+                .bind(view.clone());
+            views.push(RequestView::new(
+                request.id.clone(),
+                request.seq,
+                request.shown_state(),
+                &view,
+            ));
+        }
+        let done = query.execute(&mut **tx).await.map_err(db)?;
+        if done.rows_affected() != chunk.len() as u64 {
+            return Err(ApiError::from(crate::QueueError::Database(format!(
+                "{} of {} requests saved",
+                done.rows_affected(),
+                chunk.len()
+            ))));
+        }
+    }
+    Ok(views)
 }
 
 /// A request as the API shows it: its JSON text, and what an event names.

@@ -16,7 +16,7 @@
 //! (`apt install wrk`), a separate process on the same 2 cores, with `load.lua`: a load
 //! generator much lighter than a Rust client in this process, so that what is measured is the
 //! queue. Its answers are not parsed beyond what counting them needs. Sizes come from the
-//! environment: LOAD_REQUESTS (default 10,000), LOAD_CONCURRENCY (32), LOAD_LIST_SECONDS (5).
+//! environment: LOAD_REQUESTS (default 10,000), LOAD_CONCURRENCY (64), LOAD_LIST_SECONDS (5).
 //! Every loop is bounded and stops by itself; the approvals are counted in the database
 //! afterwards.
 
@@ -144,8 +144,13 @@ fn recovery_rate(signatures: &[(OwnerSignature, B256)], threads: usize) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // Quiet unless asked: `RUST_LOG=countersign_queue=debug` shows each batch of approvals.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let requests = env("LOAD_REQUESTS", 10_000);
-    let concurrency = env("LOAD_CONCURRENCY", 32);
+    let concurrency = env("LOAD_CONCURRENCY", 64);
     let list_seconds = env("LOAD_LIST_SECONDS", 5) as u64;
 
     let dir = tempfile::tempdir().unwrap();
