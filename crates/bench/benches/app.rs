@@ -6,9 +6,10 @@
 //! store (keyring-protected, so that opening it asks nothing), stops the queue, and then
 //! starts the built app through tauri-driver under Xvfb on that local data. It measures:
 //!
-//! - cold start: from asking WebDriver for a session (which launches the app) to the queue
-//!   screen showing all the rows, painted; WebDriver's own start is included, so the figure
-//!   is an upper bound;
+//! - cold start: from the app's process start (read from /proc, to the kernel's clock tick)
+//!   to the newest rows painted and to every row in the table (the page's marks, in epoch
+//!   time through `performance.timeOrigin`); and, as an upper bound, from asking WebDriver for
+//!   a session (which launches the app) to WebDriver seeing every row;
 //! - first paint of the queue: in the page, from the rows being asked of the backend to the
 //!   second animation frame after the newest of them (the first screenful the window asks
 //!   for) were laid out (User Timing marks `queue-requested` and `queue-painted`), and until
@@ -58,8 +59,8 @@ fn descendants(root: u32) -> Vec<u32> {
     out
 }
 
-/// (command, RSS kB, PSS kB) of a process.
-fn memory(pid: u32) -> Option<(String, u64, u64)> {
+/// (command, RSS kB, PSS kB, anonymous kB) of a process.
+fn memory(pid: u32) -> Option<(String, u64, u64, u64)> {
     let command = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim().to_owned();
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let field = |name: &str| {
@@ -70,7 +71,32 @@ fn memory(pid: u32) -> Option<(String, u64, u64)> {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    Some((command, field("Rss:"), field("Pss:")))
+    Some((command, field("Rss:"), field("Pss:"), field("Anonymous:")))
+}
+
+/// When the process `pid` started, in milliseconds since the Unix epoch, to the kernel's
+/// clock tick (10 ms here): boot time as now less the uptime, plus the process's start.
+fn started_at_ms(pid: u32) -> f64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The start time is the 22nd field, the 20th after the command in parentheses.
+    let after = stat.rsplit_once(')').unwrap().1;
+    let ticks: f64 = after.split_whitespace().nth(19).unwrap().parse().unwrap();
+    let per_second: f64 = String::from_utf8(
+        std::process::Command::new("getconf").arg("CLK_TCK").output().unwrap().stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    (now.as_secs_f64() - uptime + ticks / per_second) * 1000.0
 }
 
 /// The release build of the app that scripts/bench-app made.
@@ -142,7 +168,8 @@ async fn run() {
                  const g = performance.getEntriesByName('queue-received'); \
                  const c = performance.getEntriesByName('queue-complete'); \
                  return m.length && c.length ? { painted: m[0].startTime, requested: r[0].startTime, \
-                   received: g[0].startTime, complete: c[0].startTime } : null;",
+                   received: g[0].startTime, complete: c[0].startTime, origin: performance.timeOrigin, \
+                   loaded: performance.getEntriesByType('navigation')[0]?.domContentLoadedEventEnd ?? 0 } : null;",
                 vec![],
             )
             .await
@@ -157,6 +184,21 @@ async fn run() {
     let requested = marks["requested"].as_f64().unwrap();
     let received = marks["received"].as_f64().unwrap();
     let complete = marks["complete"].as_f64().unwrap();
+    // From the app's process start (WebDriver's own start left out) to the page's marks.
+    let app = descendants(driver.0.id())
+        .into_iter()
+        .find(|pid| memory(*pid).is_some_and(|(command, ..)| command == "countersign-app"))
+        .expect("the app's process");
+    let launched = started_at_ms(app);
+    let origin = marks["origin"].as_f64().unwrap();
+    let (launch_to_painted, launch_to_complete) =
+        (origin + painted - launched, origin + complete - launched);
+    eprintln!(
+        "from the app's start: the page began at {:.0} ms, its script had run at {:.0} ms, the rows were asked for at {:.0} ms",
+        origin - launched,
+        origin + marks["loaded"].as_f64().unwrap_or(0.0) - launched,
+        origin + requested - launched
+    );
     eprintln!(
         "cold start {} ms; first paint {:.0} ms, of which {:.0} ms until the newest rows arrived; every row in {:.0} ms",
         cold.as_millis(),
@@ -194,13 +236,13 @@ async fn run() {
     let mut pss = 0;
     let mut parts = Vec::new();
     for pid in descendants(driver.0.id()) {
-        if let Some((command, r, p)) = memory(pid) {
+        if let Some((command, r, p, anonymous)) = memory(pid) {
             if command.starts_with("tauri-driver") || command.starts_with("WebKitWebDriver") {
                 continue; // the test harness, not the app
             }
             rss += r;
             pss += p;
-            parts.push(format!("{command} {} MB", r / 1024));
+            parts.push(format!("{command} {} MB ({} MB anonymous)", r / 1024, anonymous / 1024));
         }
     }
     client.close().await.unwrap();
@@ -210,7 +252,13 @@ async fn run() {
     println!("\n| measurement ({total} pending requests, local data, release build, Xvfb) | figure | goal |");
     println!("|---|---:|---|");
     println!(
-        "| cold start to the painted queue (WebDriver's start included) | {} ms | ≤ 1000 ms |",
+        "| cold start, the app's process started → the newest rows painted | {launch_to_painted:.0} ms | ≤ 1000 ms |"
+    );
+    println!(
+        "| cold start, the app's process started → every row in the table | {launch_to_complete:.0} ms | ≤ 1000 ms |"
+    );
+    println!(
+        "| cold start, WebDriver asked for a session → every row seen by WebDriver (its start and polling included) | {} ms | |",
         cold.as_millis()
     );
     println!(
