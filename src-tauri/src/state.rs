@@ -141,7 +141,13 @@ impl AppState {
             "queue rows read"
         );
         let rows = Arc::new(KeptRows { rows, json });
-        *kept = Some(rows.clone());
+        // Kept only from the store that is open now: a read that began before a lock (or an
+        // unlock of another) must not leave its rows behind it.
+        let current =
+            self.store.read().await.as_deref().is_some_and(|open| std::ptr::eq(open, store));
+        if current {
+            *kept = Some(rows.clone());
+        }
         Ok(rows)
     }
 

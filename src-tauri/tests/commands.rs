@@ -648,3 +648,30 @@ fn a_security_key_is_registered_and_touched_for_an_approval_through_the_commands
     let stored: countersign_fido::StoredApproval = serde_json::from_value(stored).unwrap();
     assert!(countersign_fido::reverify(&stored).is_ok());
 }
+
+#[test]
+fn rows_read_from_a_store_locked_meanwhile_are_not_kept() {
+    tauri::async_runtime::block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let passphrase = countersign_core::secret::SecretString::new("rows test passphrase".into());
+        let store = countersign_store::Store::create(
+            dir.path(),
+            countersign_store::keywrap::Protection::Passphrase(passphrase),
+        )
+        .await
+        .unwrap();
+        let state = AppState::new(
+            dir.path().to_owned(),
+            countersign_core::tokens::TokenList::shipped().unwrap(),
+            Box::new(Recorder::default()),
+        );
+        state.set_store(store).await;
+        let open = state.store().await.unwrap();
+        state.rows(&open).await.unwrap();
+        assert!(state.kept_rows().is_some(), "read from the open store: kept");
+        // A read that was under way when the app locked (the read ahead of every row).
+        state.lock().await;
+        state.rows(&open).await.unwrap();
+        assert!(state.kept_rows().is_none(), "read from a store locked meanwhile: not kept");
+    });
+}
