@@ -16,7 +16,7 @@ use countersign_store::{ProtectionKind, Store};
 use countersign_sync::sync::Connection;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tauri::{AppHandle, Emitter, Manager, Runtime, State};
+use tauri::{AppHandle, Emitter, Runtime, State};
 
 use crate::state::{AppState, IDLE_RANGE};
 
@@ -462,8 +462,7 @@ pub struct RowsArgs {
 }
 
 #[tauri::command]
-pub async fn queue_rows<R: Runtime>(
-    app: AppHandle<R>,
+pub async fn queue_rows(
     state: State<'_, AppState>,
     args: Option<Value>,
 ) -> Answer<tauri::ipc::Response> {
@@ -481,20 +480,7 @@ pub async fn queue_rows<R: Runtime>(
         // newest are read on their own meanwhile.
         let rows = match state.kept_rows() {
             Some(kept) => kept.rows.iter().take(first as usize).cloned().collect(),
-            None => {
-                let newest =
-                    countersign_approver::rows::newest(&store, &state.tokens, first).await?;
-                // Every row is read next, while the window paints these: the call for all of
-                // them that follows finds them read, or waits for this read. One that fails
-                // keeps nothing, and that call reads again and says why.
-                let store = store.clone();
-                tauri::async_runtime::spawn(async move {
-                    if let Err(problem) = app.state::<AppState>().rows(&store).await {
-                        tracing::warn!(code = problem.code, "reading every row ahead failed");
-                    }
-                });
-                newest
-            }
+            None => countersign_approver::rows::newest(&store, &state.tokens, first).await?,
         };
         let json =
             serde_json::to_vec(&rows).map_err(|e| Problem::other("internal", e.to_string()))?;
