@@ -199,9 +199,27 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/audit", get(audit))
         .route("/v1/events", get(events))
         .route("/v1/openapi.json", get(openapi))
+        .layer(axum::middleware::from_fn(refuse_nul))
 }
 
-/// Parses a JSON object body, refusing duplicate keys at any depth.
+/// Refuses a path or a query string that holds a NUL (`%00`, the only way one can arrive):
+/// no identifier may hold one, and PostgreSQL refuses it in text, which in an approval would
+/// fail the whole batch it is written with.
+async fn refuse_nul(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let uri = request.uri();
+    if uri.path().contains("%00") || uri.query().is_some_and(|query| query.contains("%00")) {
+        use axum::response::IntoResponse as _;
+        return ApiError::bad_request("path or query: must not hold a NUL character (%00)")
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// Parses a JSON object body, refusing duplicate keys at any depth and NUL characters in any
+/// key or string (refused by PostgreSQL in text; refused on SQLite too, alike).
 fn body(bytes: &Bytes) -> Result<Value, ApiError> {
     countersign_core::request::check_unique_keys(bytes)
         .map_err(|e| ApiError::bad_request(format!("body: {}", e.problem)))?;
@@ -210,7 +228,35 @@ fn body(bytes: &Bytes) -> Result<Value, ApiError> {
     if !value.is_object() {
         return Err(ApiError::bad_request("body: must be a JSON object"));
     }
+    // In valid JSON a NUL can only be written as this escape.
+    if bytes.windows(6).any(|w| w == br"\u0000") {
+        if let Some(field) = nul_at(&value, "") {
+            return Err(ApiError::bad_request(format!("{field}: must not hold a NUL character")));
+        }
+    }
     Ok(value)
+}
+
+/// The path of the first key or string in `value` that holds a NUL.
+fn nul_at(value: &Value, at: &str) -> Option<String> {
+    let below = |key: &str| if at.is_empty() { key.to_owned() } else { format!("{at}.{key}") };
+    match value {
+        Value::String(text) => {
+            text.contains('\0')
+                .then(|| if at.is_empty() { "body".to_owned() } else { at.to_owned() })
+        }
+        Value::Array(items) => {
+            items.iter().enumerate().find_map(|(i, item)| nul_at(item, &format!("{at}[{i}]")))
+        }
+        Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            if key.contains('\0') {
+                Some(below(&key.replace('\0', "\\0")))
+            } else {
+                nul_at(item, &below(key))
+            }
+        }),
+        _ => None,
+    }
 }
 
 type Answer = Result<Json<Value>, ApiError>;

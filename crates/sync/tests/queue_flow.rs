@@ -407,6 +407,46 @@ async fn fail_bad_bodies_get_a_code_and_change_nothing() {
     );
 }
 
+/// A NUL cannot be stored in PostgreSQL's text: refused at the edge, on both databases alike,
+/// rather than failing the statement (and with it a whole batch of approvals).
+#[tokio::test]
+async fn fail_a_nul_anywhere_in_the_input_is_refused_and_names_where() {
+    for (backend, db, dir) in databases().await {
+        let queue = start(db, dir, RateLimit::default()).await;
+        let admin = queue.session(&queue.admin_key).await;
+        let before = model::audit_entries(&queue.api.db).await.unwrap().len();
+        let refusal = |result: Result<Value, ClientError>| match result {
+            Err(ClientError::Status { status, code, message }) => (status, code, message),
+            other => panic!("{backend}: expected a refusal, got {other:?}"),
+        };
+        let (status, code, message) = refusal(
+            admin
+                .post("/v1/members", &json!({ "id": "nul", "name": "a\u{0}b", "role": "viewer" }))
+                .await,
+        );
+        assert_eq!((status, code.as_str()), (400, "invalid_field"), "{backend}");
+        assert!(message.starts_with("name:"), "{backend}: {message}");
+        let (_, code, message) = refusal(
+            admin.post("/v1/vaults", &json!({ "chainId": 1, "owners": ["0x1", "x\u{0}"] })).await,
+        );
+        assert_eq!(code, "invalid_field", "{backend}");
+        assert!(message.starts_with("owners[1]:"), "{backend}: {message}");
+        for path in ["/v1/requests/x%00y/approvals", "/v1/requests/x%00y/rejections"] {
+            let (status, code, message) =
+                refusal(admin.post(path, &json!({ "reason": "r", "safeTxHash": "0x" })).await);
+            assert_eq!((status, code.as_str()), (400, "invalid_field"), "{backend} {path}");
+            assert!(message.contains("NUL"), "{backend}: {message}");
+        }
+        let (status, code, _) = refusal(admin.get("/v1/requests?vault=1%3A0x%00").await);
+        assert_eq!((status, code.as_str()), (400, "invalid_field"), "{backend}");
+        assert_eq!(
+            model::audit_entries(&queue.api.db).await.unwrap().len(),
+            before,
+            "{backend}: nothing was written"
+        );
+    }
+}
+
 #[tokio::test]
 async fn events_announce_each_change() {
     let (_, db, dir) = databases().await.remove(0);
