@@ -9,8 +9,11 @@ const NO_COMPOSITING: &str = "WEBKIT_DISABLE_COMPOSITING_MODE";
 
 fn main() -> std::process::ExitCode {
     // Before any thread starts, and inherited by WebKit's processes. Whoever has set it
-    // (`0` lets WebKit composite on the GPU) keeps their choice.
-    if std::env::var_os(NO_COMPOSITING).is_none() {
+    // (`0` lets WebKit composite on the GPU), or has asked WebKit to always composite, keeps
+    // their choice.
+    if std::env::var_os(NO_COMPOSITING).is_none()
+        && std::env::var_os("WEBKIT_FORCE_COMPOSITING_MODE").is_none()
+    {
         std::env::set_var(NO_COMPOSITING, "1");
     }
     tracing_subscriber::fmt()

@@ -131,6 +131,10 @@ impl AppState {
         if let Some(rows) = kept.as_ref() {
             return Ok(rows.clone());
         }
+        // A call that took the store just before a lock reads nothing from it after.
+        if !self.is_open(store).await {
+            return Err(Problem::input("locked", "Countersign is locked: unlock it to go on"));
+        }
         let started = Instant::now();
         let rows = countersign_approver::rows::rows(store, &self.tokens).await?;
         let json =
@@ -143,12 +147,15 @@ impl AppState {
         let rows = Arc::new(KeptRows { rows, json });
         // Kept only from the store that is open now: a read that began before a lock (or an
         // unlock of another) must not leave its rows behind it.
-        let current =
-            self.store.read().await.as_deref().is_some_and(|open| std::ptr::eq(open, store));
-        if current {
+        if self.is_open(store).await {
             *kept = Some(rows.clone());
         }
         Ok(rows)
+    }
+
+    /// Whether `store` is the one open now.
+    async fn is_open(&self, store: &Store) -> bool {
+        self.store.read().await.as_deref().is_some_and(|open| std::ptr::eq(open, store))
     }
 
     /// The rows if they are read already; `None` while they are being read, without waiting.

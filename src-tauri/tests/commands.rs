@@ -650,7 +650,7 @@ fn a_security_key_is_registered_and_touched_for_an_approval_through_the_commands
 }
 
 #[test]
-fn rows_read_from_a_store_locked_meanwhile_are_not_kept() {
+fn rows_are_not_read_from_a_store_locked_meanwhile() {
     tauri::async_runtime::block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let passphrase = countersign_core::secret::SecretString::new("rows test passphrase".into());
@@ -669,9 +669,9 @@ fn rows_read_from_a_store_locked_meanwhile_are_not_kept() {
         let open = state.store().await.unwrap();
         state.rows(&open).await.unwrap();
         assert!(state.kept_rows().is_some(), "read from the open store: kept");
-        // A read that was under way when the app locked (the read ahead of every row).
+        // A call that took the store before the app locked reads nothing from it after.
         state.lock().await;
-        state.rows(&open).await.unwrap();
-        assert!(state.kept_rows().is_none(), "read from a store locked meanwhile: not kept");
+        assert_eq!(state.rows(&open).await.unwrap_err().code, "locked");
+        assert!(state.kept_rows().is_none(), "a store locked meanwhile: nothing kept");
     });
 }
