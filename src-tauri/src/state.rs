@@ -88,11 +88,7 @@ impl AppState {
     /// The unlocked store, or `locked`. Not activity for the idle lock: what the person does
     /// is (see [`AppState::touch`]), not the redraws that live updates cause.
     pub async fn store(&self) -> Result<Arc<Store>, Problem> {
-        self.store
-            .read()
-            .await
-            .clone()
-            .ok_or_else(|| Problem::input("locked", "Countersign is locked: unlock it to go on"))
+        self.store.read().await.clone().ok_or_else(locked)
     }
 
     /// The store if unlocked, without counting as activity (for background work).
@@ -133,7 +129,7 @@ impl AppState {
         }
         // A call that took the store just before a lock reads nothing from it after.
         if !self.is_open(store).await {
-            return Err(Problem::input("locked", "Countersign is locked: unlock it to go on"));
+            return Err(locked());
         }
         let started = Instant::now();
         let rows = countersign_approver::rows::rows(store, &self.tokens).await?;
@@ -216,4 +212,9 @@ fn ledger_link() -> countersign_signers::ledger::Link {
         );
     }
     link
+}
+
+/// What a command that needs the store answers while the app is locked.
+fn locked() -> Problem {
+    Problem::input("locked", "Countersign is locked: unlock it to go on")
 }
