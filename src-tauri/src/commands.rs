@@ -476,8 +476,8 @@ pub async fn queue_rows(
         if !(1..=500).contains(&first) {
             return Err(bad("first", "from 1 to 500 rows"));
         }
-        // Not waiting for every row being read (after an unlock, in the background): the
-        // newest are read on their own meanwhile.
+        // Not waiting for a read of every row under way (after a sync, say): the newest are
+        // read on their own meanwhile.
         let rows = match state.kept_rows() {
             Some(kept) => kept.rows.iter().take(first as usize).cloned().collect(),
             None => countersign_approver::rows::newest(&store, &state.tokens, first).await?,

@@ -2,7 +2,7 @@
 //! queue's requests, all sealed.
 
 use countersign_core::secret::SecretBytes;
-use sqlx::Row;
+use sqlx::{Row, Sqlite, Transaction};
 
 use crate::seal::Place;
 use crate::{Store, StoreError};
@@ -174,24 +174,17 @@ impl Store {
         for row in &missing {
             let Ok(cached) = self.open_cached(row) else { continue };
             let sealed = self.seal_row_part(&cached)?;
-            parts.push((created_at(&cached.body), cached.id, sealed));
+            parts.push((cached, sealed));
         }
         // Nothing to write, nothing begun: a store on a read-only disk still opens.
         if parts.is_empty() {
             return Ok(());
         }
+        let parts: Vec<(&CachedRequest, &[u8])> =
+            parts.iter().map(|(cached, sealed)| (cached, sealed.as_slice())).collect();
         let mut tx = self.begin().await?;
-        for (created, id, sealed) in parts {
-            sqlx::query(
-                "INSERT INTO queue_rows (id, created_at, sealed_row) VALUES (?, ?, ?) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(id)
-            .bind(created)
-            .bind(sealed)
-            .execute(&mut *tx)
-            .await?;
-        }
+        // Read before this transaction: a part another process wrote meanwhile is newer.
+        write_row_parts(&mut tx, &parts, Existing::Keep).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -249,16 +242,7 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO queue_rows (id, created_at, sealed_row) VALUES (?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at, \
-             sealed_row = excluded.sealed_row",
-        )
-        .bind(id)
-        .bind(created_at(&cached.body))
-        .bind(sealed_row)
-        .execute(&mut *tx)
-        .await?;
+        write_row_parts(&mut tx, &[(&cached, &sealed_row)], Existing::Replace).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -293,19 +277,9 @@ impl Store {
                  payload_hash = excluded.payload_hash, sealed_body = excluded.sealed_body",
             );
             insert.build().execute(&mut *tx).await?;
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO queue_rows (id, created_at, sealed_row) ",
-            );
-            insert.push_values(chunk, |mut row, (request, (_, part))| {
-                row.push_bind(&request.id)
-                    .push_bind(created_at(&request.body))
-                    .push_bind(part.as_slice());
-            });
-            insert.push(
-                " ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at, \
-                 sealed_row = excluded.sealed_row",
-            );
-            insert.build().execute(&mut *tx).await?;
+            let parts: Vec<(&CachedRequest, &[u8])> =
+                chunk.iter().map(|(request, (_, part))| (*request, part.as_slice())).collect();
+            write_row_parts(&mut tx, &parts, Existing::Replace).await?;
         }
         sqlx::query("UPDATE queue_config SET cursor = ? WHERE id = 1")
             .bind(cursor)
@@ -323,6 +297,38 @@ fn created_at(body: &serde_json::Value) -> i64 {
 
 /// A synced request's body and row part, sealed.
 type Sealed = (Vec<u8>, Vec<u8>);
+
+/// What writing a row part does with one already there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    Replace,
+    Keep,
+}
+
+/// Writes the sealed row parts of `parts` inside `tx`, a hundred to a statement.
+async fn write_row_parts(
+    tx: &mut Transaction<'_, Sqlite>,
+    parts: &[(&CachedRequest, &[u8])],
+    existing: Existing,
+) -> Result<(), StoreError> {
+    for chunk in parts.chunks(100) {
+        let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO queue_rows (id, created_at, sealed_row) ",
+        );
+        insert.push_values(chunk, |mut row, (request, part)| {
+            row.push_bind(&request.id).push_bind(created_at(&request.body)).push_bind(*part);
+        });
+        insert.push(match existing {
+            Existing::Replace => {
+                " ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at, \
+                 sealed_row = excluded.sealed_row"
+            }
+            Existing::Keep => " ON CONFLICT (id) DO NOTHING",
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
 
 /// Where a request's row part is sealed.
 fn row_place(id: &str) -> Place<'_> {
