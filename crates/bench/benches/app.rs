@@ -59,9 +59,14 @@ fn descendants(root: u32) -> Vec<u32> {
     out
 }
 
+/// The command name of a process.
+fn command(pid: u32) -> Option<String> {
+    Some(std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim().to_owned())
+}
+
 /// (command, RSS kB, PSS kB, anonymous kB) of a process.
 fn memory(pid: u32) -> Option<(String, u64, u64, u64)> {
-    let command = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim().to_owned();
+    let command = command(pid)?;
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let field = |name: &str| {
         rollup
@@ -187,7 +192,7 @@ async fn run() {
     // From the app's process start (WebDriver's own start left out) to the page's marks.
     let app = descendants(driver.0.id())
         .into_iter()
-        .find(|pid| memory(*pid).is_some_and(|(command, ..)| command == "countersign-app"))
+        .find(|pid| command(*pid).as_deref() == Some("countersign-app"))
         .expect("the app's process");
     let launched = started_at_ms(app);
     let origin = marks["origin"].as_f64().unwrap();

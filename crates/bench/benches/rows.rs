@@ -55,9 +55,8 @@ fn synced(i: usize) -> CachedRequest {
     CachedRequest { id: format!("r{i}"), seq: i as i64 + 1, payload_hash: format!("h{i}"), body }
 }
 
-fn best(mut runs: Vec<Duration>) -> Duration {
-    runs.sort();
-    runs[0]
+fn best(runs: Vec<Duration>) -> Duration {
+    runs.into_iter().min().unwrap_or_default()
 }
 
 fn main() {
