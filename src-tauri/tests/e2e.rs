@@ -69,6 +69,24 @@ fn rows_selector(id: &str) -> String {
     format!("#queue-table .row[data-id=\"{id}\"]")
 }
 
+/// Opens a request from the queue's table and waits for its screen. WebDriver reads where
+/// the row is, then clicks there: a repaint in between (a sync's, a live update's) can put
+/// another row under the click. So a screen for another request is left, and the row found
+/// and clicked again.
+async fn open_request(client: &Client, id: &str) {
+    let wanted = format!("Request {id} ");
+    for _ in 0..3 {
+        click(client, &rows_selector(id)).await;
+        let heading = until_text(client, "#screen-detail h1", |t| t.starts_with("Request ")).await;
+        if heading.starts_with(&wanted) {
+            return;
+        }
+        eprintln!("{id}: the click opened {heading:?}; clicking its row again");
+        click(client, "#back").await;
+    }
+    panic!("{id}: its row opened another request three times");
+}
+
 /// One app at a time on these 2 cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -189,7 +207,7 @@ async fn the_app_onboards_approves_refuses_and_marks_a_lying_queue() {
     screenshot(&client, "queue").await;
 
     // Approve the USDC transfer, then ask the queue itself.
-    click(&client, &rows_selector(countersign_demo::USDC_TRANSFER)).await;
+    open_request(&client, countersign_demo::USDC_TRANSFER).await;
     let domain = text(&client, "#domain-hash").await;
     assert!(
         domain.starts_with("0x")
@@ -214,7 +232,7 @@ async fn the_app_onboards_approves_refuses_and_marks_a_lying_queue() {
 
     // The delegatecall the approver's policy does not trust: its reason, no approve button.
     click(&client, "#back").await;
-    click(&client, &rows_selector(countersign_demo::DELEGATECALL)).await;
+    open_request(&client, countersign_demo::DELEGATECALL).await;
     assert!(text(&client, "#why-not").await.contains("does not trust"));
     assert!(absent(&client, "#approve").await);
     screenshot(&client, "refused-request").await;
@@ -247,7 +265,7 @@ async fn the_app_onboards_approves_refuses_and_marks_a_lying_queue() {
     until_text(&client, "#message", |t| t.contains("marked")).await;
     for id in [countersign_demo::PAYROLL, countersign_demo::ETH_TRANSFER] {
         until_text(&client, &rows_selector(id), |t| t.contains("MARKED")).await;
-        click(&client, &rows_selector(id)).await;
+        open_request(&client, id).await;
         assert!(!text(&client, "#marks").await.is_empty());
         assert!(absent(&client, "#approve").await, "{id} offers no approval");
         click(&client, "#back").await;
@@ -278,8 +296,8 @@ async fn connect_and_sync(
     until_text(client, &card, |t| t.contains("it agrees with the queue")).await;
     click(client, "#open-queue").await;
     click(client, "#sync").await;
-    until_text(client, "#row-count", |t| t.contains("of")).await;
-    click(client, &rows_selector(countersign_demo::HARDWARE_REQUEST)).await;
+    until_text(client, "#message", |t| t.starts_with("Synced")).await;
+    open_request(client, countersign_demo::HARDWARE_REQUEST).await;
 }
 
 /// The hardware request is approved on the queue with a signature that recovers to `owner`.
@@ -438,7 +456,7 @@ async fn a_security_key_is_registered_and_touched_in_the_window() {
     until_text(&client, "#row-count", |t| t.starts_with("4 of 4")).await;
 
     // Without a confirmed key the approval is refused before anything is signed.
-    click(&client, &rows_selector(countersign_demo::USDC_TRANSFER)).await;
+    open_request(&client, countersign_demo::USDC_TRANSFER).await;
     click(&client, "#approve").await;
     click(&client, "#confirm-approve").await;
     until_text(&client, "#approve-error", |t| t.contains("no key an admin confirmed")).await;
@@ -456,7 +474,7 @@ async fn a_security_key_is_registered_and_touched_in_the_window() {
         .unwrap();
 
     click(&client, "#nav-queue").await;
-    click(&client, &rows_selector(countersign_demo::USDC_TRANSFER)).await;
+    open_request(&client, countersign_demo::USDC_TRANSFER).await;
     click(&client, "#approve").await;
     click(&client, "#confirm-approve").await;
     until_text(&client, "#message", |t| t.contains("recorded your approval")).await;

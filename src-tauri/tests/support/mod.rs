@@ -104,12 +104,23 @@ pub async fn session(port: u16, app: &str) -> Client {
 }
 
 pub async fn find(client: &Client, css: &str) -> fantoccini::elements::Element {
-    client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
+    match client.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css(css)).await {
+        Ok(element) => element,
+        Err(e) => panic!("{css}: {e}; the window showed: {}", shown(client).await),
+    }
+}
+
+/// What the window shows, for a failure's message: the heading, the notice and any refusal.
+async fn shown(client: &Client) -> String {
+    let read = "return ['h1', '#message', '#why-not', '#approve-error', '#key-error']
+        .map((css) => document.querySelector(css))
+        .filter((e) => e && e.textContent.trim() !== '')
+        .map((e) => e.id ? `#${e.id}: ${e.textContent.trim()}` : e.textContent.trim())
+        .join(' | ');";
+    match client.execute(read, vec![]).await {
+        Ok(text) => text.as_str().unwrap_or("").to_owned(),
+        Err(e) => format!("(unreadable: {e})"),
+    }
 }
 
 /// Whether WebDriver says the element found was replaced since (the page redrew it).
