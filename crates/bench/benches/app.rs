@@ -79,6 +79,30 @@ fn memory(pid: u32) -> Option<(String, u64, u64, u64)> {
     Some((command, field("Rss:"), field("Pss:"), field("Anonymous:")))
 }
 
+/// The files (and anonymous kinds) holding most of a process's resident memory, biggest
+/// first: `(name, RSS kB)`, the mappings of one file summed.
+fn biggest_mappings(pid: u32, count: usize) -> Vec<(String, u64)> {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return Vec::new();
+    };
+    let mut by_name: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut name = String::new();
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("Rss:") {
+            let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            *by_name.entry(name.clone()).or_default() += kb;
+        } else if line.split_whitespace().next().is_some_and(|first| first.contains('-')) {
+            // A mapping's header: range, permissions, offset, device, inode, then its path.
+            let path = line.split_whitespace().nth(5).unwrap_or("[anonymous]");
+            name = path.rsplit('/').next().unwrap_or(path).to_owned();
+        }
+    }
+    let mut sorted: Vec<(String, u64)> = by_name.into_iter().collect();
+    sorted.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    sorted.truncate(count);
+    sorted
+}
+
 /// When the process `pid` started, in milliseconds since the Unix epoch, to the kernel's
 /// clock tick (10 ms here): boot time as now less the uptime, plus the process's start.
 fn started_at_ms(pid: u32) -> f64 {
@@ -248,6 +272,11 @@ async fn run() {
             rss += r;
             pss += p;
             parts.push(format!("{command} {} MB ({} MB anonymous)", r / 1024, anonymous / 1024));
+            let biggest: Vec<String> = biggest_mappings(pid, 10)
+                .into_iter()
+                .map(|(name, kb)| format!("{name} {:.1}", kb as f64 / 1024.0))
+                .collect();
+            eprintln!("{command}, resident MB by file: {}", biggest.join(", "));
         }
     }
     client.close().await.unwrap();
