@@ -2,6 +2,9 @@
 //! [`commands`] and the state in [`state`]; every decision is made in the approver, core,
 //! store and sync crates.
 
+// The crate's lint table denies unsafe code for the binary's one FFI edge; the library has none.
+#![forbid(unsafe_code)]
+
 pub mod commands;
 pub mod live;
 pub mod state;

@@ -7,6 +7,53 @@
 /// without it, 16 ms and about 260 MB (see the README). The table and forms need no GPU.
 const NO_COMPOSITING: &str = "WEBKIT_DISABLE_COMPOSITING_MODE";
 
+/// glvnd's list of EGL drivers to load, read once per process when EGL is first used.
+const EGL_DRIVERS: &str = "__EGL_VENDOR_LIBRARY_FILENAMES";
+
+/// Keeps OpenGL out of this process (WebKit's UI side) when pages are drawn without the
+/// compositor: nothing is drawn through it then, yet GTK's X11 visuals (GLX) and WebKit's UI
+/// (EGL) each load Mesa's software OpenGL and the LLVM it links, 51 MB resident and their
+/// loading at every start. GTK is told so by `GDK_GL=disable`, inherited and unused by
+/// WebKit's processes. EGL is left without a driver here alone: WebKit's web process cannot
+/// start without one, so the variable naming no driver is set only while glvnd reads its list,
+/// before any thread or process starts, and removed. Whoever set either keeps their choice.
+/// Limitation: only on X11; WebKit's UI on Wayland was not tried without EGL.
+fn without_opengl_here() {
+    if std::env::var_os("WAYLAND_DISPLAY").is_some() {
+        return;
+    }
+    if std::env::var_os("GDK_GL").is_none() {
+        std::env::set_var("GDK_GL", "disable");
+    }
+    if std::env::var_os(EGL_DRIVERS).is_some()
+        || std::env::var_os("__EGL_VENDOR_LIBRARY_DIRS").is_some()
+    {
+        return;
+    }
+    std::env::set_var(EGL_DRIVERS, "/nonexistent/countersign-no-egl-driver.json");
+    read_egl_driver_list();
+    std::env::remove_var(EGL_DRIVERS);
+}
+
+/// Makes glvnd's libEGL read its driver list now (it reads it once, at its first use).
+#[expect(unsafe_code, reason = "an FFI edge: loading libEGL and calling eglQueryString")]
+fn read_egl_driver_list() {
+    type QueryString = unsafe extern "C" fn(*mut std::ffi::c_void, i32) -> *const std::ffi::c_char;
+    const EGL_EXTENSIONS: i32 = 0x3055;
+    // SAFETY: libEGL.so.1 is glvnd's dispatcher, already loaded as WebKit links it; its
+    // initialisers were run. eglQueryString is declared in EGL 1.5 as
+    // `const char *eglQueryString(EGLDisplay, EGLint)`; with EGL_NO_DISPLAY (null) and
+    // EGL_EXTENSIONS it returns a static string (or null), which is not kept.
+    unsafe {
+        let Ok(egl) = libloading::Library::new("libEGL.so.1") else { return };
+        if let Ok(query) = egl.get::<QueryString>(b"eglQueryString\0") {
+            query(std::ptr::null_mut(), EGL_EXTENSIONS);
+        }
+        // Not closed: the list glvnd read lives in the library.
+        std::mem::forget(egl);
+    }
+}
+
 fn main() -> std::process::ExitCode {
     // Before any thread starts, and inherited by WebKit's processes. Whoever has set it
     // (`0` lets WebKit composite on the GPU), or has asked WebKit to always composite, keeps
@@ -15,6 +62,9 @@ fn main() -> std::process::ExitCode {
         && std::env::var_os("WEBKIT_FORCE_COMPOSITING_MODE").is_none()
     {
         std::env::set_var(NO_COMPOSITING, "1");
+    }
+    if std::env::var_os(NO_COMPOSITING).is_some_and(|v| v == "1") {
+        without_opengl_here();
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
