@@ -37,36 +37,9 @@ const REQUESTS: usize = 10_000;
 /// Frames of the scrolling run, three rows each: 900 rows, through the middle of the table.
 const FRAMES: usize = 300;
 
-/// The process ids under `root`, itself included.
-fn descendants(root: u32) -> Vec<u32> {
-    let mut parents = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // The parent is the second field after the command, which is in parentheses.
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
-        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) {
-            parents.push((pid, ppid));
-        }
-    }
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        let parent = out[i];
-        out.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(c, _)| *c));
-        i += 1;
-    }
-    out
-}
-
-/// The command name of a process.
-fn command(pid: u32) -> Option<String> {
-    Some(std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim().to_owned())
-}
-
 /// (command, RSS kB, PSS kB, anonymous kB) of a process.
 fn memory(pid: u32) -> Option<(String, u64, u64, u64)> {
-    let command = command(pid)?;
+    let command = support::command(pid)?;
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let field = |name: &str| {
         rollup
@@ -214,9 +187,9 @@ async fn run() {
     let received = marks["received"].as_f64().unwrap();
     let complete = marks["complete"].as_f64().unwrap();
     // From the app's process start (WebDriver's own start left out) to the page's marks.
-    let app = descendants(driver.0.id())
+    let app = support::descendants(driver.0.id())
         .into_iter()
-        .find(|pid| command(*pid).as_deref() == Some("countersign-app"))
+        .find(|pid| support::command(*pid).as_deref() == Some("countersign-app"))
         .expect("the app's process");
     let launched = started_at_ms(app);
     let origin = marks["origin"].as_f64().unwrap();
@@ -264,7 +237,7 @@ async fn run() {
     let mut rss = 0;
     let mut pss = 0;
     let mut parts = Vec::new();
-    for pid in descendants(driver.0.id()) {
+    for pid in support::descendants(driver.0.id()) {
         if let Some((command, r, p, anonymous)) = memory(pid) {
             if command.starts_with("tauri-driver") || command.starts_with("WebKitWebDriver") {
                 continue; // the test harness, not the app
