@@ -35,6 +35,9 @@ export function queueScreen(shell: Shell): HTMLElement {
   let rows: Row[] = [];
   let shown: Row[] = [];
   let selected = 0;
+  /** The selected request itself: a reload that adds rows above it keeps it selected, so that
+   * Enter opens the request the person chose, not whichever moved into its place. */
+  let selectedId: string | null = null;
 
   const stateSelect = el("select", { id: "filter-state", "aria-label": "State" });
   for (const [value, label] of STATES) {
@@ -98,6 +101,7 @@ export function queueScreen(shell: Shell): HTMLElement {
         "aria-selected": index === selected ? "true" : "false",
         onclick: () => {
           selected = index;
+          selectedId = row.id;
           shell.go({ name: "detail", id: row.id });
         },
       },
@@ -129,7 +133,9 @@ export function queueScreen(shell: Shell): HTMLElement {
     filter.state = stateSelect.value;
     filter.text = search.value;
     shown = applyFilter(rows, filter);
-    selected = Math.min(selected, Math.max(0, shown.length - 1));
+    const kept = selectedId === null ? -1 : shown.findIndex((row) => row.id === selectedId);
+    selected = kept >= 0 ? kept : Math.min(selected, Math.max(0, shown.length - 1));
+    selectedId = shown[selected]?.id ?? null;
     count.textContent = `${shown.length} of ${rows.length} requests`;
     empty.textContent =
       rows.length === 0
@@ -208,6 +214,7 @@ export function queueScreen(shell: Shell): HTMLElement {
     if (next === null) return;
     event.preventDefault();
     selected = next;
+    selectedId = shown[next]?.id ?? null;
     virtualizer.scrollToIndex(selected, { align: "auto" });
     paint();
   });

@@ -1,6 +1,7 @@
 // The screens against a mocked backend: the queue's table renders a window of 10,000 rows,
 // moves with the keyboard and filters; a refused request shows its reasons and no approve
-// button; approving shows each step and the queue's answer.
+// button; approving shows each step and the queue's answer; a live update keeps the chosen
+// request selected.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { clearMocks, mockIPC } from "@tauri-apps/api/mocks";
 import { emit } from "@tauri-apps/api/event";
@@ -155,6 +156,26 @@ describe("the queue screen", () => {
     expect((document.querySelector("#queue-table .row") as HTMLElement).dataset.id).toBe("r7");
     search.value = "";
     search.dispatchEvent(new Event("input"));
+  });
+
+  it("keeps the chosen request selected when a live update adds one above it", async () => {
+    const selectedId = () => (document.querySelector("#queue-table .row.selected") as HTMLElement | null)?.dataset.id;
+    // The filter left r7 alone, selected; cleared, the filter keeps it selected.
+    expect(selectedId()).toBe("r7");
+    rows.unshift({ ...(rows[0] as Row), id: "r-new", nonce: "10000" });
+    await emit("queue-changed", null);
+    await until(() => document.getElementById("row-count")?.textContent?.startsWith("10001 of 10001") ?? null, "the new row");
+    expect(selectedId()).toBe("r7");
+    // Enter opens the request chosen, not the one that moved into its place.
+    (document.getElementById("queue-table") as HTMLElement).dispatchEvent(
+      new KeyboardEvent("keydown", { key: "Enter", bubbles: true }),
+    );
+    const heading = await until(() => document.querySelector("#screen-detail h1"), "the request screen");
+    expect(heading.textContent).toContain("Request r7 ");
+    rows.shift();
+    (document.getElementById("back") as HTMLElement).click();
+    await until(() => document.getElementById("row-count")?.textContent?.startsWith("10000 of 10000") ?? null, "the rows again");
+    await until(() => document.querySelector('#queue-table .row[data-id="r1"]'), "row r1");
   });
 });
 
