@@ -18,8 +18,8 @@ use countersign_core::signer::{Decision, Prompt, Signer, SignerError};
 use countersign_core::tokens::TokenList;
 use countersign_store::Recorded;
 use countersign_store::{CachedRequest, Store};
-use countersign_sync::client::Session;
-use countersign_sync::sync::{payload_hash, Connection};
+use countersign_sync::client::{ClientError, Session};
+use countersign_sync::sync::{payload_hash, Connection, SyncError};
 use serde_json::{json, Value};
 
 use crate::view::audit_body;
@@ -361,21 +361,41 @@ async fn send_approval(
     Ok(session.post(&format!("/v1/requests/{id}/approvals"), &body).await?)
 }
 
-/// Rejects a request on the queue with a reason. The local copy is marked first, so this
-/// approver never signs what they rejected, even if the queue cannot be reached.
+/// The mark a rejection leaves on this store's copy: this approver signs it no more.
+const REJECTED_HERE: &str = "this approver rejected it";
+
+/// Rejects a request on the queue with a reason. The local copy (if synced) is marked once the
+/// queue records the rejection, or when the queue cannot be reached or fails, so that this
+/// approver never signs what they rejected. A refusal by the queue (the request closed
+/// already, say) changes nothing here.
 pub async fn reject(store: &Store, id: &str, reason: &str) -> Result<String, Problem> {
     if reason.trim().is_empty() {
         return Err(Problem::input("reason_missing", "reason: say why the request is rejected"));
     }
-    // Limitation: a sync running at this very moment writes the copy it read before, and
-    // may drop this mark; the queue's rejection, recorded next, closes the request anyway.
-    store.add_mark(id, "this approver rejected it").await?;
-    let session = stored_connection(store).await?.session().await?;
-    let reply = session
-        .post(&format!("/v1/requests/{id}/rejections"), &json!({ "reason": reason }))
-        .await?;
-    store.audit("rejected", &json!({ "id": id, "reason": reason })).await?;
-    Ok(countersign_core::printable(reply["state"].as_str().unwrap_or("?")))
+    let connection = stored_connection(store).await?;
+    let answer = match connection.session().await {
+        Ok(session) => session
+            .post(&format!("/v1/requests/{id}/rejections"), &json!({ "reason": reason }))
+            .await
+            .map_err(SyncError::Client),
+        Err(error) => Err(error),
+    };
+    // Limitation: a sync running at this very moment writes the copy it read before and may
+    // drop the mark; when the queue recorded the rejection, the next sync shows it closed.
+    match answer {
+        Ok(reply) => {
+            store.add_mark(id, REJECTED_HERE).await?;
+            store.audit("rejected", &json!({ "id": id, "reason": reason })).await?;
+            Ok(countersign_core::printable(reply["state"].as_str().unwrap_or("?")))
+        }
+        Err(refused @ SyncError::Client(ClientError::Status { status: 400..=499, .. })) => {
+            Err(refused.into())
+        }
+        Err(unanswered) => {
+            store.add_mark(id, REJECTED_HERE).await?;
+            Err(unanswered.into())
+        }
+    }
 }
 
 /// The owners whose approvals Countersign verified, and how many the queue listed.
