@@ -13,15 +13,16 @@ const EGL_DRIVERS: &str = "__EGL_VENDOR_LIBRARY_FILENAMES";
 /// Keeps OpenGL out of this process (WebKit's UI side) when pages are drawn without the
 /// compositor: nothing is drawn through it then, yet GTK's X11 visuals (GLX) and WebKit's UI
 /// (EGL) each load Mesa's software OpenGL and the LLVM it links, 51 MB resident and their
-/// loading at every start. GTK is told so by `GDK_GL=disable`, inherited and unused by
-/// WebKit's processes. EGL is left without a driver here alone: WebKit's web process cannot
-/// start without one, so the variable naming no driver is set only while glvnd reads its list,
-/// before any thread or process starts, and removed. Whoever set either keeps their choice.
-/// Limitation: only on X11; WebKit's UI on Wayland was not tried without EGL.
+/// loading at every start. GTK is told so by `GDK_GL=disable`; WebKit's processes inherit it,
+/// and with it their libraries and memory are as without it. EGL is left without a driver
+/// here alone: WebKit's web process cannot start without one, so the variable naming no
+/// driver is set only while glvnd reads its list, at the start of `main`, and removed before
+/// the app starts any thread or process. Whoever set either keeps their choice.
+///
+/// Limitation: the environment is changed while one thread besides this one exists: the
+/// scavenger that JavaScriptCore's allocator starts from libwebkit2gtk's constructors, before
+/// `main`. It sleeps then, and reads no variable that is changed here.
 fn without_opengl_here() {
-    if std::env::var_os("WAYLAND_DISPLAY").is_some() {
-        return;
-    }
     if std::env::var_os("GDK_GL").is_none() {
         std::env::set_var("GDK_GL", "disable");
     }
@@ -40,8 +41,8 @@ fn without_opengl_here() {
 fn read_egl_driver_list() {
     type QueryString = unsafe extern "C" fn(*mut std::ffi::c_void, i32) -> *const std::ffi::c_char;
     const EGL_EXTENSIONS: i32 = 0x3055;
-    // SAFETY: libEGL.so.1 is glvnd's dispatcher, already loaded as WebKit links it; its
-    // initialisers were run. eglQueryString is declared in EGL 1.5 as
+    // SAFETY: libEGL.so.1 (glvnd's dispatcher on Debian, Mesa's own EGL where there is no
+    // glvnd) is already loaded, as WebKit links it, and its initialisers have run. eglQueryString is declared in EGL 1.5 as
     // `const char *eglQueryString(EGLDisplay, EGLint)`; with EGL_NO_DISPLAY (null) and
     // EGL_EXTENSIONS it returns a static string (or null), which is not kept.
     unsafe {
@@ -55,15 +56,16 @@ fn read_egl_driver_list() {
 }
 
 fn main() -> std::process::ExitCode {
-    // Before any thread starts, and inherited by WebKit's processes. Whoever has set it
-    // (`0` lets WebKit composite on the GPU), or has asked WebKit to always composite, keeps
-    // their choice.
+    // Before the app starts any thread (see the limitation of `without_opengl_here`), and
+    // inherited by WebKit's processes. Whoever has set it (`0` lets WebKit composite on the
+    // GPU), or has asked WebKit to always composite, keeps their choice.
     if std::env::var_os(NO_COMPOSITING).is_none()
         && std::env::var_os("WEBKIT_FORCE_COMPOSITING_MODE").is_none()
     {
         std::env::set_var(NO_COMPOSITING, "1");
     }
-    if std::env::var_os(NO_COMPOSITING).is_some_and(|v| v == "1") {
+    // WebKit draws without its compositor for any value but `0`.
+    if std::env::var_os(NO_COMPOSITING).is_some_and(|v| v != "0") {
         without_opengl_here();
     }
     tracing_subscriber::fmt()
