@@ -364,10 +364,11 @@ async fn send_approval(
 /// The mark a rejection leaves on this store's copy: this approver signs it no more.
 const REJECTED_HERE: &str = "this approver rejected it";
 
-/// Rejects a request on the queue with a reason. The local copy (if synced) is marked once the
-/// queue records the rejection, or when the queue cannot be reached or fails, so that this
-/// approver never signs what they rejected. A refusal by the queue (the request closed
-/// already, say) changes nothing here.
+/// Rejects a request on the queue with a reason. The approver's no holds in this store
+/// whatever the queue answers: the local copy (if synced) is marked, in words that say
+/// whether the queue recorded the rejection, refused it (the request closed already, say) or
+/// did not answer, so that this approver never signs what they rejected. Only a rejection the
+/// queue finds malformed (400: bad input, to be corrected and sent again) changes nothing.
 pub async fn reject(store: &Store, id: &str, reason: &str) -> Result<String, Problem> {
     if reason.trim().is_empty() {
         return Err(Problem::input("reason_missing", "reason: say why the request is rejected"));
@@ -380,22 +381,25 @@ pub async fn reject(store: &Store, id: &str, reason: &str) -> Result<String, Pro
             .map_err(SyncError::Client),
         Err(error) => Err(error),
     };
+    let mark = match &answer {
+        Ok(_) => Some(REJECTED_HERE.to_owned()),
+        Err(SyncError::Client(ClientError::Status { status: 400, .. })) => None,
+        Err(SyncError::Client(ClientError::Status { status: 401..=499, code, .. })) => {
+            Some(format!(
+                "{REJECTED_HERE}; the queue refused the rejection ({})",
+                countersign_core::printable(&code.chars().take(64).collect::<String>())
+            ))
+        }
+        Err(_) => Some(format!("{REJECTED_HERE}; the queue did not confirm the rejection")),
+    };
     // Limitation: a sync running at this very moment writes the copy it read before and may
     // drop the mark; when the queue recorded the rejection, the next sync shows it closed.
-    match answer {
-        Ok(reply) => {
-            store.add_mark(id, REJECTED_HERE).await?;
-            store.audit("rejected", &json!({ "id": id, "reason": reason })).await?;
-            Ok(countersign_core::printable(reply["state"].as_str().unwrap_or("?")))
-        }
-        Err(refused @ SyncError::Client(ClientError::Status { status: 400..=499, .. })) => {
-            Err(refused.into())
-        }
-        Err(unanswered) => {
-            store.add_mark(id, REJECTED_HERE).await?;
-            Err(unanswered.into())
-        }
+    if let Some(mark) = mark {
+        store.add_mark(id, &mark).await?;
     }
+    let reply = answer?;
+    store.audit("rejected", &json!({ "id": id, "reason": reason })).await?;
+    Ok(countersign_core::printable(reply["state"].as_str().unwrap_or("?")))
 }
 
 /// The owners whose approvals Countersign verified, and how many the queue listed.

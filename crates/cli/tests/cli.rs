@@ -676,13 +676,14 @@ fn queue_walkthrough_from_submitted_to_approved() {
     assert!(!stdout(&late).contains("Step 1"), "nothing is signed for a closed request");
     let closed = alice.0.run(&["reject", "p3", "--reason", "also no"]);
     assert_eq!(closed.status.code(), Some(1), "a queue refusal exits 1: {}", stderr(&closed));
-    // Refused by the queue, the rejection changed nothing here: no mark says she rejected it.
-    let shown = alice.0.run(&["show", "p3"]);
-    assert_ok(&shown);
-    assert!(!stdout(&shown).contains("this approver rejected it"), "{}", stdout(&shown));
-    let listed = stdout(&alice.0.run(&["list"]));
-    let p3 = listed.lines().find(|l| l.starts_with("p3 ")).unwrap_or_else(|| panic!("{listed}"));
-    assert!(!p3.contains("MARKED"), "{listed}");
+    // Her no holds here all the same, and her copy says the queue refused it.
+    let shown = stdout(&alice.0.run(&["show", "p3"]));
+    assert!(
+        shown.contains(
+            "MARKED: this approver rejected it; the queue refused the rejection (request_closed)"
+        ),
+        "{shown}"
+    );
 
     // A request whose intent is signed by someone this approver did not pin is marked.
     let other = with_nonce(&initiator.0, "other.json", "cases/ok_native_transfer/request.json", 6);
@@ -742,7 +743,11 @@ fn queue_walkthrough_from_submitted_to_approved() {
     assert_eq!(unsent.status.code(), Some(3), "{}", stderr(&unsent));
     assert!(stderr(&unsent).contains("could not be reached"), "{}", stderr(&unsent));
     let shown = stdout(&alice.0.run(&["show", "p2"]));
-    assert!(shown.contains("MARKED: this approver rejected it"), "{shown}");
+    assert!(
+        shown
+            .contains("MARKED: this approver rejected it; the queue did not confirm the rejection"),
+        "{shown}"
+    );
     let late = alice.0.run(&["approve", "p2", "--yes"]);
     assert_eq!(late.status.code(), Some(1), "{}", stderr(&late));
     assert!(!stdout(&late).contains("Step 1"), "nothing is signed for a request rejected here");
