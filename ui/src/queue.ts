@@ -7,7 +7,7 @@ import {
   observeElementRect,
 } from "@tanstack/virtual-core";
 import { api, type Row } from "./ipc";
-import { clear, el } from "./dom";
+import { el } from "./dom";
 import { age, applyFilter, approvals, moveSelection, short, type Filter } from "./format";
 import type { Shell } from "./main";
 
@@ -83,50 +83,79 @@ export function queueScreen(shell: Shell): HTMLElement {
     return el("span", { role: "gridcell", title: title ?? text }, text);
   }
 
-  function rowNode(row: Row, index: number, top: number): HTMLDivElement {
+  /** What a row shows, cell by cell (text, title). */
+  function cells(row: Row): [string, string][] {
     const destination = row.destination
       ? row.destinationLabel
         ? `${row.destinationLabel} (${short(row.destination)})`
         : short(row.destination)
       : "—";
+    const text = (t: string): [string, string] => [t, t];
+    return [
+      [row.vault ?? short(row.safe), row.safe],
+      text(row.chain),
+      text(row.operation),
+      text(row.asset || "—"),
+      text(row.amount || "—"),
+      [destination, row.destination ?? ""],
+      text(age(row.createdAt, Math.floor(Date.now() / 1000))),
+      text(approvals(row)),
+      text(row.marked ? `${row.state} · MARKED` : row.state),
+    ];
+  }
+
+  function rowNode(row: Row, shows: [string, string][], isSelected: boolean): HTMLDivElement {
     const classes = ["row"];
-    if (index === selected) classes.push("selected");
+    if (isSelected) classes.push("selected");
     if (row.marked) classes.push("marked");
-    const node = el(
+    return el(
       "div",
       {
         class: classes.join(" "),
         role: "row",
         "data-id": row.id,
-        "aria-selected": index === selected ? "true" : "false",
+        "aria-selected": isSelected ? "true" : "false",
         onclick: () => {
-          selected = index;
+          // Where the request is now: the node may have outlived a reload that moved it.
+          selected = Math.max(0, shown.findIndex((r) => r.id === row.id));
           selectedId = row.id;
           shell.go({ name: "detail", id: row.id });
         },
       },
-      cell(row.vault ?? short(row.safe), row.safe),
-      cell(row.chain),
-      cell(row.operation),
-      cell(row.asset || "—"),
-      cell(row.amount || "—"),
-      cell(destination, row.destination ?? ""),
-      cell(age(row.createdAt, Math.floor(Date.now() / 1000))),
-      cell(approvals(row)),
-      cell(row.marked ? `${row.state} · MARKED` : row.state),
+      ...shows.map(([text, title]) => cell(text, title)),
     );
-    // Through the CSSOM: the CSP refuses style attributes.
-    node.style.transform = `translateY(${top}px)`;
-    return node;
   }
+
+  /** The rows drawn last, by request id, with what each showed. A row that shows the same
+   * is kept, not drawn anew: a press and release on it stay one click even when a reload or
+   * a scroll repaints the table in between. */
+  let drawn = new Map<string, { node: HTMLDivElement; key: string }>();
 
   function paint(): void {
     inner.style.height = `${virtualizer.getTotalSize()}px`;
-    clear(inner);
+    const next = new Map<string, { node: HTMLDivElement; key: string }>();
+    const nodes: HTMLDivElement[] = [];
     for (const item of virtualizer.getVirtualItems()) {
       const row = shown[item.index];
-      if (row) inner.append(rowNode(row, item.index, item.start));
+      if (!row) continue;
+      const shows = cells(row);
+      const isSelected = item.index === selected;
+      const key = JSON.stringify([shows, isSelected, row.marked]);
+      const before = drawn.get(row.id);
+      const node = before !== undefined && before.key === key ? before.node : rowNode(row, shows, isSelected);
+      // Through the CSSOM: the CSP refuses style attributes.
+      node.style.transform = `translateY(${item.start}px)`;
+      next.set(row.id, { node, key });
+      nodes.push(node);
     }
+    drawn = next;
+    // Nodes kept stay where they are; only those gone or new are taken out or put in.
+    for (const child of Array.from(inner.children)) {
+      if (!nodes.includes(child as HTMLDivElement)) child.remove();
+    }
+    nodes.forEach((node, i) => {
+      if (inner.children[i] !== node) inner.insertBefore(node, inner.children[i] ?? null);
+    });
   }
 
   function refilter(): void {
@@ -149,6 +178,32 @@ export function queueScreen(shell: Shell): HTMLElement {
     paint();
   }
 
+  /** Whether the pointer is over the table: a row that moved then could take a click. */
+  let pointerInside = false;
+  viewport.addEventListener("pointerenter", () => (pointerInside = true));
+  viewport.addEventListener("pointerleave", () => (pointerInside = false));
+
+  /** The request at the top of the view and how far into its row, when the rows must stay
+   * put through a reload: the person has scrolled, or has the pointer over the table. */
+  function anchorNow(): { id: string; offset: number } | null {
+    const top = viewport.scrollTop;
+    if (!pointerInside && top <= 0) return null;
+    const index = Math.floor(top / ROW_HEIGHT);
+    const row = shown[index];
+    return row ? { id: row.id, offset: top - index * ROW_HEIGHT } : null;
+  }
+
+  /** Scrolls so that the anchored request is where it was: rows added above it (a live
+   * update) do not move the rows under the pointer; the count says how many there are. */
+  function keep(anchor: { id: string; offset: number } | null): void {
+    if (anchor === null) return;
+    const index = shown.findIndex((row) => row.id === anchor.id);
+    if (index < 0) return;
+    const offset = index * ROW_HEIGHT + anchor.offset;
+    // Set at once, before the frame is drawn; the table follows on the scroll event.
+    if (offset !== viewport.scrollTop) viewport.scrollTop = offset;
+  }
+
   async function load(): Promise<void> {
     // Marks for the performance benchmark (standard User Timing, read through WebDriver).
     performance.mark("queue-requested");
@@ -167,9 +222,12 @@ export function queueScreen(shell: Shell): HTMLElement {
           performance.mark("queue-painted");
         }
       }
-      rows = await api.rows();
+      const all = await api.rows();
+      const anchor = anchorNow();
+      rows = all;
       performance.mark("queue-complete");
       refilter();
+      keep(anchor);
     } catch (error) {
       // Never a partial list that looks whole: the table is emptied and the error said.
       rows = [];

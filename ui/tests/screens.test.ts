@@ -1,7 +1,7 @@
 // The screens against a mocked backend: the queue's table renders a window of 10,000 rows,
 // moves with the keyboard and filters; a refused request shows its reasons and no approve
 // button; approving shows each step and the queue's answer; a live update keeps the chosen
-// request selected.
+// request selected and the rows under the pointer in place.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { clearMocks, mockIPC } from "@tauri-apps/api/mocks";
 import { emit } from "@tauri-apps/api/event";
@@ -176,6 +176,41 @@ describe("the queue screen", () => {
     (document.getElementById("back") as HTMLElement).click();
     await until(() => document.getElementById("row-count")?.textContent?.startsWith("10000 of 10000") ?? null, "the rows again");
     await until(() => document.querySelector('#queue-table .row[data-id="r1"]'), "row r1");
+  });
+
+  it("keeps a row's node through a reload that shows it the same, so that a click on it holds", async () => {
+    const before = document.querySelector('#queue-table .row[data-id="r3"]');
+    expect(before).not.toBeNull();
+    const asked = rowAsks.length;
+    await emit("queue-changed", null);
+    await until(() => (rowAsks.length > asked ? true : null), "the reload");
+    await new Promise((r) => setTimeout(r, 20));
+    expect(document.querySelector('#queue-table .row[data-id="r3"]')).toBe(before);
+    // And a row whose content changed is drawn anew.
+    const changed = rows[3] as Row;
+    rows[3] = { ...changed, approvals: 1 };
+    await emit("queue-changed", null);
+    await until(() => (document.querySelector('#queue-table .row[data-id="r3"]') !== before ? true : null), "r3 redrawn");
+    expect(document.querySelector('#queue-table .row[data-id="r3"]')?.textContent).toContain("1 of 2");
+    rows[3] = changed;
+    await emit("queue-changed", null);
+    await until(() => (document.querySelector('#queue-table .row[data-id="r3"]')?.textContent?.includes("0 of 2") ? true : null), "r3 as it was");
+  });
+
+  it("keeps the rows under the pointer in place when a live update adds one above them", async () => {
+    const table = document.getElementById("queue-table") as HTMLElement;
+    expect(table.scrollTop).toBe(0);
+    table.dispatchEvent(new PointerEvent("pointerenter"));
+    rows.unshift({ ...(rows[0] as Row), id: "r-new", nonce: "10000" });
+    await emit("queue-changed", null);
+    await until(() => document.getElementById("row-count")?.textContent?.startsWith("10001 of 10001") ?? null, "the new row");
+    // r0 was the top row under the pointer; it still is: the new request is just above.
+    expect(table.scrollTop).toBe(36);
+    table.dispatchEvent(new PointerEvent("pointerleave"));
+    rows.shift();
+    await emit("queue-changed", null);
+    await until(() => document.getElementById("row-count")?.textContent?.startsWith("10000 of 10000") ?? null, "the rows again");
+    table.scrollTop = 0;
   });
 });
 
