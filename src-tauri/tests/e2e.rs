@@ -17,13 +17,15 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use countersign_core::address::checksummed;
 use countersign_core::signer::Signer;
 use fantoccini::Client;
 use serde_json::Value;
 use support::{
-    absent, click, fill, find, session, start_driver, start_xvfb, text, until_text, Running,
+    absent, click, fill, find, session, start_driver, start_xvfb, text, text_now, until_text,
+    Running,
 };
 
 fn artifacts() -> PathBuf {
@@ -70,21 +72,36 @@ fn rows_selector(id: &str) -> String {
 }
 
 /// Opens a request from the queue's table and waits for its screen. WebDriver reads where
-/// the row is, then clicks there: a repaint in between (a sync's, a live update's) can put
-/// another row under the click. So a screen for another request is left, and the row found
-/// and clicked again.
+/// the row is, then clicks there: a repaint in between (the table's second read of its rows,
+/// a sync's, a live update's) can put another row under the click, or leave the click on a
+/// row just taken out. So a screen for another request is left, a click that opened nothing
+/// is made again, and after three tries the test fails, saying what the window showed.
 async fn open_request(client: &Client, id: &str) {
     let wanted = format!("Request {id} ");
     for _ in 0..3 {
         click(client, &rows_selector(id)).await;
-        let heading = until_text(client, "#screen-detail h1", |t| t.starts_with("Request ")).await;
-        if heading.starts_with(&wanted) {
-            return;
+        let mut heading = None;
+        for waited in 0..200 {
+            heading = text_now(client, "#screen-detail h1").await;
+            if heading.as_deref().is_some_and(|h| h.starts_with("Request ")) {
+                break;
+            }
+            // No request screen at all (not even one still reading) 2 s after the click.
+            if waited >= 20 && text_now(client, "#screen-detail").await.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        eprintln!("{id}: the click opened {heading:?}; clicking its row again");
-        click(client, "#back").await;
+        match heading {
+            Some(heading) if heading.starts_with(&wanted) => return,
+            Some(heading) if heading.starts_with("Request ") => {
+                eprintln!("{id}: the click opened {heading:?}; clicking its row again");
+                click(client, "#back").await;
+            }
+            _ => eprintln!("{id}: the click opened no request screen; clicking its row again"),
+        }
     }
-    panic!("{id}: its row opened another request three times");
+    panic!("{id}: its row did not open it in three clicks");
 }
 
 /// One app at a time on these 2 cores.

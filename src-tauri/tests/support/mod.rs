@@ -164,27 +164,35 @@ pub async fn click(client: &Client, css: &str) {
     on_element(client, css, |e| async move { e.click().await }).await
 }
 
+/// The text content of the element `css` now, read in the page; `None` if there is none.
+pub async fn text_now(client: &Client, css: &str) -> Option<String> {
+    let found = client
+        .execute(
+            "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+            vec![json!(css)],
+        )
+        .await
+        .unwrap();
+    found.as_str().map(str::to_owned)
+}
+
 /// Waits until the element's text content satisfies `test` (read in the page, so that a row
 /// the table has just redrawn is read afresh).
 pub async fn until_text(client: &Client, css: &str, test: impl Fn(&str) -> bool) -> String {
     let mut last = String::new();
     for _ in 0..200 {
-        let found = client
-            .execute(
-                "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
-                vec![json!(css)],
-            )
-            .await
-            .unwrap();
-        if let Some(text) = found.as_str() {
-            last = text.to_owned();
+        if let Some(text) = text_now(client, css).await {
+            last = text;
             if test(&last) {
                 return last;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("{css}: the text never matched; last {last:?}");
+    panic!(
+        "{css}: the text never matched; last {last:?}; the window showed: {}",
+        shown(client).await
+    );
 }
 
 pub async fn absent(client: &Client, css: &str) -> bool {
