@@ -364,15 +364,34 @@ async fn send_approval(
 /// The mark a rejection leaves on this store's copy: this approver signs it no more.
 const REJECTED_HERE: &str = "this approver rejected it";
 
-/// Rejects a request on the queue with a reason. The approver's no holds in this store
-/// whatever the queue answers: the local copy (if synced) is marked, in words that say
-/// whether the queue recorded the rejection, refused it (the request closed already, say) or
-/// did not answer, so that this approver never signs what they rejected. Only a rejection the
-/// queue finds malformed (400: bad input, to be corrected and sent again) changes nothing.
-pub async fn reject(store: &Store, id: &str, reason: &str) -> Result<String, Problem> {
-    if reason.trim().is_empty() {
-        return Err(Problem::input("reason_missing", "reason: say why the request is rejected"));
+/// The reason as the queue takes it (letters or digits, at most 1000 characters), and
+/// nothing that would read differently from what it holds.
+fn check_reason(reason: &str) -> Result<&str, Problem> {
+    let reason = reason.trim();
+    let bad = |what: &str| Err(Problem::input("reason_invalid", format!("reason: {what}")));
+    if !reason.chars().any(char::is_alphanumeric) {
+        return bad("say why the request is rejected, in words (letters or digits)");
     }
+    if reason.chars().count() > 1000 {
+        return bad("at most 1000 characters");
+    }
+    if reason.chars().any(|c| (c.is_control() && c != '\n') || countersign_core::is_invisible(c)) {
+        return bad("holds control, invisible or direction-changing characters");
+    }
+    Ok(reason)
+}
+
+/// Rejects a synced request on the queue with a reason. The approver's no holds in this store
+/// whatever the queue answers: the local copy is marked, and the local audit log records the
+/// rejection, in words that say whether the queue recorded it, answered otherwise (the request
+/// closed already, say; or a queue that does not keep its contract) or did not answer, so
+/// that this approver never signs what they rejected. A reason or id that is bad input is
+/// refused here, before anything is sent or written.
+pub async fn reject(store: &Store, id: &str, reason: &str) -> Result<String, Problem> {
+    countersign_core::intent::check_request_id("id", id)?;
+    let reason = check_reason(reason)?;
+    // Only a request synced here: its mark is what keeps this approver from signing it.
+    cached(store, id).await?;
     let connection = stored_connection(store).await?;
     let answer = match connection.session().await {
         Ok(session) => session
@@ -381,24 +400,35 @@ pub async fn reject(store: &Store, id: &str, reason: &str) -> Result<String, Pro
             .map_err(SyncError::Client),
         Err(error) => Err(error),
     };
-    let mark = match &answer {
-        Ok(_) => Some(REJECTED_HERE.to_owned()),
-        Err(SyncError::Client(ClientError::Status { status: 400, .. })) => None,
-        Err(SyncError::Client(ClientError::Status { status: 401..=499, code, .. })) => {
-            Some(format!(
-                "{REJECTED_HERE}; the queue refused the rejection ({})",
-                countersign_core::printable(&code.chars().take(64).collect::<String>())
-            ))
+    let outcome = match &answer {
+        Ok(_) => "recorded by the queue".to_owned(),
+        // The client has made the queue's code printable and short.
+        Err(SyncError::Client(ClientError::Status { status, code, .. })) => {
+            format!("the queue answered {status} {code}")
         }
-        Err(_) => Some(format!("{REJECTED_HERE}; the queue did not confirm the rejection")),
+        Err(_) => "the queue did not confirm it".to_owned(),
+    };
+    let mark = match &answer {
+        Ok(_) => REJECTED_HERE.to_owned(),
+        Err(_) => format!("{REJECTED_HERE}; {outcome}"),
     };
     // Limitation: a sync running at this very moment writes the copy it read before and may
-    // drop the mark; when the queue recorded the rejection, the next sync shows it closed.
-    if let Some(mark) = mark {
+    // drop the mark; see `Store::add_mark`.
+    let kept = async {
         store.add_mark(id, &mark).await?;
+        store.audit("rejected", &json!({ "id": id, "reason": reason, "queue": outcome })).await
+    };
+    if let Err(error) = kept.await {
+        return Err(Problem::other(
+            "not_marked",
+            format!(
+                "request {id}: rejection {outcome}, but this store could not mark it ({}); \
+                 reject it again",
+                Problem::from(error).message
+            ),
+        ));
     }
     let reply = answer?;
-    store.audit("rejected", &json!({ "id": id, "reason": reason })).await?;
     Ok(countersign_core::printable(reply["state"].as_str().unwrap_or("?")))
 }
 

@@ -670,6 +670,16 @@ fn queue_walkthrough_from_submitted_to_approved() {
         "1",
     ]));
     assert_ok(&alice.0.run(&["sync"]));
+    // Only a request synced here can be rejected from here: its mark holds the no.
+    let unsynced = bob.0.run(&["reject", "p3", "--reason", "not ours"]);
+    assert_eq!(unsynced.status.code(), Some(2), "{}", stderr(&unsynced));
+    assert!(stderr(&unsynced).contains("sync first"), "{}", stderr(&unsynced));
+    for (reason, why) in [("!!!", "in words"), ("not \u{202e}ours", "direction-changing")] {
+        let refused = bob.0.run(&["reject", "p3", "--reason", reason]);
+        assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+        assert!(stderr(&refused).contains(why), "{}", stderr(&refused));
+    }
+    assert_ok(&bob.0.run(&["sync"]));
     assert_ok(&bob.0.run(&["reject", "p3", "--reason", "not ours"]));
     let late = alice.0.run(&["approve", "p3", "--yes"]);
     assert_eq!(late.status.code(), Some(1), "{}", stderr(&late));
@@ -679,9 +689,7 @@ fn queue_walkthrough_from_submitted_to_approved() {
     // Her no holds here all the same, and her copy says the queue refused it.
     let shown = stdout(&alice.0.run(&["show", "p3"]));
     assert!(
-        shown.contains(
-            "MARKED: this approver rejected it; the queue refused the rejection (request_closed)"
-        ),
+        shown.contains("MARKED: this approver rejected it; the queue answered 409 request_closed"),
         "{shown}"
     );
 
@@ -744,8 +752,7 @@ fn queue_walkthrough_from_submitted_to_approved() {
     assert!(stderr(&unsent).contains("could not be reached"), "{}", stderr(&unsent));
     let shown = stdout(&alice.0.run(&["show", "p2"]));
     assert!(
-        shown
-            .contains("MARKED: this approver rejected it; the queue did not confirm the rejection"),
+        shown.contains("MARKED: this approver rejected it; the queue did not confirm it"),
         "{shown}"
     );
     let late = alice.0.run(&["approve", "p2", "--yes"]);

@@ -153,11 +153,21 @@ async fn read_reply(mut response: reqwest::Response) -> Result<Vec<u8>, ClientEr
     }
     let body: Value =
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Body(e.to_string()))?;
-    Err(ClientError::Status {
-        status: status.as_u16(),
-        code: body["code"].as_str().unwrap_or("unknown").to_owned(),
-        message: body["message"].as_str().unwrap_or_default().to_owned(),
-    })
+    Err(refusal(status.as_u16(), &body))
+}
+
+/// A queue's error answer. Its words reach terminals, screens and the local copy's marks:
+/// shown as what they hold (control, invisible and direction-changing characters escaped)
+/// and cut short.
+fn refusal(status: u16, body: &Value) -> ClientError {
+    let shown = |text: &str, most: usize| {
+        countersign_core::printable(&text.chars().take(most).collect::<String>())
+    };
+    ClientError::Status {
+        status,
+        code: shown(body["code"].as_str().unwrap_or("unknown"), 64),
+        message: shown(body["message"].as_str().unwrap_or_default(), 500),
+    }
 }
 
 /// An authenticated session on one queue.
@@ -304,4 +314,28 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_a_queues_error_words_are_escaped_and_cut_short() {
+        let hostile = serde_json::json!({
+            "code": format!("closed\u{1b}[2J\u{202e}{}", "x".repeat(100)),
+            "message": format!("line\nMARKED: fake\u{7}{}", "y".repeat(1000)),
+        });
+        let ClientError::Status { status, code, message } = refusal(409, &hostile) else {
+            panic!("not a status error");
+        };
+        assert_eq!(status, 409);
+        for text in [&code, &message] {
+            assert!(!text.chars().any(|c| c.is_control() || countersign_core::is_invisible(c)));
+        }
+        assert!(code.starts_with("closed\\u{1b}[2J\\u{202e}x"), "{code}");
+        assert!(code.chars().count() < 64 + 20, "{code}");
+        assert!(message.starts_with("line\\u{a}MARKED: fake\\u{7}y"), "{message}");
+        assert!(message.chars().count() < 500 + 20, "{message}");
+    }
 }
