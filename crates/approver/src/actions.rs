@@ -412,8 +412,8 @@ pub async fn reject(store: &Store, id: &str, reason: &str) -> Result<String, Pro
         Ok(_) => REJECTED_HERE.to_owned(),
         Err(_) => format!("{REJECTED_HERE}; {outcome}"),
     };
-    // Limitation: a sync running at this very moment writes the copy it read before and may
-    // drop the mark; see `Store::add_mark`.
+    // A sync running at this very moment keeps the mark: it adds the stored copy's marks to
+    // the copy it writes.
     let kept = async {
         store.add_mark(id, &mark).await?;
         store.audit("rejected", &json!({ "id": id, "reason": reason, "queue": outcome })).await

@@ -259,9 +259,19 @@ impl Store {
             sealed.push(self.seal_cached(request)?);
         }
         let mut tx = self.begin().await?;
+        // A mark written here since the sync read its copies (a rejection, say) is kept: the
+        // copies stored now carry every mark the stored ones have.
+        let merged = self.with_stored_marks(&mut tx, requests).await?;
+        for (i, request) in &merged {
+            sealed[*i] = self.seal_cached(request)?;
+        }
+        let mut requests: Vec<&CachedRequest> = requests.iter().collect();
+        for (i, request) in &merged {
+            requests[*i] = request;
+        }
         // Rows go in a hundred to a statement: one statement a row costs more in round trips
         // to SQLite's thread than the writing itself.
-        let rows: Vec<(&CachedRequest, Sealed)> = requests.iter().zip(sealed).collect();
+        let rows: Vec<(&CachedRequest, Sealed)> = requests.into_iter().zip(sealed).collect();
         for chunk in rows.chunks(100) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO queue_requests (id, seq, payload_hash, sealed_body) ",
@@ -288,6 +298,57 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+impl Store {
+    /// The requests of `requests` whose stored copy has marks they lack, by index, with those
+    /// marks added after their own: read inside the writing transaction, so that no mark
+    /// written meanwhile is lost.
+    async fn with_stored_marks(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        requests: &[CachedRequest],
+    ) -> Result<Vec<(usize, CachedRequest)>, StoreError> {
+        let index: std::collections::HashMap<&str, usize> =
+            requests.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect();
+        let mut merged = Vec::new();
+        for chunk in requests.chunks(100) {
+            let mut select = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT id, seq, payload_hash, sealed_body FROM queue_requests WHERE id IN (",
+            );
+            let mut ids = select.separated(", ");
+            for request in chunk {
+                ids.push_bind(&request.id);
+            }
+            select.push(")");
+            for row in select.build().fetch_all(&mut **tx).await? {
+                let stored = self.open_cached(&row)?;
+                let Some(&i) = index.get(stored.id.as_str()) else { continue };
+                let mut request = requests[i].clone();
+                let theirs = marks_of(&stored.body);
+                let mut ours = marks_of(&request.body);
+                let missing: Vec<String> =
+                    theirs.into_iter().filter(|mark| !ours.contains(mark)).collect();
+                if missing.is_empty() {
+                    continue;
+                }
+                ours.extend(missing);
+                request.body["countersign"]["marks"] = serde_json::json!(ours);
+                merged.push((i, request));
+            }
+        }
+        Ok(merged)
+    }
+}
+
+/// The marks on a cached request's body.
+fn marks_of(body: &serde_json::Value) -> Vec<String> {
+    body["countersign"]["marks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// A synced request's creation time as the queue gave it (0 when it gave none).

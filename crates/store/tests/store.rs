@@ -450,6 +450,33 @@ async fn a_mark_is_added_in_place_and_leaves_the_cursor() {
     assert!(store.cached_request("nope").await.unwrap().is_none());
 }
 
+#[tokio::test]
+async fn a_sync_that_read_its_copy_before_a_mark_keeps_the_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path(), passphrase("marks")).await.unwrap();
+    store.set_queue_config(&SecretBytes::new(b"{}".to_vec())).await.unwrap();
+    let copy = |seq: i64, marks: serde_json::Value| countersign_store::CachedRequest {
+        id: "r1".into(),
+        seq,
+        payload_hash: "h".into(),
+        body: serde_json::json!({ "id": "r1", "seq": seq, "countersign": { "marks": marks } }),
+    };
+    store.store_synced(&[copy(7, serde_json::json!(["first"]))], 7).await.unwrap();
+    // A sync reads r1 as it stands, then a rejection marks it, then the sync stores its copy
+    // (with a mark of its own) that never saw the rejection's.
+    assert!(store.add_mark("r1", "this approver rejected it").await.unwrap());
+    store
+        .store_synced(&[copy(9, serde_json::json!(["first", "payload changed"]))], 9)
+        .await
+        .unwrap();
+    let stored = store.cached_request("r1").await.unwrap().unwrap();
+    assert_eq!(stored.seq, 9);
+    assert_eq!(
+        stored.body["countersign"]["marks"],
+        serde_json::json!(["first", "payload changed", "this approver rejected it"])
+    );
+}
+
 /// Two synced requests, the second marked since.
 async fn synced_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
