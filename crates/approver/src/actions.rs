@@ -400,17 +400,25 @@ pub async fn reject(store: &Store, id: &str, reason: &str) -> Result<String, Pro
             .map_err(SyncError::Client),
         Err(error) => Err(error),
     };
-    let outcome = match &answer {
-        Ok(_) => "recorded by the queue".to_owned(),
+    // What keeps the rejection from being confirmed, if anything.
+    let unconfirmed: Option<String> = match &answer {
+        Ok(reply) if reply["state"] == "rejected" => None,
+        Ok(reply) => Some(format!(
+            "the queue answered, but shows it {}",
+            countersign_core::printable(
+                &reply["state"].as_str().unwrap_or("?").chars().take(32).collect::<String>()
+            )
+        )),
         // The client has made the queue's code printable and short.
         Err(SyncError::Client(ClientError::Status { status, code, .. })) => {
-            format!("the queue answered {status} {code}")
+            Some(format!("the queue answered {status} {code}"))
         }
-        Err(_) => "the queue did not confirm it".to_owned(),
+        Err(_) => Some("the queue did not confirm it".to_owned()),
     };
-    let mark = match &answer {
-        Ok(_) => REJECTED_HERE.to_owned(),
-        Err(_) => format!("{REJECTED_HERE}; {outcome}"),
+    let outcome = unconfirmed.clone().unwrap_or_else(|| "recorded by the queue".to_owned());
+    let mark = match &unconfirmed {
+        None => REJECTED_HERE.to_owned(),
+        Some(why) => format!("{REJECTED_HERE}; {why}"),
     };
     // A sync running at this very moment keeps the mark: it adds the stored copy's marks to
     // the copy it writes.
@@ -428,8 +436,14 @@ pub async fn reject(store: &Store, id: &str, reason: &str) -> Result<String, Pro
             ),
         ));
     }
-    let reply = answer?;
-    Ok(countersign_core::printable(reply["state"].as_str().unwrap_or("?")))
+    match (answer, unconfirmed) {
+        (Ok(_), None) => Ok("rejected".to_owned()),
+        (Ok(_), Some(why)) => Err(Problem::refused(
+            "rejection_unconfirmed",
+            format!("request {id}: {why}; it is marked rejected here"),
+        )),
+        (Err(error), _) => Err(error.into()),
+    }
 }
 
 /// The owners whose approvals Countersign verified, and how many the queue listed.
