@@ -422,16 +422,24 @@ pub async fn reject(store: &Store, id: &str, reason: &str) -> Result<String, Pro
     };
     // A sync running at this very moment keeps the mark: it adds the stored copy's marks to
     // the copy it writes.
-    let kept = async {
-        store.add_mark(id, &mark).await?;
-        store.audit("rejected", &json!({ "id": id, "reason": reason, "queue": outcome })).await
-    };
-    if let Err(error) = kept.await {
+    if let Err(error) = store.add_mark(id, &mark).await {
         return Err(Problem::other(
             "not_marked",
             format!(
                 "request {id}: rejection {outcome}, but this store could not mark it ({}); \
                  reject it again",
+                Problem::from(error).message
+            ),
+        ));
+    }
+    let audited =
+        store.audit("rejected", &json!({ "id": id, "reason": reason, "queue": outcome })).await;
+    if let Err(error) = audited {
+        return Err(Problem::other(
+            "not_audited",
+            format!(
+                "request {id}: rejection {outcome}, and marked rejected here, but the local \
+                 audit log could not record it ({})",
                 Problem::from(error).message
             ),
         ));
@@ -442,7 +450,15 @@ pub async fn reject(store: &Store, id: &str, reason: &str) -> Result<String, Pro
             "rejection_unconfirmed",
             format!("request {id}: {why}; it is marked rejected here"),
         )),
-        (Err(error), _) => Err(error.into()),
+        (Err(error), _) => {
+            let mut problem = Problem::from(error);
+            // The id and the reason were checked here: a 400 is the queue's, not bad input.
+            if problem.kind == crate::problem::Kind::Input {
+                problem = Problem::refused("rejection_unconfirmed", problem.message);
+            }
+            problem.message = format!("{}; request {id} is marked rejected here", problem.message);
+            Err(problem)
+        }
     }
 }
 

@@ -686,6 +686,7 @@ fn queue_walkthrough_from_submitted_to_approved() {
     assert!(!stdout(&late).contains("Step 1"), "nothing is signed for a closed request");
     let closed = alice.0.run(&["reject", "p3", "--reason", "also no"]);
     assert_eq!(closed.status.code(), Some(1), "a queue refusal exits 1: {}", stderr(&closed));
+    assert!(stderr(&closed).contains("p3 is marked rejected here"), "{}", stderr(&closed));
     // Her no holds here all the same, and her copy says the queue refused it.
     let shown = stdout(&alice.0.run(&["show", "p3"]));
     assert!(
@@ -750,6 +751,7 @@ fn queue_walkthrough_from_submitted_to_approved() {
     let unsent = alice.0.run(&["reject", "p2", "--reason", "not ours"]);
     assert_eq!(unsent.status.code(), Some(3), "{}", stderr(&unsent));
     assert!(stderr(&unsent).contains("could not be reached"), "{}", stderr(&unsent));
+    assert!(stderr(&unsent).contains("p2 is marked rejected here"), "{}", stderr(&unsent));
     let shown = stdout(&alice.0.run(&["show", "p2"]));
     assert!(
         shown.contains("MARKED: this approver rejected it; the queue did not confirm it"),
