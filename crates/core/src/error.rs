@@ -20,10 +20,16 @@ impl InputError {
 
 /// Bidirectional marks and overrides, zero-width and other invisible format characters, and
 /// line or paragraph separators: characters that change how text reads without being seen.
+/// Also the blank fillers, variation selectors and tag characters, which draw nothing (or
+/// change a neighbour's look) and can carry hidden text. Code points from Unicode's
+/// `Default_Ignorable_Code_Point` list and the Hangul fillers.
 pub fn is_invisible(c: char) -> bool {
     matches!(c,
-        '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
-        | '\u{2060}'..='\u{2069}' | '\u{feff}')
+        '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
+        | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}' | '\u{1bca0}'..='\u{1bca3}'
+        | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
 }
 
 /// `text` with control characters and bidirectional overrides written as `\u{…}` escapes.
@@ -46,3 +52,31 @@ impl fmt::Display for InputError {
 }
 
 impl std::error::Error for InputError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_characters_that_draw_nothing_are_invisible() {
+        for c in [
+            '\u{202e}',
+            '\u{200b}',
+            '\u{034f}',
+            '\u{3164}',
+            '\u{ffa0}',
+            '\u{fe0f}',
+            '\u{e0041}',
+            '\u{e0100}',
+            '\u{180b}',
+            '\u{2064}',
+            '\u{1d173}',
+        ] {
+            assert!(is_invisible(c), "{:?}", c.escape_unicode().to_string());
+            assert_eq!(printable(&format!("a{c}b")), format!("a{}b", c.escape_unicode()));
+        }
+        for c in ['a', 'é', 'Ж', '中', '$', ' ', '\u{2019}'] {
+            assert!(!is_invisible(c), "{c}");
+        }
+    }
+}
