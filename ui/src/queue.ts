@@ -140,7 +140,8 @@ export function queueScreen(shell: Shell): HTMLElement {
       if (!row) continue;
       const shows = cells(row);
       const isSelected = item.index === selected;
-      const key = JSON.stringify([shows, isSelected, row.marked]);
+      // The cells say whether it is marked; the class follows from them.
+      const key = JSON.stringify([shows, isSelected]);
       const before = drawn.get(row.id);
       const node = before !== undefined && before.key === key ? before.node : rowNode(row, shows, isSelected);
       // Through the CSSOM: the CSP refuses style attributes.
@@ -150,8 +151,9 @@ export function queueScreen(shell: Shell): HTMLElement {
     }
     drawn = next;
     // Nodes kept stay where they are; only those gone or new are taken out or put in.
+    const staying = new Set<Element>(nodes);
     for (const child of Array.from(inner.children)) {
-      if (!nodes.includes(child as HTMLDivElement)) child.remove();
+      if (!staying.has(child)) child.remove();
     }
     nodes.forEach((node, i) => {
       if (inner.children[i] !== node) inner.insertBefore(node, inner.children[i] ?? null);

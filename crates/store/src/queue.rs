@@ -262,11 +262,9 @@ impl Store {
         // A mark written here since the sync read its copies (a rejection, say) is kept: the
         // copies stored now carry every mark the stored ones have.
         let merged = self.with_stored_marks(&mut tx, requests).await?;
-        for (i, request) in &merged {
-            sealed[*i] = self.seal_cached(request)?;
-        }
         let mut requests: Vec<&CachedRequest> = requests.iter().collect();
         for (i, request) in &merged {
+            sealed[*i] = self.seal_cached(request)?;
             requests[*i] = request;
         }
         // Rows go in a hundred to a statement: one statement a row costs more in round trips
@@ -306,14 +304,14 @@ impl Store {
     /// written meanwhile is lost.
     async fn with_stored_marks(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        tx: &mut Transaction<'static, Sqlite>,
         requests: &[CachedRequest],
     ) -> Result<Vec<(usize, CachedRequest)>, StoreError> {
         let index: std::collections::HashMap<&str, usize> =
             requests.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect();
         let mut merged = Vec::new();
         for chunk in requests.chunks(100) {
-            let mut select = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            let mut select = sqlx::QueryBuilder::<Sqlite>::new(
                 "SELECT id, seq, payload_hash, sealed_body FROM queue_requests WHERE id IN (",
             );
             let mut ids = select.separated(", ");
