@@ -7,10 +7,12 @@
 //! incident on the vault, which blocks signing there until a person clears it. Marks stay.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use alloy_primitives::{keccak256, Address, B256};
 use countersign_core::address::checksummed;
-use countersign_core::intent::intent_digest;
+use countersign_core::hash::SafeDomain;
+use countersign_core::intent::IntentDomain;
 use countersign_core::request::{JsonObject, SafeTxRequest};
 use countersign_core::secret::{SecretBytes, SecretString};
 use countersign_core::signature::OwnerSignature;
@@ -98,8 +100,8 @@ impl Connection {
 
 /// Fetches every change after the stored cursor, checks it, and stores it sealed.
 ///
-/// Three things overlap: the next page is fetched and read while this one is checked, and a
-/// page's signatures are recovered on two threads while the next page's fields are checked.
+/// Three things overlap: the next page is fetched and read while this one is checked, and
+/// pages' signatures are recovered on every core while later pages' fields are checked.
 pub async fn sync(store: &Store, connection: &Connection) -> Result<SyncReport, SyncError> {
     let (_, cursor) = store
         .queue_config()
@@ -182,13 +184,15 @@ async fn fetch_page(session: &Session, cursor: i64) -> Result<(Page, bool), Sync
     Ok((Page { views, cursor: next }, more))
 }
 
-/// Who signed each intent of a page, and which owners' approvals verified.
-type Signers = (Vec<Option<Address>>, Vec<Vec<String>>);
+/// Pages whose signatures are queued or being recovered while later pages are read and
+/// checked. Two keep the recovering threads busy from one page to the next: while the
+/// oldest is stored, the next is already queued.
+const PAGES_AHEAD: usize = 2;
 
 /// A page whose fields are checked and whose signatures are being recovered.
 struct Checking {
     pending: Vec<Pending>,
-    signatures: tokio::task::JoinHandle<Signers>,
+    signatures: Recovering,
     cursor: i64,
 }
 
@@ -201,45 +205,179 @@ async fn check_pages(
     let mut report = SyncReport::default();
     // Which requests are cached already, read once; each stored page is added to it.
     let mut known = store.cached_payload_hashes().await?;
-    let mut in_flight: Option<Checking> = None;
+    let recoverers = Recoverers::start();
+    let mut in_flight: std::collections::VecDeque<Checking> = std::collections::VecDeque::new();
     while let Some(page) = pages.recv().await {
         let page = page?;
         // A request that changed during the sync is listed again; its earlier version is
         // stored first, so that the change is seen.
-        if let Some(earlier) = &in_flight {
-            let ids: std::collections::HashSet<&str> =
-                earlier.pending.iter().map(|p| p.id.as_str()).collect();
-            let relisted = page
-                .views
+        let relisted = {
+            let ids: std::collections::HashSet<&str> = in_flight
                 .iter()
-                .any(|view| view["id"].as_str().is_some_and(|id| ids.contains(id)));
-            if relisted {
-                if let Some(earlier) = in_flight.take() {
-                    store_page(store, connection, earlier, &mut known, &mut report).await?;
-                }
+                .flat_map(|earlier| earlier.pending.iter().map(|p| p.id.as_str()))
+                .collect();
+            page.views.iter().any(|view| view["id"].as_str().is_some_and(|id| ids.contains(id)))
+        };
+        if relisted {
+            while let Some(earlier) = in_flight.pop_front() {
+                store_page(store, connection, earlier, &mut known, &mut report).await?;
             }
         }
-        let checking = start_checks(store, page, &known, vaults).await?;
-        if let Some(earlier) = in_flight.replace(checking) {
-            store_page(store, connection, earlier, &mut known, &mut report).await?;
+        in_flight.push_back(start_checks(store, page, &known, vaults, &recoverers).await?);
+        // Store the pages already recovered, and the oldest once enough are queued behind it.
+        while in_flight.len() > PAGES_AHEAD
+            || in_flight.front_mut().is_some_and(|oldest| oldest.signatures.is_done())
+        {
+            let Some(oldest) = in_flight.pop_front() else { break };
+            store_page(store, connection, oldest, &mut known, &mut report).await?;
         }
     }
-    if let Some(last) = in_flight {
-        store_page(store, connection, last, &mut known, &mut report).await?;
+    while let Some(earlier) = in_flight.pop_front() {
+        store_page(store, connection, earlier, &mut known, &mut report).await?;
     }
     Ok(report)
 }
 
+/// What one request's signatures came to: who signed its intent, and which pinned owners'
+/// listed approvals verified.
+type Recovered = (Option<Address>, Vec<String>);
+
+/// The listed approvals of a request, the safeTxHash they must be over, and the pinned vault
+/// whose owners count.
+type Listed = (Value, Option<B256>, Option<Arc<Pinned>>);
+
+/// One request's signatures, to be recovered.
+struct Job {
+    intent: Option<(OwnerSignature, B256)>,
+    approvals: Listed,
+    index: usize,
+    reply: tokio::sync::mpsc::UnboundedSender<(usize, Recovered)>,
+}
+
+/// Threads that recover signatures for the whole of a sync. They take one request at a time
+/// from a shared queue, so none idles while another still has work, and none waits for a
+/// page to be stored before starting on the next. They stop when the sync drops its handle.
+struct Recoverers {
+    jobs: crossbeam_channel::Sender<Job>,
+}
+
+impl Recoverers {
+    fn start() -> Self {
+        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        for _ in 0..threads {
+            let queue = queue.clone();
+            let spawned =
+                std::thread::Builder::new().name("sync-recover".into()).spawn(move || {
+                    for job in queue.iter() {
+                        // A sync that stopped no longer waits for its answers.
+                        if job.reply.is_closed() {
+                            continue;
+                        }
+                        // A panic loses this request's answer, which fails its page, not the
+                        // thread: the pages after it are still answered.
+                        let recovered = std::panic::catch_unwind(|| {
+                            let signer = job.intent.and_then(|(s, d)| s.recover(&d).ok());
+                            let approved = match &job.approvals {
+                                (approvals, Some(hash), Some(vault)) => {
+                                    verified_approvals(approvals, *hash, &vault.record.owners)
+                                }
+                                _ => Vec::new(),
+                            };
+                            (signer, approved)
+                        });
+                        let Ok((signer, approved)) = recovered else { continue };
+                        let _ = job.reply.send((job.index, (signer, approved)));
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "a signature-recovering thread did not start");
+            }
+        }
+        Self { jobs }
+    }
+
+    /// Queues every request's signatures; the answers come back in any order.
+    fn recover(&self, jobs: Vec<(Option<(OwnerSignature, B256)>, Listed)>) -> Recovering {
+        let (reply, answers) = tokio::sync::mpsc::unbounded_channel();
+        let expected = jobs.len();
+        for (index, (intent, approvals)) in jobs.into_iter().enumerate() {
+            // Queued unless every thread failed to start; then the page's answers never
+            // come, and the wait below says so.
+            let _ = self.jobs.send(Job { intent, approvals, index, reply: reply.clone() });
+        }
+        Recovering { answers, results: vec![None; expected], missing: expected }
+    }
+}
+
+/// A page's signatures on their way back.
+struct Recovering {
+    answers: tokio::sync::mpsc::UnboundedReceiver<(usize, Recovered)>,
+    results: Vec<Option<Recovered>>,
+    missing: usize,
+}
+
+impl Recovering {
+    fn take(&mut self, (index, recovered): (usize, Recovered)) {
+        if let Some(slot) = self.results.get_mut(index) {
+            if slot.replace(recovered).is_none() {
+                self.missing -= 1;
+            }
+        }
+    }
+
+    /// Whether every answer is in, without waiting.
+    fn is_done(&mut self) -> bool {
+        while self.missing > 0 {
+            match self.answers.try_recv() {
+                Ok(answer) => self.take(answer),
+                Err(_) => break,
+            }
+        }
+        self.missing == 0
+    }
+
+    /// Every answer, in the page's order.
+    async fn all(mut self) -> Result<Vec<Recovered>, SyncError> {
+        while self.missing > 0 {
+            let answer = self.answers.recv().await.ok_or_else(|| {
+                SyncError::Config("the signature checks stopped before the end of a page".into())
+            })?;
+            self.take(answer);
+        }
+        Ok(self.results.into_iter().flatten().collect())
+    }
+}
+
 /// The vault records pinned here, read once per sync.
-struct PinnedVaults(std::collections::HashMap<(u64, Address), VaultRecord>);
+struct PinnedVaults(std::collections::HashMap<(u64, Address), Arc<Pinned>>);
+
+/// A pinned vault record with its two EIP-712 domains, each separator computed once.
+struct Pinned {
+    record: VaultRecord,
+    safe: SafeDomain,
+    intent: IntentDomain,
+}
 
 impl PinnedVaults {
     async fn load(store: &Store) -> Result<Self, SyncError> {
         let records = store.vaults(None).await?;
-        Ok(Self(records.into_iter().map(|v| ((v.chain_id, v.address), v)).collect()))
+        Ok(Self(
+            records
+                .into_iter()
+                .map(|record| {
+                    let pinned = Pinned {
+                        safe: record.domain(),
+                        intent: IntentDomain::new(record.chain_id),
+                        record,
+                    };
+                    ((pinned.record.chain_id, pinned.record.address), Arc::new(pinned))
+                })
+                .collect(),
+        ))
     }
 
-    fn get(&self, chain_id: u64, address: Address) -> Option<VaultRecord> {
+    fn get(&self, chain_id: u64, address: Address) -> Option<Arc<Pinned>> {
         self.0.get(&(chain_id, address)).cloned()
     }
 }
@@ -251,7 +389,7 @@ struct Pending {
     previous: Option<CachedRequest>,
     marks: Vec<String>,
     alarms: Vec<String>,
-    vault: Option<VaultRecord>,
+    vault: Option<Arc<Pinned>>,
     ours: Option<B256>,
     intent: Option<(OwnerSignature, B256)>,
     payload_hash: String,
@@ -265,6 +403,7 @@ async fn start_checks(
     page: Page,
     known: &std::collections::HashMap<String, String>,
     vaults: &PinnedVaults,
+    recoverers: &Recoverers,
 ) -> Result<Checking, SyncError> {
     let mut pending = Vec::with_capacity(page.views.len());
     let mut seen = std::collections::HashSet::with_capacity(page.views.len());
@@ -287,16 +426,11 @@ async fn start_checks(
         };
         pending.push(first_checks(view, id, previous, vaults));
     }
-    let intents: Vec<Option<(OwnerSignature, B256)>> = pending.iter().map(|p| p.intent).collect();
-    let listed: Vec<(Value, Option<B256>, Vec<Address>)> = pending
+    let jobs = pending
         .iter()
-        .map(|p| {
-            let owners = p.vault.as_ref().map(|v| v.owners.clone()).unwrap_or_default();
-            (p.view["approvals"].clone(), p.ours, owners)
-        })
+        .map(|p| (p.intent, (p.view["approvals"].clone(), p.ours, p.vault.clone())))
         .collect();
-    let signatures =
-        tokio::task::spawn_blocking(move || (recover_all(&intents), verify_all_approvals(&listed)));
+    let signatures = recoverers.recover(jobs);
     Ok(Checking { pending, signatures, cursor: page.cursor })
 }
 
@@ -308,13 +442,9 @@ async fn store_page(
     known: &mut std::collections::HashMap<String, String>,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    let (recovered, approvals) = page
-        .signatures
-        .await
-        .map_err(|e| SyncError::Config(format!("signature checks stopped: {e}")))?;
+    let recovered = page.signatures.all().await?;
     let mut batch = Vec::with_capacity(page.pending.len());
-    for ((mut item, signer), approved_by) in page.pending.into_iter().zip(recovered).zip(approvals)
-    {
+    for (mut item, (signer, approved_by)) in page.pending.into_iter().zip(recovered) {
         if item.intent.is_some() {
             match signer {
                 Some(signer) if connection.initiators.contains(&signer) => {}
@@ -359,8 +489,8 @@ fn first_checks(
             vault = vaults.get(view["chainId"].as_u64().unwrap_or(0), request.safe);
             match &vault {
                 None => marks.push("its vault is not pinned on this machine".to_owned()),
-                Some(record) => {
-                    let hash = record.domain().hashes(&request.tx).safe_tx;
+                Some(pinned) => {
+                    let hash = pinned.safe.hashes(&request.tx).safe_tx;
                     ours = Some(hash);
                     if view["safeTxHash"].as_str() != Some(hash.to_string().as_str()) {
                         alarms.push(format!(
@@ -368,7 +498,7 @@ fn first_checks(
                             view["safeTxHash"]
                         ));
                     }
-                    match intent_to_check(&view, record, hash) {
+                    match intent_to_check(&view, pinned, hash) {
                         Ok(pair) => intent = Some(pair),
                         Err(problem) => alarms.push(problem),
                     }
@@ -377,24 +507,6 @@ fn first_checks(
         }
     }
     Pending { view, id, previous, marks, alarms, vault, ours, intent, payload_hash, read }
-}
-
-fn recover_all(intents: &[Option<(OwnerSignature, B256)>]) -> Vec<Option<Address>> {
-    let half = intents.len().div_ceil(2).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = intents
-            .chunks(half)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|pair| pair.and_then(|(s, d)| s.recover(&d).ok()))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-    })
 }
 
 async fn finish(
@@ -408,7 +520,7 @@ async fn finish(
     for alarm in &alarms {
         if let Some(vault) = &vault {
             let detail = json!({ "request": id, "reason": alarm });
-            report.incidents.push(store.open_incident(vault, "queue", &detail).await?);
+            report.incidents.push(store.open_incident(&vault.record, "queue", &detail).await?);
         }
         marks.push(alarm.clone());
     }
@@ -428,28 +540,6 @@ async fn finish(
     });
     let seq = body["seq"].as_i64().unwrap_or(0);
     Ok(CachedRequest { id, seq, payload_hash, body })
-}
-
-/// [`verified_approvals`] for a page, on two threads.
-fn verify_all_approvals(listed: &[(Value, Option<B256>, Vec<Address>)]) -> Vec<Vec<String>> {
-    let half = listed.len().div_ceil(2).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = listed
-            .chunks(half)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|(approvals, hash, owners)| match hash {
-                            Some(hash) => verified_approvals(approvals, *hash, owners),
-                            None => Vec::new(),
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-    })
 }
 
 /// The pinned owners whose listed approval signatures recover to them over `hash`, each once.
@@ -483,11 +573,26 @@ fn previous_mark_count(previous: &Option<CachedRequest>) -> usize {
 /// The request's payload as the initiator fixed it: id, chain, transaction, creation time,
 /// intent signature. Approvals and state are allowed to change; these are not.
 pub fn payload_hash(view: &Value) -> String {
-    let payload = json!({
-        "id": view["id"], "chainId": view["chainId"], "transaction": view["transaction"],
-        "createdAt": view["createdAt"], "initiatorSignature": view["initiatorSignature"],
-    });
-    keccak256(payload.to_string()).to_string()
+    /// The fields in the order a JSON object of them writes them (by name), borrowed from the
+    /// view rather than copied into one.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Payload<'a> {
+        chain_id: &'a Value,
+        created_at: &'a Value,
+        id: &'a Value,
+        initiator_signature: &'a Value,
+        transaction: &'a Value,
+    }
+    let payload = Payload {
+        chain_id: &view["chainId"],
+        created_at: &view["createdAt"],
+        id: &view["id"],
+        initiator_signature: &view["initiatorSignature"],
+        transaction: &view["transaction"],
+    };
+    // Writing JSON values into memory cannot fail.
+    keccak256(serde_json::to_vec(&payload).unwrap_or_default()).to_string()
 }
 
 fn parse(view: &Value) -> Result<SafeTxRequest, String> {
@@ -501,12 +606,12 @@ fn parse(view: &Value) -> Result<SafeTxRequest, String> {
 /// The intent signature and the digest it must be over, for the batch recovery.
 fn intent_to_check(
     view: &Value,
-    vault: &VaultRecord,
+    vault: &Pinned,
     hash: B256,
 ) -> Result<(OwnerSignature, B256), String> {
     let id = view["id"].as_str().unwrap_or_default();
     let created_at = view["createdAt"].as_u64().unwrap_or(0);
-    let digest = intent_digest(vault.chain_id, id, vault.address, hash, created_at);
+    let digest = vault.intent.digest(id, vault.record.address, hash, created_at);
     let text = view["initiatorSignature"].as_str().unwrap_or_default();
     let signature = OwnerSignature::parse_hex("initiatorSignature", text)
         .map_err(|e| format!("its intent signature is malformed: {e}"))?;
@@ -519,9 +624,10 @@ fn compare_vaults(vaults: &PinnedVaults, remote: &Value, report: &mut SyncReport
         let Ok(address) = Address::from_str(theirs["address"].as_str().unwrap_or_default()) else {
             continue;
         };
-        let Some(ours) = vaults.get(chain, address) else {
+        let Some(pinned) = vaults.get(chain, address) else {
             continue;
         };
+        let ours = &pinned.record;
         let owners: Vec<String> = ours.owners.iter().map(checksummed).collect();
         // The owners are a set: the same addresses in another order are the same owners.
         let mut pinned_set = ours.owners.clone();
@@ -552,5 +658,37 @@ fn compare_vaults(vaults: &PinnedVaults, remote: &Value, report: &mut SyncReport
                 differences.join(", ")
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The payload hash stays what earlier versions stored: a JSON object of the five fields,
+    /// written by name order, with `null` for a missing one.
+    #[test]
+    fn the_payload_hash_is_the_stored_encoding() {
+        let views = [
+            json!({ "id": "r1", "chainId": 1, "createdAt": 1_700_000_000u64,
+                    "initiatorSignature": "0xab", "state": "pending", "approvals": [],
+                    "transaction": { "to": "0x01", "value": "0", "data": "0x", "nonce": 5,
+                                     "operation": 0, "z": [1, {"b": 2, "a": "\u{e9}\""}] } }),
+            json!({ "id": "r2", "transaction": null }),
+            json!({}),
+        ];
+        for view in &views {
+            let earlier = json!({
+                "id": view["id"], "chainId": view["chainId"], "transaction": view["transaction"],
+                "createdAt": view["createdAt"], "initiatorSignature": view["initiatorSignature"],
+            });
+            assert_eq!(payload_hash(view), keccak256(earlier.to_string()).to_string());
+        }
+        let mut changed = views[0].clone();
+        changed["transaction"]["value"] = json!("1");
+        assert_ne!(payload_hash(&changed), payload_hash(&views[0]));
+        changed = views[0].clone();
+        changed["state"] = json!("approved");
+        assert_eq!(payload_hash(&changed), payload_hash(&views[0]), "the state may change");
     }
 }
