@@ -92,6 +92,27 @@ fn mark(phase: &str) {
     eprintln!("phase {phase} at {:.3}", now.as_secs_f64());
 }
 
+/// This process's CPU time so far (user and system, all threads), from /proc/self/stat.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split(' ').collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; the
+    // kernel counts them in 100ths of a second.
+    Duration::from_millis((ticks(12) + ticks(13)) * 10)
+}
+
+/// The machine's stolen and idle time so far (all CPUs), from /proc/stat.
+fn machine_idle_and_steal() -> (Duration, Duration) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or_default();
+    let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let at = |i: usize| Duration::from_millis(fields.get(i).copied().unwrap_or(0) * 10);
+    // user nice system idle iowait irq softirq steal
+    (at(3) + at(4), at(7))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -254,12 +275,17 @@ async fn main() {
         Connection { initiators: vec![initiator.address()], ..connect(member_keys[1][0].clone()) };
     store.set_queue_config(&connection.to_secret()).await.unwrap();
     let verify_start = Instant::now();
+    let verify_cpu = cpu_time();
     recovery_rate(&intents, 2);
     let verify_time = verify_start.elapsed();
+    let verify_cpu = cpu_time() - verify_cpu;
     let sync_start = Instant::now();
+    let (sync_cpu, (idle, steal)) = (cpu_time(), machine_idle_and_steal());
     mark("sync start");
     let report = sync(&store, &connection).await.unwrap();
     let sync_time = sync_start.elapsed();
+    let sync_cpu = cpu_time() - sync_cpu;
+    let (idle_after, steal_after) = machine_idle_and_steal();
     mark("sync end");
     assert_eq!(report.fetched, requests);
     assert!(report.marked.is_empty(), "{:?}", report.marked.first());
@@ -331,6 +357,13 @@ async fn main() {
         ms(percentile(&submit_lat, 0.99))
     );
     println!("| sync of {requests} pending requests | {:.0} ms = {:.2} × {requests} intent recoveries on 2 threads ({:.0} ms; goal ≤ 1.3) |", ms(sync_time), sync_time.as_secs_f64() / verify_time.as_secs_f64(), ms(verify_time));
+    println!(
+        "| CPU time of the sync, all threads, queue included | {:.0} ms (the recoveries alone: {:.0} ms); the machine idle {:.0} ms, stolen {:.0} ms |",
+        ms(sync_cpu),
+        ms(verify_cpu),
+        ms(idle_after - idle),
+        ms(steal_after - steal)
+    );
     println!("| signature recovery alone, 2 threads | {recovery_2:.0}/s |");
     println!("| approvals ({total_approvals} distinct, wrk) | {approve_rate:.0}/s = {:.2} × recovery (goal ≥ 0.7), p99 {:.1} ms |", approve_rate / recovery_2, ms(approved.p99));
     println!(

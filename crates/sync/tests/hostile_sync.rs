@@ -338,6 +338,37 @@ async fn fail_a_stand_in_queue_cannot_bend_the_cursor_or_the_pages() {
     );
 }
 
+/// Pages are checked ahead of the one being stored: a request listed again two pages on,
+/// while its first listing may still wait to be stored, is compared with that listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_a_request_changed_two_pages_on_is_marked() {
+    let world = world().await;
+    let views = real_views(&world).await;
+    let (r1, r2, r3) = (views[0].clone(), views[1].clone(), views[2].clone());
+    let mut changed = r1.clone();
+    changed["transaction"]["value"] = json!("7");
+    let pages: Pages = std::sync::Arc::new(move |after| match after {
+        0 => page(&[&r1], 10, true),
+        10 => page(&[&r2], 20, true),
+        20 => page(&[&r3, &changed], 30, false),
+        _ => page(&[], after, false),
+    });
+    let (connection, _) = through_stand_in(&world, pages).await;
+    let report = sync(&world.store, &connection).await.unwrap();
+    assert!(
+        report.marked.iter().any(|(id, why)| id == "r1" && why.contains("payload changed")),
+        "{:?}",
+        report.marked
+    );
+    assert_eq!(report.fetched, 4, "each listing is checked and stored, in order");
+    assert_eq!(world.store.queue_config().await.unwrap().unwrap().1, 30);
+    let stored = world.store.cached_request("r1").await.unwrap().unwrap();
+    assert_eq!(stored.body["transaction"]["value"], json!("7"), "the later listing is kept");
+    for id in ["r2", "r3"] {
+        assert!(marks(&world.store, id).await.is_empty(), "{id} is not marked");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_listed_approvals_count_once_and_only_from_pinned_owners() {
     let world = world().await;
