@@ -12,7 +12,7 @@ use countersign_core::address::checksummed;
 use countersign_core::guard::CheckedRequest;
 use countersign_core::guard::{review, Review};
 use countersign_core::policy::Policy;
-use countersign_core::request::{JsonObject, SafeTxRequest};
+use countersign_core::request::SafeTxRequest;
 use countersign_core::signature::OwnerSignature;
 use countersign_core::signer::{Decision, Prompt, Signer, SignerError};
 use countersign_core::tokens::TokenList;
@@ -65,7 +65,7 @@ pub async fn local_review(
             format!("request {}: no transaction in the synced copy", cached.id),
         ));
     };
-    let request = SafeTxRequest::from_object(&JsonObject(object.clone().into_iter().collect()))?;
+    let request = SafeTxRequest::from_map(object)?;
     let vault = store.vault(cached.body["chainId"].as_u64().unwrap_or(0), &request.safe).await?;
     let policy: Policy = store.policy().await?;
     let history = store.history(&vault, request.tx.nonce).await?;

@@ -12,7 +12,7 @@ use countersign_core::decode::{decode_call, Action, Call};
 use countersign_core::describe::Amount;
 use countersign_core::policy::Policy;
 use countersign_core::request::Operation;
-use countersign_core::request::{JsonObject, SafeTxRequest};
+use countersign_core::request::SafeTxRequest;
 use countersign_core::tokens::{chain_name, TokenList};
 use countersign_core::vault::VaultRecord;
 use countersign_store::{CachedRequest, Store};
@@ -128,9 +128,7 @@ fn row(cached: &CachedRequest, context: &RowContext<'_>) -> Row {
     let chain_id = body["chainId"].as_u64().unwrap_or(0);
     let text = |v: &serde_json::Value| countersign_core::printable(v.as_str().unwrap_or("?"));
     let (verified, _) = approvals_of(cached);
-    let parsed = body["transaction"].as_object().and_then(|o| {
-        SafeTxRequest::from_object(&JsonObject(o.clone().into_iter().collect())).ok()
-    });
+    let parsed = body["transaction"].as_object().and_then(|o| SafeTxRequest::from_map(o).ok());
     let mut row = Row {
         id: countersign_core::printable(&cached.id),
         state: text(&body["state"]),

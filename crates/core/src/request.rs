@@ -5,7 +5,6 @@
 //! service adds around the transaction (confirmations, dates, …) are ignored; a field given
 //! twice is an error, because two parsers could each take a different copy.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use alloy_primitives::{Address, Bytes, B256, U256};
@@ -80,6 +79,12 @@ impl SafeTxRequest {
 
     /// Builds a request from an already parsed JSON object (a request inside a larger file).
     pub fn from_object(object: &JsonObject) -> Result<Self, InputError> {
+        Self::from_map(&object.0)
+    }
+
+    /// [`Self::from_object`] over an object already parsed (a field of a larger document),
+    /// without copying it.
+    pub fn from_map(object: &serde_json::Map<String, Value>) -> Result<Self, InputError> {
         if object.get("primaryType").is_some() || object.get("types").is_some() {
             let problem = "has EIP-712 typed-data fields (types, primaryType): it is not a Safe \
                            transaction and is never signed";
@@ -108,7 +113,7 @@ impl SafeTxRequest {
 
 /// A JSON object whose keys are known to be unique.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct JsonObject(pub BTreeMap<String, Value>);
+pub struct JsonObject(pub serde_json::Map<String, Value>);
 
 impl JsonObject {
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -132,7 +137,7 @@ impl<'de> Visitor<'de> for UniqueKeys {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonObject, A::Error> {
-        let mut out = BTreeMap::new();
+        let mut out = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if out.contains_key(&key) {
                 return Err(de::Error::custom(format!("field `{key}` appears twice")));
@@ -218,7 +223,7 @@ impl<'de> Visitor<'de> for UniqueDeepVisitor {
 }
 
 struct Fields<'a> {
-    object: &'a JsonObject,
+    object: &'a serde_json::Map<String, Value>,
     unverified: Vec<&'static str>,
 }
 

@@ -13,7 +13,7 @@ use alloy_primitives::{keccak256, Address, B256};
 use countersign_core::address::checksummed;
 use countersign_core::hash::SafeDomain;
 use countersign_core::intent::IntentDomain;
-use countersign_core::request::{JsonObject, SafeTxRequest};
+use countersign_core::request::SafeTxRequest;
 use countersign_core::secret::{SecretBytes, SecretString};
 use countersign_core::signature::OwnerSignature;
 use countersign_core::vault::VaultRecord;
@@ -599,8 +599,7 @@ fn parse(view: &Value) -> Result<SafeTxRequest, String> {
     let Some(object) = view["transaction"].as_object() else {
         return Err("transaction: missing".into());
     };
-    SafeTxRequest::from_object(&JsonObject(object.clone().into_iter().collect()))
-        .map_err(|e| e.to_string())
+    SafeTxRequest::from_map(object).map_err(|e| e.to_string())
 }
 
 /// The intent signature and the digest it must be over, for the batch recovery.
