@@ -226,7 +226,7 @@ async fn check_pages(
         in_flight.push_back(start_checks(store, page, &known, vaults, &recoverers).await?);
         // Store the pages already recovered, and the oldest once enough are queued behind it.
         while in_flight.len() > PAGES_AHEAD
-            || in_flight.front_mut().is_some_and(|oldest| oldest.signatures.is_done())
+            || in_flight.front().is_some_and(|oldest| oldest.signatures.is_done())
         {
             let Some(oldest) = in_flight.pop_front() else { break };
             store_page(store, connection, oldest, &mut known, &mut report).await?;
@@ -251,7 +251,30 @@ struct Job {
     intent: Option<(OwnerSignature, B256)>,
     approvals: Listed,
     index: usize,
-    reply: tokio::sync::mpsc::UnboundedSender<(usize, Recovered)>,
+    page: Arc<Answers>,
+}
+
+/// A page's answers, filled in by the threads in any order. The sync is woken once, when
+/// the last is in, not for each: a wake-up a request cost more than checking its fields.
+struct Answers {
+    slots: Vec<std::sync::OnceLock<Recovered>>,
+    /// Requests not answered yet; one whose answer is lost (a panic) is counted too, and
+    /// its empty slot fails the page.
+    remaining: std::sync::atomic::AtomicUsize,
+    complete: tokio::sync::Notify,
+    /// Set when the sync stops waiting for the page (it failed): its work is skipped.
+    abandoned: std::sync::atomic::AtomicBool,
+}
+
+impl Answers {
+    fn settle(&self, index: usize, recovered: Option<Recovered>) {
+        if let (Some(recovered), Some(slot)) = (recovered, self.slots.get(index)) {
+            let _ = slot.set(recovered);
+        }
+        if self.remaining.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.complete.notify_one();
+        }
+    }
 }
 
 /// Threads that recover signatures for the whole of a sync. They take one request at a time
@@ -271,7 +294,7 @@ impl Recoverers {
                 std::thread::Builder::new().name("sync-recover".into()).spawn(move || {
                     for job in queue.iter() {
                         // A sync that stopped no longer waits for its answers.
-                        if job.reply.is_closed() {
+                        if job.page.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
                             continue;
                         }
                         // A panic loses this request's answer, which fails its page, not the
@@ -286,8 +309,7 @@ impl Recoverers {
                             };
                             (signer, approved)
                         });
-                        let Ok((signer, approved)) = recovered else { continue };
-                        let _ = job.reply.send((job.index, (signer, approved)));
+                        job.page.settle(job.index, recovered.ok());
                     }
                 });
             if let Err(error) = spawned {
@@ -299,53 +321,53 @@ impl Recoverers {
 
     /// Queues every request's signatures; the answers come back in any order.
     fn recover(&self, jobs: Vec<(Option<(OwnerSignature, B256)>, Listed)>) -> Recovering {
-        let (reply, answers) = tokio::sync::mpsc::unbounded_channel();
-        let expected = jobs.len();
-        for (index, (intent, approvals)) in jobs.into_iter().enumerate() {
-            // Queued unless every thread failed to start; then the page's answers never
-            // come, and the wait below says so.
-            let _ = self.jobs.send(Job { intent, approvals, index, reply: reply.clone() });
+        let page = Arc::new(Answers {
+            slots: (0..jobs.len()).map(|_| std::sync::OnceLock::new()).collect(),
+            remaining: std::sync::atomic::AtomicUsize::new(jobs.len()),
+            complete: tokio::sync::Notify::new(),
+            abandoned: std::sync::atomic::AtomicBool::new(false),
+        });
+        if jobs.is_empty() {
+            page.complete.notify_one();
         }
-        Recovering { answers, results: vec![None; expected], missing: expected }
+        for (index, (intent, approvals)) in jobs.into_iter().enumerate() {
+            // Refused only when no thread started: the answer is lost, and the page fails.
+            if let Err(refused) =
+                self.jobs.send(Job { intent, approvals, index, page: page.clone() })
+            {
+                refused.0.page.settle(index, None);
+            }
+        }
+        Recovering { page }
     }
 }
 
 /// A page's signatures on their way back.
 struct Recovering {
-    answers: tokio::sync::mpsc::UnboundedReceiver<(usize, Recovered)>,
-    results: Vec<Option<Recovered>>,
-    missing: usize,
+    page: Arc<Answers>,
+}
+
+impl Drop for Recovering {
+    fn drop(&mut self) {
+        self.page.abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Recovering {
-    fn take(&mut self, (index, recovered): (usize, Recovered)) {
-        if let Some(slot) = self.results.get_mut(index) {
-            if slot.replace(recovered).is_none() {
-                self.missing -= 1;
-            }
-        }
-    }
-
     /// Whether every answer is in, without waiting.
-    fn is_done(&mut self) -> bool {
-        while self.missing > 0 {
-            match self.answers.try_recv() {
-                Ok(answer) => self.take(answer),
-                Err(_) => break,
-            }
-        }
-        self.missing == 0
+    fn is_done(&self) -> bool {
+        self.page.remaining.load(std::sync::atomic::Ordering::Acquire) == 0
     }
 
     /// Every answer, in the page's order.
-    async fn all(mut self) -> Result<Vec<Recovered>, SyncError> {
-        while self.missing > 0 {
-            let answer = self.answers.recv().await.ok_or_else(|| {
-                SyncError::Config("the signature checks stopped before the end of a page".into())
-            })?;
-            self.take(answer);
+    async fn all(self) -> Result<Vec<Recovered>, SyncError> {
+        // `notify_one` keeps its permit when nobody waits yet, so no wake-up is missed.
+        while self.page.remaining.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            self.page.complete.notified().await;
         }
-        Ok(self.results.into_iter().flatten().collect())
+        let lost =
+            || SyncError::Config("the signature checks stopped before the end of a page".into());
+        self.page.slots.iter().map(|slot| slot.get().cloned().ok_or_else(lost)).collect()
     }
 }
 
