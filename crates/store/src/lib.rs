@@ -287,7 +287,23 @@ impl Store {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        match self.pool.begin_with("BEGIN IMMEDIATE").await {
+            // A caller dropped while its BEGIN was on its way to SQLite's thread (a sync cut
+            // short by a timeout, say) leaves the connection inside a transaction that nothing
+            // holds, and sqlx refuses every BEGIN on it after that. Closing the connection ends
+            // that transaction (SQLite rolls it back); the pool opens a fresh one.
+            Err(sqlx::Error::InvalidSavePointStatement) => {
+                let stuck = self.pool.acquire().await?;
+                let depth = <<Sqlite as sqlx::Database>::TransactionManager as sqlx::TransactionManager>::get_transaction_depth(&stuck);
+                if depth > 0 {
+                    stuck.close().await?;
+                } else {
+                    drop(stuck);
+                }
+                Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+            }
+            begun => Ok(begun?),
+        }
     }
 
     /// Appends an audit entry in its own transaction.
