@@ -207,8 +207,27 @@ async fn check_pages(
     let mut known = store.cached_payload_hashes().await?;
     let recoverers = Recoverers::start();
     let mut in_flight: std::collections::VecDeque<Checking> = std::collections::VecDeque::new();
-    while let Some(page) = pages.recv().await {
-        let page = page?;
+    loop {
+        // While the next page is on its way, the oldest is stored as soon as its signatures
+        // are in: a fetch that fails or a sync cut short then loses as little as it can.
+        let next = match in_flight.front() {
+            Some(oldest) => tokio::select! {
+                biased;
+                page = pages.recv() => Some(page),
+                () = oldest.signatures.done() => None,
+            },
+            None => Some(pages.recv().await),
+        };
+        let page = match next {
+            None => {
+                if let Some(oldest) = in_flight.pop_front() {
+                    store_page(store, connection, oldest, &mut known, &mut report).await?;
+                }
+                continue;
+            }
+            Some(None) => break,
+            Some(Some(page)) => page?,
+        };
         // A request that changed during the sync is listed again; its earlier version is
         // stored first, so that the change is seen.
         let relisted = {
@@ -359,12 +378,17 @@ impl Recovering {
         self.page.remaining.load(std::sync::atomic::Ordering::Acquire) == 0
     }
 
+    /// Waits until every answer is in.
+    async fn done(&self) {
+        while !self.is_done() {
+            self.page.complete.notified().await;
+        }
+    }
+
     /// Every answer, in the page's order.
     async fn all(self) -> Result<Vec<Recovered>, SyncError> {
         // `notify_one` keeps its permit when nobody waits yet, so no wake-up is missed.
-        while self.page.remaining.load(std::sync::atomic::Ordering::Acquire) > 0 {
-            self.page.complete.notified().await;
-        }
+        self.done().await;
         let lost =
             || SyncError::Config("the signature checks stopped before the end of a page".into());
         self.page.slots.iter().map(|slot| slot.get().cloned().ok_or_else(lost)).collect()
