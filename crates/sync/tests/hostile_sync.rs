@@ -215,7 +215,7 @@ async fn views_missing_from_an_older_database_are_rendered_again() {
 type Pages = std::sync::Arc<dyn Fn(i64) -> String + Send + Sync>;
 
 /// A stand-in for the queue over TLS: a session for any key, no vaults, and the listing from
-/// `pages`. One request per connection. Returns the URL, the pin and a count of listings.
+/// `pages` (a body, or `SLEEP:<ms>:` and a body to answer late). One request per connection. Returns the URL, the pin and a count of listings.
 async fn stand_in(pages: Pages) -> (String, String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let identity = Identity::ephemeral().unwrap();
@@ -249,7 +249,7 @@ async fn stand_in(pages: Pages) -> (String, String, std::sync::Arc<std::sync::at
                 let mut body = vec![0u8; length];
                 tls.read_exact(&mut body).await.unwrap();
                 let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
-                let answer = if path.starts_with("/v1/session") {
+                let mut answer = if path.starts_with("/v1/session") {
                     json!({ "token": "t", "expiresAt": 4_000_000_000u64, "member": { "id": "alice" } }).to_string()
                 } else if path.starts_with("/v1/events") {
                     // One event that never ends: a line of data with no blank line after it.
@@ -262,6 +262,15 @@ async fn stand_in(pages: Pages) -> (String, String, std::sync::Arc<std::sync::at
                 } else {
                     "{}".to_owned()
                 };
+                // `SLEEP:<ms>:` before a body: a queue slow to answer.
+                if let Some((ms, body)) =
+                    answer.strip_prefix("SLEEP:").and_then(|rest| rest.split_once(':'))
+                {
+                    let ms: u64 = ms.parse().unwrap();
+                    let body = body.to_owned();
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    answer = body;
+                }
                 let reply = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}", answer.len());
                 let _ = tls.write_all(reply.as_bytes()).await;
                 let _ = tls.shutdown().await;
@@ -271,7 +280,7 @@ async fn stand_in(pages: Pages) -> (String, String, std::sync::Arc<std::sync::at
     (format!("https://{addr}"), identity.pin(), listings)
 }
 
-fn page(views: &[&Value], cursor: i64, more: bool) -> String {
+fn page<V: serde::Serialize>(views: &[V], cursor: i64, more: bool) -> String {
     json!({ "requests": views, "cursor": cursor, "more": more }).to_string()
 }
 
@@ -306,7 +315,7 @@ async fn fail_a_stand_in_queue_cannot_bend_the_cursor_or_the_pages() {
 
     // A cursor moved back: refused, the stored cursor stays.
     let (connection, _) =
-        through_stand_in(&world, std::sync::Arc::new(|_| page(&[], -100, false))).await;
+        through_stand_in(&world, std::sync::Arc::new(|_| page::<Value>(&[], -100, false))).await;
     let error = sync(&world.store, &connection).await.unwrap_err().to_string();
     assert!(error.contains("back"), "{error}");
     assert_eq!(world.store.queue_config().await.unwrap().unwrap().1, 0);
@@ -317,7 +326,7 @@ async fn fail_a_stand_in_queue_cannot_bend_the_cursor_or_the_pages() {
     let pages: Pages = std::sync::Arc::new(move |after| match after {
         0 => page(&[&r1, &r2], 10, true),
         10 => page(&[&changed], 20, false),
-        _ => page(&[], after, false),
+        _ => page::<Value>(&[], after, false),
     });
     let (connection, _) = through_stand_in(&world, pages).await;
     let report = sync(&world.store, &connection).await.unwrap();
@@ -329,7 +338,8 @@ async fn fail_a_stand_in_queue_cannot_bend_the_cursor_or_the_pages() {
 
     // A queue that always says more follow: the sync stops after MAX_PAGES and says so.
     let (connection, listings) =
-        through_stand_in(&world, std::sync::Arc::new(|after| page(&[], after + 1, true))).await;
+        through_stand_in(&world, std::sync::Arc::new(|after| page::<Value>(&[], after + 1, true)))
+            .await;
     let report = sync(&world.store, &connection).await.unwrap();
     assert!(report.more);
     assert_eq!(
@@ -351,7 +361,7 @@ async fn fail_a_request_changed_two_pages_on_is_marked() {
         0 => page(&[&r1], 10, true),
         10 => page(&[&r2], 20, true),
         20 => page(&[&r3, &changed], 30, false),
-        _ => page(&[], after, false),
+        _ => page::<Value>(&[], after, false),
     });
     let (connection, _) = through_stand_in(&world, pages).await;
     let report = sync(&world.store, &connection).await.unwrap();
@@ -394,7 +404,7 @@ async fn fail_listed_approvals_count_once_and_only_from_pinned_owners() {
 async fn fail_an_event_that_never_ends_is_refused_at_its_cap() {
     let world = world().await;
     let (connection, _) =
-        through_stand_in(&world, std::sync::Arc::new(|_| page(&[], 0, false))).await;
+        through_stand_in(&world, std::sync::Arc::new(|_| page::<Value>(&[], 0, false))).await;
     let session = connection.session().await.unwrap();
     let mut events = session.events().await.unwrap();
     let error = events.next().await.unwrap_err();
@@ -418,4 +428,280 @@ async fn the_same_owners_in_another_order_are_no_difference_and_another_owner_is
     assert_eq!(differs.vault_differences.len(), 1);
     assert!(differs.vault_differences[0].contains("owners"), "{:?}", differs.vault_differences);
     assert!(!differs.vault_differences[0].contains("Some("), "{:?}", differs.vault_differences);
+}
+
+/// A valid request like `base` with another id and creation time, its intent signed anew.
+fn like(base: &Value, id: &str, created: u64) -> Value {
+    let mut view = base.clone();
+    view["id"] = json!(id);
+    view["createdAt"] = json!(created);
+    let hash: B256 = view["safeTxHash"].as_str().unwrap().parse().unwrap();
+    let signature = key(0x11).sign_digest(&intent_digest(1, id, SAFE, hash, created)).unwrap();
+    view["initiatorSignature"] = json!(signature.to_hex());
+    view
+}
+
+/// Pages served in order from the stored cursor `start`, page i ending at start + 10 (i + 1);
+/// the last says no more follow. After the last: an empty page.
+async fn scripted(world: &World, pages: Vec<Vec<Value>>) -> (Connection, Vec<i64>) {
+    let start = world.store.queue_config().await.unwrap().unwrap().1;
+    let cursors: Vec<i64> = (0..pages.len() as i64).map(|i| start + 10 * (i + 1)).collect();
+    let n = pages.len();
+    let serve: Pages = std::sync::Arc::new(move |after| {
+        let i = ((after - start) / 10) as usize;
+        match pages.get(i) {
+            Some(views) if (after - start) % 10 == 0 => {
+                page(views, start + 10 * (i as i64 + 1), i + 1 < n)
+            }
+            _ => page::<Value>(&[], after, false),
+        }
+    });
+    (through_stand_in(world, serve).await.0, cursors)
+}
+
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn sync_in_time(
+    store: &Store,
+    connection: &Connection,
+) -> Result<countersign_sync::sync::SyncReport, countersign_sync::sync::SyncError> {
+    tokio::time::timeout(LIMIT, sync(store, connection)).await.expect("the sync hangs")
+}
+
+fn changed_marks<'a>(report: &'a countersign_sync::sync::SyncReport, id: &str) -> Vec<&'a str> {
+    report
+        .marked
+        .iter()
+        .filter(|(i, why)| i == id && why.contains("payload changed"))
+        .map(|(_, why)| why.as_str())
+        .collect()
+}
+
+fn fillers(base: &Value, tag: &str, n: usize) -> Vec<Value> {
+    (0..n).map(|i| like(base, &format!("{tag}-{i}"), 1_700_000_000 + i as u64)).collect()
+}
+
+async fn stored_is_a_prefix(world: &World, pages: &[Vec<Value>], cursors: &[i64], start: i64) {
+    let cursor = world.store.queue_config().await.unwrap().unwrap().1;
+    let upto = if cursor == start {
+        0
+    } else {
+        cursors.iter().position(|c| *c == cursor).expect("the cursor is a page's end") + 1
+    };
+    let stored: std::collections::HashSet<String> =
+        world.store.cached_requests().await.unwrap().into_iter().map(|c| c.id).collect();
+    for (i, views) in pages.iter().enumerate() {
+        for view in views {
+            let id = view["id"].as_str().unwrap();
+            assert_eq!(stored.contains(id), i < upto, "{id} of page {i}, cursor {cursor}");
+        }
+    }
+}
+
+/// A request listed again k pages on (k = 1..=6), with fillers in between that keep the
+/// recovering threads busy, is compared with its first listing and marked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relisted_k_pages_on_is_marked_for_every_k() {
+    let world = world().await;
+    let base = real_views(&world).await[0].clone();
+    for k in 1..=6usize {
+        let id = format!("k{k}");
+        let first = like(&base, &id, 1_700_000_000);
+        let later = like(&base, &id, 1_700_000_001);
+        let mut pages = vec![vec![first]];
+        pages[0].extend(fillers(&base, &format!("k{k}p0"), 30));
+        for p in 1..k {
+            pages.push(fillers(&base, &format!("k{k}p{p}"), 30));
+        }
+        let mut last = fillers(&base, &format!("k{k}p{k}"), 30);
+        last.insert(15, later);
+        pages.push(last);
+        let total: usize = pages.iter().map(Vec::len).sum();
+        let (connection, cursors) = scripted(&world, pages).await;
+        let report = sync_in_time(&world.store, &connection).await.unwrap();
+        assert_eq!(changed_marks(&report, &id).len(), 1, "k={k}: {:?}", report.marked);
+        assert_eq!(report.marked.len(), 1, "k={k}: only the change: {:?}", report.marked);
+        assert_eq!(report.incidents.len(), 1, "k={k}");
+        assert_eq!(report.fetched, total, "k={k}");
+        assert_eq!(world.store.queue_config().await.unwrap().unwrap().1, *cursors.last().unwrap());
+        let stored = world.store.cached_request(&id).await.unwrap().unwrap();
+        assert_eq!(stored.body["createdAt"], json!(1_700_000_001u64), "k={k}: the later is kept");
+    }
+}
+
+/// A page that cannot be read after several good ones: the sync fails, what is stored is a
+/// prefix of whole pages with their cursor, and the next sync goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_a_page_error_after_good_pages_leaves_a_prefix_of_whole_pages() {
+    let world = world().await;
+    let base = real_views(&world).await[0].clone();
+    let start = world.store.queue_config().await.unwrap().unwrap().1;
+    let pages: Vec<Vec<Value>> = (0..6).map(|p| fillers(&base, &format!("g{p}"), 150)).collect();
+    let cursors: Vec<i64> = (1..=6).map(|i| start + 10 * i).collect();
+    let served = pages.clone();
+    let serve: Pages = std::sync::Arc::new(move |after| {
+        let i = ((after - start) / 10) as usize;
+        match served.get(i) {
+            Some(views) => page(views, start + 10 * (i as i64 + 1), true),
+            None => "{}".to_owned(), // no list of requests
+        }
+    });
+    let connection = through_stand_in(&world, serve).await.0;
+    let error = sync_in_time(&world.store, &connection).await.unwrap_err().to_string();
+    assert!(error.contains("no list"), "{error}");
+    stored_is_a_prefix(&world, &pages, &cursors, start).await;
+
+    // The next sync, from the stored cursor, changes one of the first page's requests.
+    let cursor = world.store.queue_config().await.unwrap().unwrap().1;
+    let stored_one = world.store.cached_requests().await.unwrap().first().map(|c| c.id.clone());
+    let mut rest: Vec<Vec<Value>> =
+        pages[cursors.iter().position(|c| *c == cursor).map_or(0, |p| p + 1)..].to_vec();
+    if let Some(id) = &stored_one {
+        rest.push(vec![like(&base, id, 1_600_000_000)]);
+    }
+    let expected: usize = rest.iter().map(Vec::len).sum();
+    let (connection, _) = scripted(&world, rest).await;
+    let report = sync_in_time(&world.store, &connection).await.unwrap();
+    assert_eq!(report.fetched, expected);
+    if let Some(id) = &stored_one {
+        assert_eq!(changed_marks(&report, id).len(), 1, "{:?}", report.marked);
+    }
+    assert_eq!(world.store.cached_requests().await.unwrap().len(), 6 * 150);
+}
+
+/// Malformed intent and approval signatures: each request is marked, none fails the sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_malformed_signatures_are_marked_and_the_sync_goes_on() {
+    let world = world().await;
+    let base = real_views(&world).await[0].clone();
+    let good = like(&base, "m-good", 1_700_000_000);
+    let sig = good["initiatorSignature"].as_str().unwrap().to_owned();
+    let n = "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141";
+    let bad_intents: Vec<Value> = vec![
+        json!("0x"),
+        json!("0xzz"),
+        json!(format!("{}1b", "0x".to_owned() + &"00".repeat(64))),
+        json!(format!("{}00", &sig[..sig.len() - 2])),
+        json!(format!("{}1d", &sig[..sig.len() - 2])),
+        json!(format!("0x{n}{n}1b")),
+        json!(format!("0x{}{}1c", "11".repeat(32), "7f".repeat(32))),
+        json!(&sig[..sig.len() - 2]),
+        json!(format!("{sig}00")),
+        json!(12345),
+        json!({ "signature": sig }),
+        Value::Null,
+        json!("0x".to_owned() + &"ab".repeat(100_000)),
+    ];
+    let mut pages = Vec::new();
+    for (p, chunk) in bad_intents.chunks(3).enumerate() {
+        let mut views = fillers(&base, &format!("mf{p}"), 20);
+        for (i, bad) in chunk.iter().enumerate() {
+            let mut view = like(&base, &format!("m{p}-{i}"), 1_700_000_000);
+            view["initiatorSignature"] = bad.clone();
+            views.push(view);
+        }
+        pages.push(views);
+    }
+    // Approvals of every malformed shape on otherwise good requests.
+    let hash: B256 = base["safeTxHash"].as_str().unwrap().parse().unwrap();
+    let alice = key(0x22);
+    let real = alice.sign_digest(&hash).unwrap().to_hex();
+    let approvals = [
+        json!("not a list"),
+        json!([1, "x", null, {}, { "owner": 5, "signature": 7 }]),
+        json!([{ "owner": alice.address().to_checksum(None), "signature": "0xzz" }]),
+        json!([{ "owner": alice.address().to_checksum(None).to_lowercase(), "signature": real }]),
+        json!((0..5000)
+            .map(|_| json!({ "owner": "0x0", "signature": format!("0x{n}{n}1b") }))
+            .collect::<Vec<_>>()),
+    ];
+    let mut views = Vec::new();
+    for (i, a) in approvals.iter().enumerate() {
+        let mut view = like(&base, &format!("ma{i}"), 1_700_000_000);
+        view["approvals"] = a.clone();
+        views.push(view);
+    }
+    pages.push(views);
+    let total: usize = pages.iter().map(Vec::len).sum();
+    let (connection, _) = scripted(&world, pages).await;
+    let report = sync_in_time(&world.store, &connection).await.unwrap();
+    assert_eq!(report.fetched, total);
+    for p in 0..bad_intents.len().div_ceil(3) {
+        for i in 0..3 {
+            let id = format!("m{p}-{i}");
+            if p * 3 + i < bad_intents.len() {
+                assert!(report.marked.iter().any(|(m, _)| *m == id), "{id}: {:?}", report.marked);
+            }
+        }
+    }
+    for i in 0..approvals.len() {
+        let id = format!("ma{i}");
+        assert!(!report.marked.iter().any(|(m, _)| *m == id), "{id}: {:?}", report.marked);
+        let cached = world.store.cached_request(&id).await.unwrap().unwrap();
+        assert_eq!(cached.body["countersign"]["approvedBy"], json!([]), "{id}");
+    }
+    assert_eq!(report.marked.len(), bad_intents.len(), "only the bad intents: {:?}", report.marked);
+}
+
+/// next page: a page that fails after a long wait loses none of the pages before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovered_pages_are_stored_while_the_next_page_is_slow() {
+    let world = world().await;
+    let base = real_views(&world).await[0].clone();
+    let start = world.store.queue_config().await.unwrap().unwrap().1;
+    let pages: Vec<Vec<Value>> = (0..4).map(|p| fillers(&base, &format!("s{p}"), 100)).collect();
+    let cursors: Vec<i64> = (1..=4).map(|i| start + 10 * i).collect();
+    let served = pages.clone();
+    let serve: Pages = std::sync::Arc::new(move |after| {
+        let i = ((after - start) / 10) as usize;
+        match served.get(i) {
+            Some(views) => page(views, start + 10 * (i as i64 + 1), true),
+            None => "SLEEP:8000:{}".to_owned(),
+        }
+    });
+    let connection = through_stand_in(&world, serve).await.0;
+    let error = sync_in_time(&world.store, &connection).await.unwrap_err().to_string();
+    assert!(error.contains("no list"), "{error}");
+    stored_is_a_prefix(&world, &pages, &cursors, start).await;
+    assert_eq!(
+        world.store.queue_config().await.unwrap().unwrap().1,
+        cursors[3],
+        "every page recovered during the 8 s wait was stored"
+    );
+}
+
+/// A sync cut short by a timeout at many points, each followed by a full sync: a cut that
+/// lands while a write transaction begins must not leave the store unable to write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_a_sync_cut_short_never_leaves_the_store_in_a_transaction() {
+    let world = world().await;
+    let base = real_views(&world).await[0].clone();
+    let pages: Vec<Vec<Value>> = (0..4).map(|p| fillers(&base, &format!("t{p}"), 60)).collect();
+    let mut broken = Vec::new();
+    for round in 0..16u64 {
+        let ms = 60 + round * 45;
+        let (connection, _) = scripted(&world, pages.clone()).await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(ms),
+            sync(&world.store, &connection),
+        )
+        .await;
+        let (connection, _) = scripted(&world, pages.clone()).await;
+        if let Err(error) = sync_in_time(&world.store, &connection).await {
+            broken.push(format!("round {round} ({ms} ms): {error}"));
+            // Does it heal?
+            let mut healed = false;
+            for _ in 0..5 {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                if world.store.queue_config().await.is_ok()
+                    && world.store.audit("probe", &json!({})).await.is_ok()
+                {
+                    healed = true;
+                    break;
+                }
+            }
+            broken.push(format!("  healed within 1 s: {healed}"));
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
