@@ -171,7 +171,19 @@ async fn count_requests(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     state.counters.requests.fetch_add(1, Ordering::Relaxed);
-    as_api_error(next.run(request).await).await
+    // Each request is handled to its end in a task of its own, even when its client goes
+    // away: a handler dropped while its transaction's BEGIN was on its way would leave that
+    // pooled connection inside a transaction nothing ends, and every write on it refused.
+    let response = match tokio::spawn(next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!("a request's handler panicked");
+            axum::response::IntoResponse::into_response(crate::error::ApiError::from(
+                crate::QueueError::Database("the request's handler stopped".into()),
+            ))
+        }
+    };
+    as_api_error(response).await
 }
 
 /// Errors the framework answers by itself (a body over the limit, a method a path does not

@@ -526,3 +526,56 @@ async fn fail_vault_changes_close_open_requests_and_clock_overflow_is_refused() 
     assert_eq!(code(other.post("/v1/requests/v2/execution", &hash).await), "forbidden");
     assert_eq!(init.post("/v1/requests/v2/execution", &hash).await.unwrap()["state"], "executed");
 }
+
+/// Clients that go away while their write is handled (here: adding a member, then closing
+/// the connection after a few hundred microseconds) must not leave a pooled database
+/// connection inside a transaction that nothing ends: every write after them goes through,
+/// and each of theirs is written whole or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_clients_that_leave_mid_request_do_not_break_later_writes() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::sqlite_in(dir.path()).await.unwrap();
+    let queue = start(db.clone(), dir, RateLimit { per_second: 1000.0, burst: 1000.0 }).await;
+    let (token, _, _) = model::open_session(&db, &queue.admin_key).await.unwrap();
+    let pins = Pins::parse(&[&queue.running.pin]).unwrap();
+    let config = countersign_sync::pin::client_config(pins).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    for round in 0..60u64 {
+        let tcp = tokio::net::TcpStream::connect(queue.running.addr).await.unwrap();
+        let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
+        let body =
+            json!({ "id": format!("left{round}"), "name": "left", "role": "viewer" }).to_string();
+        let request = format!(
+            "POST /v1/members HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_micros((round % 20) * 100)).await;
+        drop(tls);
+    }
+    let admin = queue.session(&queue.admin_key).await;
+    for n in 0..12 {
+        let body = json!({ "id": format!("after{n}"), "name": "after", "role": "viewer" });
+        admin.post("/v1/members", &body).await.unwrap();
+    }
+    // Each left member is there with its audit entry, or is not there at all.
+    for round in 0..60u64 {
+        let id = format!("left{round}");
+        let count = |sql: &'static str, pattern: String| {
+            let db = db.clone();
+            async move {
+                let row = sqlx::query(sql).bind(pattern).fetch_one(&db.pool).await.unwrap();
+                sqlx::Row::get::<i64, _>(&row, "n")
+            }
+        };
+        let members = count("SELECT COUNT(*) AS n FROM members WHERE id = $1", id.clone()).await;
+        let entries =
+            count("SELECT COUNT(*) AS n FROM audit WHERE body LIKE $1", format!("%\"{id}\"%"))
+                .await;
+        assert_eq!(members, entries, "{id}: the member and its audit entry, or neither");
+    }
+}
