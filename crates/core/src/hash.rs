@@ -133,7 +133,7 @@ fn message_hash(tx: &SafeTx, version: SafeVersion) -> B256 {
     keccak256(&buffer)
 }
 
-fn signing_hash(domain: B256, message: B256) -> B256 {
+pub(crate) fn signing_hash(domain: B256, message: B256) -> B256 {
     // Step 3: EIP-712's 0x19 0x01 prefix, the domain separator, the struct hash.
     let mut buffer = [0u8; 66];
     buffer[0] = 0x19;

@@ -90,14 +90,8 @@ impl IntentDomain {
         let mut hasher = alloy_primitives::Keccak256::new();
         hasher.update(*TYPE_HASH);
         hasher.update(message.eip712_encode_data());
-        let hash_struct = hasher.finalize();
         // EIP-712: keccak256(0x19 ‖ 0x01 ‖ domainSeparator ‖ hashStruct(message)).
-        let mut buffer = [0u8; 66];
-        buffer[0] = 0x19;
-        buffer[1] = 0x01;
-        buffer[2..34].copy_from_slice(self.separator.as_slice());
-        buffer[34..].copy_from_slice(hash_struct.as_slice());
-        keccak256(buffer)
+        crate::hash::signing_hash(self.separator, hasher.finalize())
     }
 }
 
