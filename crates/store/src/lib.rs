@@ -293,6 +293,7 @@ impl Store {
             // holds, and sqlx refuses every BEGIN on it after that. Closing the connection ends
             // that transaction (SQLite rolls it back); the pool opens a fresh one.
             Err(sqlx::Error::InvalidSavePointStatement) => {
+                // Given back to the pool before beginning again (it holds one connection).
                 let stuck = self.pool.acquire().await?;
                 let depth = <<Sqlite as sqlx::Database>::TransactionManager as sqlx::TransactionManager>::get_transaction_depth(&stuck);
                 if depth > 0 {

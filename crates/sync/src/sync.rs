@@ -346,9 +346,6 @@ impl Recoverers {
             complete: tokio::sync::Notify::new(),
             abandoned: std::sync::atomic::AtomicBool::new(false),
         });
-        if jobs.is_empty() {
-            page.complete.notify_one();
-        }
         for (index, (intent, approvals)) in jobs.into_iter().enumerate() {
             // Refused only when no thread started: the answer is lost, and the page fails.
             if let Err(refused) =
@@ -378,7 +375,8 @@ impl Recovering {
         self.page.remaining.load(std::sync::atomic::Ordering::Acquire) == 0
     }
 
-    /// Waits until every answer is in.
+    /// Waits until every answer is in. `notify_one` keeps its permit when nobody waits yet,
+    /// so no wake-up is missed; a page with no requests is done at once.
     async fn done(&self) {
         while !self.is_done() {
             self.page.complete.notified().await;
@@ -387,7 +385,6 @@ impl Recovering {
 
     /// Every answer, in the page's order.
     async fn all(self) -> Result<Vec<Recovered>, SyncError> {
-        // `notify_one` keeps its permit when nobody waits yet, so no wake-up is missed.
         self.done().await;
         let lost =
             || SyncError::Config("the signature checks stopped before the end of a page".into());
