@@ -481,6 +481,19 @@ fn fillers(base: &Value, tag: &str, n: usize) -> Vec<Value> {
     (0..n).map(|i| like(base, &format!("{tag}-{i}"), 1_700_000_000 + i as u64)).collect()
 }
 
+/// `pages` from the stored cursor `start` (page i ending at start + 10 (i + 1), each saying
+/// more follow), then `last` for every listing after them.
+fn then(pages: &[Vec<Value>], start: i64, last: &'static str) -> Pages {
+    let served = pages.to_vec();
+    std::sync::Arc::new(move |after| {
+        let i = ((after - start) / 10) as usize;
+        match served.get(i) {
+            Some(views) => page(views, start + 10 * (i as i64 + 1), true),
+            None => last.to_owned(),
+        }
+    })
+}
+
 async fn stored_is_a_prefix(world: &World, pages: &[Vec<Value>], cursors: &[i64], start: i64) {
     let cursor = world.store.queue_config().await.unwrap().unwrap().1;
     let upto = if cursor == start {
@@ -538,15 +551,8 @@ async fn fail_a_page_error_after_good_pages_leaves_a_prefix_of_whole_pages() {
     let start = world.store.queue_config().await.unwrap().unwrap().1;
     let pages: Vec<Vec<Value>> = (0..6).map(|p| fillers(&base, &format!("g{p}"), 150)).collect();
     let cursors: Vec<i64> = (1..=6).map(|i| start + 10 * i).collect();
-    let served = pages.clone();
-    let serve: Pages = std::sync::Arc::new(move |after| {
-        let i = ((after - start) / 10) as usize;
-        match served.get(i) {
-            Some(views) => page(views, start + 10 * (i as i64 + 1), true),
-            None => "{}".to_owned(), // no list of requests
-        }
-    });
-    let connection = through_stand_in(&world, serve).await.0;
+    // After the good pages, an answer with no list of requests.
+    let connection = through_stand_in(&world, then(&pages, start, "{}")).await.0;
     let error = sync_in_time(&world.store, &connection).await.unwrap_err().to_string();
     assert!(error.contains("no list"), "{error}");
     stored_is_a_prefix(&world, &pages, &cursors, start).await;
@@ -651,15 +657,8 @@ async fn recovered_pages_are_stored_while_the_next_page_is_slow() {
     let start = world.store.queue_config().await.unwrap().unwrap().1;
     let pages: Vec<Vec<Value>> = (0..4).map(|p| fillers(&base, &format!("s{p}"), 100)).collect();
     let cursors: Vec<i64> = (1..=4).map(|i| start + 10 * i).collect();
-    let served = pages.clone();
-    let serve: Pages = std::sync::Arc::new(move |after| {
-        let i = ((after - start) / 10) as usize;
-        match served.get(i) {
-            Some(views) => page(views, start + 10 * (i as i64 + 1), true),
-            None => "SLEEP:8000:{}".to_owned(),
-        }
-    });
-    let connection = through_stand_in(&world, serve).await.0;
+    // After the good pages, the same answer, 8 s late.
+    let connection = through_stand_in(&world, then(&pages, start, "SLEEP:8000:{}")).await.0;
     let error = sync_in_time(&world.store, &connection).await.unwrap_err().to_string();
     assert!(error.contains("no list"), "{error}");
     stored_is_a_prefix(&world, &pages, &cursors, start).await;
