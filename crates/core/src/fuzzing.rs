@@ -63,13 +63,26 @@ pub fn typed_data(data: &[u8]) {
     let _ = crate::typed_data::inspect(data);
 }
 
-/// Parse an owner signature in hex and recover it.
+/// Parse an owner signature in hex and recover it; the known-key check must agree with
+/// recovery, for the key recovered and for the key the other parity recovers.
 pub fn signature(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(signature) = OwnerSignature::parse_hex("signature", text) {
-        let _ = signature.recover(&B256::ZERO);
+    let Ok(signature) = OwnerSignature::parse_hex("signature", text) else {
+        return;
+    };
+    let mut other = *signature.as_bytes();
+    other[64] ^= 27 ^ 28;
+    let other = OwnerSignature::from_bytes(&other);
+    assert!(other.is_ok(), "only v differs, and either v is an owner signature's");
+    let Ok(other) = other else { return };
+    let digest = B256::ZERO;
+    for (signed, flipped) in [(&signature, &other), (&other, &signature)] {
+        if let Ok(key) = signed.recover_key(&digest) {
+            assert!(signed.is_by(&digest, &key), "a recovered key is the signer's");
+            assert!(!flipped.is_by(&digest, &key), "the other parity is another signer's");
+        }
     }
 }
 
