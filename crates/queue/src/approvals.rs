@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use alloy_primitives::{Address, B256};
 use countersign_core::address::checksummed;
-use countersign_core::signature::OwnerSignature;
+use countersign_core::signature::KnownKeys;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -53,6 +53,8 @@ struct Checks {
 #[expect(missing_debug_implementations, reason = "a channel; nothing to show")]
 pub struct ApprovalWriter {
     jobs: mpsc::Sender<Job>,
+    /// The keys of approvers who signed before, by their member address.
+    keys: Arc<KnownKeys>,
 }
 
 impl ApprovalWriter {
@@ -85,7 +87,7 @@ impl ApprovalWriter {
                 });
             }
         });
-        Self { jobs }
+        Self { jobs, keys: Arc::default() }
     }
 }
 
@@ -100,8 +102,12 @@ pub async fn approve(
     let claimed =
         countersign_core::request::parse_hash("safeTxHash", &string_field(body, "safeTxHash")?)?;
     let signature = parse_signature(&string_field(body, "signature")?)?;
-    // Over the claimed hash: whether it is the request's is checked with the request.
-    let owner = recover(&signature, &claimed)?;
+    // Over the claimed hash: whether it is the request's is checked with the request. An
+    // approver usually sends their own signature, so the caller's key, once known, is
+    // checked first: the same answer as recovery at less than half its cost.
+    let owner = writer.keys.signer(&signature, &claimed, caller.address).map_err(|_| {
+        ApiError::unprocessable("bad_signature", "signature: does not recover to any address")
+    })?;
     let (reply, answer) = oneshot::channel();
     let job = Job {
         request_id: id.to_owned(),
@@ -115,12 +121,6 @@ pub async fn approve(
         || ApiError::from(crate::QueueError::Database("the approval writer has stopped".into()));
     writer.jobs.send(job).await.map_err(|_| stopped())?;
     answer.await.map_err(|_| stopped())?
-}
-
-fn recover(signature: &OwnerSignature, hash: &B256) -> Result<Address, ApiError> {
-    signature.recover(hash).map_err(|_| {
-        ApiError::unprocessable("bad_signature", "signature: does not recover to any address")
-    })
 }
 
 /// Checks and writes a batch in one transaction and answers every job. A database failure

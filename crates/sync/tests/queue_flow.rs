@@ -239,6 +239,19 @@ async fn flow(backend: &str, queue: Queue) {
         1,
         "a retry is idempotent"
     );
+    // The queue knows alice's key now and checks her signatures against it: hers with the
+    // other parity recovers to somebody else, and must not pass for a second one of hers.
+    let mut other_parity = *alice.sign_digest(&hash).unwrap().as_bytes();
+    other_parity[64] ^= 27 ^ 28;
+    let other_parity = format!("0x{}", hex::encode(other_parity));
+    assert_eq!(
+        code(
+            alice_s
+                .post(path, &json!({ "safeTxHash": hash.to_string(), "signature": other_parity }))
+                .await
+        ),
+        "not_an_owner"
+    );
     let other_k = second_signature(0x22, &hash, alice.address());
     assert_eq!(
         code(
