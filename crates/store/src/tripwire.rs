@@ -249,7 +249,7 @@ impl Store {
                 &self.sealer,
                 &mut tx,
                 Ledger::Signatures,
-                &format!("{key}/{signed_at}"),
+                &[format!("{key}/{signed_at}")],
             )
             .await?;
             write_ledger(&self.sealer, &mut tx, Ledger::Signatures, count, head).await?;
@@ -271,32 +271,61 @@ impl Store {
         kind: &str,
         detail: &serde_json::Value,
     ) -> Result<String, StoreError> {
-        let vault = vault_id(vault.chain_id, &vault.address);
-        let mut raw = [0u8; 4];
-        rand::rngs::OsRng.fill_bytes(&mut raw);
-        let id = hex::encode(raw);
-        let sealed_body = serde_json::json!({ "vault": vault, "detail": detail });
-        let place = Place { table: "incidents", column: "sealed_detail", row: &id };
-        let sealed = self.sealer.seal(place, sealed_body.to_string().as_bytes())?;
+        let mut ids = self.open_incidents(&[(vault, kind, detail)]).await?;
+        ids.pop().ok_or_else(|| tampered("incident records"))
+    }
+
+    /// Opens incidents in one transaction, in order, and answers their ids: all or none.
+    ///
+    /// The incident ledger is checked once for them all, so a sync that opens many (a queue
+    /// lying about a whole page) reads the ledger once a page rather than once an incident.
+    pub async fn open_incidents(
+        &self,
+        incidents: &[(&VaultRecord, &str, &serde_json::Value)],
+    ) -> Result<Vec<String>, StoreError> {
+        if incidents.is_empty() {
+            return Ok(Vec::new());
+        }
         let opened_at = now();
+        let mut rows = Vec::with_capacity(incidents.len());
+        for (vault, kind, detail) in incidents {
+            let vault = vault_id(vault.chain_id, &vault.address);
+            let mut raw = [0u8; 4];
+            rand::rngs::OsRng.fill_bytes(&mut raw);
+            let id = hex::encode(raw);
+            let sealed_body = serde_json::json!({ "vault": vault, "detail": detail });
+            let place = Place { table: "incidents", column: "sealed_detail", row: &id };
+            let sealed = self.sealer.seal(place, sealed_body.to_string().as_bytes())?;
+            rows.push((id, vault, *kind, detail, sealed));
+        }
         let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO incidents (id, vault_id, kind, opened_at, sealed_detail) VALUES (?, ?, ?, ?, ?)")
-            .bind(&id)
-            .bind(&vault)
-            .bind(kind)
-            .bind(opened_at)
-            .bind(sealed)
-            .execute(&mut *tx)
-            .await?;
-        let key = format!("{id}/{vault}/{kind}//{opened_at}");
+        for (id, vault, kind, _, sealed) in &rows {
+            sqlx::query("INSERT INTO incidents (id, vault_id, kind, opened_at, sealed_detail) VALUES (?, ?, ?, ?, ?)")
+                .bind(id)
+                .bind(vault)
+                .bind(kind)
+                .bind(opened_at)
+                .bind(sealed)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let keys: Vec<String> = rows
+            .iter()
+            .map(|(id, vault, kind, _, _)| format!("{id}/{vault}/{kind}//{opened_at}"))
+            .collect();
         let (count, head) =
-            verified_ledger_after_insert(&self.sealer, &mut tx, Ledger::Incidents, &key).await?;
+            verified_ledger_after_insert(&self.sealer, &mut tx, Ledger::Incidents, &keys).await?;
         write_ledger(&self.sealer, &mut tx, Ledger::Incidents, count, head).await?;
-        let body = serde_json::json!({ "id": id, "vault": vault, "kind": kind, "detail": detail });
-        self.audit_in(&mut tx, "incident_opened", &body).await?;
+        for (id, vault, kind, detail, _) in &rows {
+            let body =
+                serde_json::json!({ "id": id, "vault": vault, "kind": kind, "detail": detail });
+            self.audit_in(&mut tx, "incident_opened", &body).await?;
+        }
         tx.commit().await?;
-        tracing::warn!(incident = %id, vault = %vault, kind, "incident opened");
-        Ok(id)
+        for (id, vault, kind, _, _) in &rows {
+            tracing::warn!(incident = %id, vault = %vault, kind, "incident opened");
+        }
+        Ok(rows.into_iter().map(|(id, ..)| id).collect())
     }
 
     /// Every incident (only the open ones unless `include_cleared`), checked against the ledger.
@@ -339,17 +368,21 @@ impl Store {
     }
 }
 
-/// The ledger as it must be after one row was just inserted: the old one checked, extended.
+/// The ledger as it must be after `new_keys` were just inserted, in order: the old one
+/// checked, extended.
 async fn verified_ledger_after_insert(
     sealer: &Sealer,
     conn: &mut SqliteConnection,
     ledger: Ledger,
-    new_key: &str,
+    new_keys: &[String],
 ) -> Result<(u64, [u8; 32]), StoreError> {
-    // Recompute over every row but the newest, which must be the one just inserted.
+    // Recompute over every row but the newest, which must be the ones just inserted.
     let rows = ledger_rows(conn, ledger).await?;
     let keys: Vec<String> = rows.iter().map(LedgerRow::key).collect();
-    if keys.last().map(String::as_str) != Some(new_key) {
+    let Some(old) = keys.len().checked_sub(new_keys.len()) else {
+        return Err(tampered("records"));
+    };
+    if keys[old..] != *new_keys {
         return Err(tampered("records"));
     }
     let sealed = sqlx::query("SELECT value FROM meta WHERE name = ?")
@@ -359,15 +392,16 @@ async fn verified_ledger_after_insert(
         .ok_or_else(|| tampered("records"))?;
     let plain = sealer.open(ledger.place(), &sealed.get::<Vec<u8>, _>("value"))?;
     let mut head = [0u8; 32];
-    for key in &keys[..keys.len() - 1] {
+    for key in &keys[..old] {
         head = extend(head, key);
     }
-    if String::from_utf8_lossy(plain.expose())
-        != format!("{}:{}", keys.len() - 1, hex::encode(head))
-    {
+    if String::from_utf8_lossy(plain.expose()) != format!("{old}:{}", hex::encode(head)) {
         return Err(tampered("records"));
     }
-    Ok((keys.len() as u64, extend(head, new_key)))
+    for key in new_keys {
+        head = extend(head, key);
+    }
+    Ok((keys.len() as u64, head))
 }
 
 async fn history_in(

@@ -334,6 +334,40 @@ async fn fail_incident_cleared_or_moved_by_hand_still_blocks() {
     let _ = id;
 }
 
+/// A sync opens a page's incidents together: one ledger check for all, all written or none.
+#[tokio::test]
+async fn fail_incidents_open_together_or_not_at_all() {
+    let (dir, store) = signed_store().await;
+    let details: Vec<serde_json::Value> =
+        (0..3).map(|n| serde_json::json!({ "request": format!("r{n}") })).collect();
+    let record = vault();
+    let batch: Vec<_> = details.iter().map(|d| (&record, "queue", d)).collect();
+    assert!(store.open_incidents(&[]).await.unwrap().is_empty());
+    let ids = store.open_incidents(&batch).await.unwrap();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(
+        store.incidents(false).await.unwrap().iter().filter(|i| ids.contains(&i.id)).count(),
+        3
+    );
+    assert_eq!(store.history(&vault(), U256::from(9)).await.unwrap().open_incidents, 3);
+    assert_eq!(incidents_audited(&store).await, 3);
+
+    // One deleted by hand: the next batch is refused whole and writes nothing.
+    let mut db = raw(dir.path()).await;
+    sqlx::query("DELETE FROM incidents WHERE id = ?").bind(&ids[1]).execute(&mut db).await.unwrap();
+    assert!(store.open_incidents(&batch[..2]).await.is_err(), "the missing incident is found");
+    let left: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT COUNT(*) AS n FROM incidents").fetch_one(&mut db).await.unwrap(),
+        "n",
+    );
+    assert_eq!(left, 2);
+    assert_eq!(incidents_audited(&store).await, 3);
+}
+
+async fn incidents_audited(store: &Store) -> usize {
+    store.audit_entries().await.unwrap().iter().filter(|e| e.kind == "incident_opened").count()
+}
+
 #[tokio::test]
 async fn fail_deleted_policy_row_is_not_a_default() {
     let dir = tempfile::tempdir().unwrap();

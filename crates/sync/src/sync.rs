@@ -487,6 +487,7 @@ async fn store_page(
 ) -> Result<(), SyncError> {
     let recovered = page.signatures.all().await?;
     let mut batch = Vec::with_capacity(page.pending.len());
+    let mut incidents = Vec::new();
     for (mut item, (signer, approved_by)) in page.pending.into_iter().zip(recovered) {
         if item.intent.is_some() {
             match signer {
@@ -498,8 +499,12 @@ async fn store_page(
                 None => item.alarms.push("its intent signature recovers to no address".to_owned()),
             }
         }
-        batch.push(finish(store, item, approved_by, report).await?);
+        batch.push(finish(item, approved_by, &mut incidents, report));
     }
+    // The page's incidents in one transaction, before the requests that opened them.
+    let opening: Vec<_> =
+        incidents.iter().map(|(vault, detail)| (&vault.record, "queue", detail)).collect();
+    report.incidents.extend(store.open_incidents(&opening).await?);
     report.fetched += batch.len();
     store.store_synced(&batch, page.cursor).await?;
     known.extend(batch.into_iter().map(|cached| (cached.id, cached.payload_hash)));
@@ -552,18 +557,18 @@ fn first_checks(
     Pending { view, id, previous, marks, alarms, vault, ours, intent, payload_hash, read }
 }
 
-async fn finish(
-    store: &Store,
+/// The request as it is to be stored, and the incidents its alarms open added to `incidents`.
+fn finish(
     item: Pending,
     approved_by: Vec<String>,
+    incidents: &mut Vec<(Arc<Pinned>, Value)>,
     report: &mut SyncReport,
-) -> Result<CachedRequest, SyncError> {
+) -> CachedRequest {
     let Pending { view, id, previous, mut marks, alarms, vault, ours, payload_hash, read, .. } =
         item;
     for alarm in &alarms {
         if let Some(vault) = &vault {
-            let detail = json!({ "request": id, "reason": alarm });
-            report.incidents.push(store.open_incident(&vault.record, "queue", &detail).await?);
+            incidents.push((vault.clone(), json!({ "request": id, "reason": alarm })));
         }
         marks.push(alarm.clone());
     }
@@ -582,7 +587,7 @@ async fn finish(
         "approvedBy": approved_by,
     });
     let seq = body["seq"].as_i64().unwrap_or(0);
-    Ok(CachedRequest { id, seq, payload_hash, body })
+    CachedRequest { id, seq, payload_hash, body }
 }
 
 /// The pinned owners whose listed approval signatures recover to them over `hash`, each once.
