@@ -290,7 +290,9 @@ impl Store {
         let mut rows = Vec::with_capacity(incidents.len());
         for (vault, kind, detail) in incidents {
             let vault = vault_id(vault.chain_id, &vault.address);
-            let mut raw = [0u8; 4];
+            // 64 random bits: ids stay distinct with many incidents (a lying queue can cause
+            // thousands), where 32 bits would collide on the primary key and fail the page.
+            let mut raw = [0u8; 8];
             rand::rngs::OsRng.fill_bytes(&mut raw);
             let id = hex::encode(raw);
             let sealed_body = serde_json::json!({ "vault": vault, "detail": detail });
