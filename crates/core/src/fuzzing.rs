@@ -3,6 +3,7 @@
 //! Each takes arbitrary bytes and must return without panicking, whatever they hold.
 
 use alloy_primitives::{address, B256};
+use k256::ecdsa::VerifyingKey;
 
 use crate::guard::{review, History};
 use crate::policy::Policy;
@@ -64,7 +65,8 @@ pub fn typed_data(data: &[u8]) {
 }
 
 /// Parse an owner signature in hex and recover it; the known-key check must agree with
-/// recovery, for the key recovered and for the key the other parity recovers.
+/// recovery, over a digest taken from the input, for the key each parity recovers and for
+/// fixed keys (±G) that recovery almost never gives.
 pub fn signature(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -77,11 +79,21 @@ pub fn signature(data: &[u8]) {
     let other = OwnerSignature::from_bytes(&other);
     assert!(other.is_ok(), "only v differs, and either v is an owner signature's");
     let Ok(other) = other else { return };
-    let digest = B256::ZERO;
-    for (signed, flipped) in [(&signature, &other), (&other, &signature)] {
-        if let Ok(key) = signed.recover_key(&digest) {
-            assert!(signed.is_by(&digest, &key), "a recovered key is the signer's");
-            assert!(!flipped.is_by(&digest, &key), "the other parity is another signer's");
+    let digest = alloy_primitives::keccak256(data);
+    let generator = k256::ProjectivePoint::GENERATOR;
+    let mut keys: Vec<VerifyingKey> = [generator, -generator]
+        .iter()
+        .filter_map(|point| VerifyingKey::from_affine(point.to_affine()).ok())
+        .collect();
+    keys.extend([&signature, &other].iter().filter_map(|s| s.recover_key(&digest).ok()));
+    for signed in [&signature, &other] {
+        let recovered = signed.recover_key(&digest).ok();
+        for key in &keys {
+            assert_eq!(
+                signed.is_by(&digest, key),
+                recovered.as_ref() == Some(key),
+                "the known-key check answers as recovery"
+            );
         }
     }
 }

@@ -594,3 +594,149 @@ async fn the_newest_rows_come_first_and_a_changed_clear_time_is_found() {
         .unwrap();
     assert!(matches!(store.newest_rows(1).await, Err(StoreError::Tampered { .. })));
 }
+
+// ---- attack8: open_incidents against a tampered ledger, failures midway, and big batches ----
+
+async fn count(db: &mut SqliteConnection, sql: &str) -> i64 {
+    sqlx::Row::get(&sqlx::query(sql).fetch_one(&mut *db).await.unwrap(), 0)
+}
+
+async fn meta_value(db: &mut SqliteConnection, name: &str) -> Vec<u8> {
+    sqlx::Row::get(
+        &sqlx::query("SELECT value FROM meta WHERE name = ?")
+            .bind(name)
+            .fetch_one(&mut *db)
+            .await
+            .unwrap(),
+        0,
+    )
+}
+
+/// Every batch refused after the ledger was tampered in some way: nothing written, not the
+/// rows, not the audit entries, not the sealed head; and signing stays refused.
+#[tokio::test]
+async fn attack_open_incidents_refuses_every_tampering_whole() {
+    type Tamper = fn(Vec<String>) -> Vec<String>;
+    let cases: Vec<(&str, Tamper)> = vec![
+        ("delete the first", |ids| vec![format!("DELETE FROM incidents WHERE id = '{}'", ids[0])]),
+        ("delete the last", |ids| vec![format!("DELETE FROM incidents WHERE id = '{}'", ids[2])]),
+        ("move the first row to the end (reorder)", |ids| {
+            vec![format!("UPDATE incidents SET rowid = 1000000 WHERE id = '{}'", ids[0])]
+        }),
+        ("edit a kind", |ids| {
+            vec![format!("UPDATE incidents SET kind = 'other' WHERE id = '{}'", ids[1])]
+        }),
+        ("edit opened_at", |ids| {
+            vec![format!("UPDATE incidents SET opened_at = opened_at + 1 WHERE id = '{}'", ids[1])]
+        }),
+        ("a row added by hand", |_| {
+            vec!["INSERT INTO incidents (id, vault_id, kind, opened_at, sealed_detail) SELECT 'forged', vault_id, kind, opened_at, sealed_detail FROM incidents LIMIT 1".into()]
+        }),
+        ("a row added at the last rowid", |_| {
+            vec!["INSERT INTO incidents (rowid, id, vault_id, kind, opened_at, sealed_detail) SELECT 9223372036854775807, 'forged', vault_id, kind, opened_at, sealed_detail FROM incidents LIMIT 1".into()]
+        }),
+        ("head deleted", |_| vec!["DELETE FROM meta WHERE name = 'ledger:incidents'".into()]),
+        ("head replaced by the signatures ledger's", |_| {
+            vec!["UPDATE meta SET value = (SELECT value FROM meta WHERE name = 'ledger:signatures') WHERE name = 'ledger:incidents'".into()]
+        }),
+        ("head edited", |_| {
+            vec!["UPDATE meta SET value = CAST(substr(value, 1, length(value) - 1) || x'00' AS BLOB) WHERE name = 'ledger:incidents'".into()]
+        }),
+    ];
+    for (what, tamper) in cases {
+        let (dir, store) = signed_store().await;
+        let details: Vec<serde_json::Value> =
+            (0..3).map(|n| serde_json::json!({ "request": format!("r{n}") })).collect();
+        let record = vault();
+        let batch: Vec<_> = details.iter().map(|d| (&record, "queue", d)).collect();
+        let ids = store.open_incidents(&batch).await.unwrap();
+        let mut db = raw(dir.path()).await;
+        for sql in tamper(ids.clone()) {
+            sqlx::query(&sql).execute(&mut db).await.unwrap();
+        }
+        let rows = count(&mut db, "SELECT COUNT(*) FROM incidents").await;
+        let audits = count(&mut db, "SELECT COUNT(*) FROM audit").await;
+        let head =
+            count(&mut db, "SELECT COUNT(*) FROM meta WHERE name = 'ledger:incidents'").await;
+        let sealed = if head == 1 { meta_value(&mut db, "ledger:incidents").await } else { vec![] };
+        for size in [1usize, 2, 3] {
+            assert!(store.open_incidents(&batch[..size]).await.is_err(), "{what}: batch of {size}");
+        }
+        assert!(store.open_incident(&record, "queue", &details[0]).await.is_err(), "{what}: one");
+        assert_eq!(count(&mut db, "SELECT COUNT(*) FROM incidents").await, rows, "{what}");
+        assert_eq!(count(&mut db, "SELECT COUNT(*) FROM audit").await, audits, "{what}");
+        if head == 1 {
+            assert_eq!(meta_value(&mut db, "ledger:incidents").await, sealed, "{what}");
+        }
+        assert!(store.incidents(true).await.is_err(), "{what}: the listing finds it too");
+        match store.history(&record, U256::from(9)).await {
+            Err(_) => {}
+            Ok(history) => panic!("{what}: history reads as {history:?}"),
+        }
+    }
+}
+
+/// A batch failing at its second insert (a vault the store does not know: the foreign key)
+/// or at its audit (the audit head tampered) writes nothing, and the store goes on after.
+#[tokio::test]
+async fn attack_open_incidents_failing_midway_writes_nothing() {
+    let (dir, store) = signed_store().await;
+    let record = vault();
+    let mut stranger = vault();
+    stranger.address = address!("2222222222222222222222222222222222222222");
+    let detail = serde_json::json!({ "request": "x" });
+    let mut db = raw(dir.path()).await;
+    let rows = count(&mut db, "SELECT COUNT(*) FROM incidents").await;
+    let audits = count(&mut db, "SELECT COUNT(*) FROM audit").await;
+    let sealed = meta_value(&mut db, "ledger:incidents").await;
+    let batch =
+        [(&record, "queue", &detail), (&stranger, "queue", &detail), (&record, "queue", &detail)];
+    assert!(store.open_incidents(&batch).await.is_err(), "an unknown vault");
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM incidents").await, rows);
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM audit").await, audits);
+    assert_eq!(meta_value(&mut db, "ledger:incidents").await, sealed);
+    // The store still opens incidents afterwards, and the ledger holds.
+    let ids = store.open_incidents(&[batch[0], batch[2]]).await.unwrap();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM incidents").await, rows + 2);
+    store.incidents(true).await.unwrap();
+
+    // Now the audit log tampered with: the batch fails after its ledger write, and rolls back.
+    let rows = count(&mut db, "SELECT COUNT(*) FROM incidents").await;
+    let sealed = meta_value(&mut db, "ledger:incidents").await;
+    sqlx::query("DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let audits = count(&mut db, "SELECT COUNT(*) FROM audit").await;
+    assert!(store.open_incidents(&[batch[0], batch[2]]).await.is_err(), "the audit head");
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM incidents").await, rows);
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM audit").await, audits);
+    assert_eq!(meta_value(&mut db, "ledger:incidents").await, sealed);
+}
+
+/// Thousands of incidents in one batch, then more batches: every one listed and counted.
+#[tokio::test]
+async fn attack_open_incidents_in_thousands() {
+    let (_dir, store) = signed_store().await;
+    let record = vault();
+    let before = store.history(&record, U256::from(9)).await.unwrap().open_incidents;
+    let audited = incidents_audited(&store).await;
+    let details: Vec<serde_json::Value> =
+        (0..3000).map(|n| serde_json::json!({ "request": format!("r{n}") })).collect();
+    let batch: Vec<_> = details.iter().map(|d| (&record, "queue", d)).collect();
+    let started = std::time::Instant::now();
+    let ids = store.open_incidents(&batch).await.unwrap();
+    let big = started.elapsed();
+    let started = std::time::Instant::now();
+    for chunk in batch.chunks(500).take(3) {
+        store.open_incidents(chunk).await.unwrap();
+    }
+    let more = started.elapsed();
+    eprintln!("3000 in one batch: {big:?}; 3 x 500 after: {more:?}");
+    assert_eq!(ids.len(), 3000);
+    assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>().len(), 3000);
+    assert_eq!(store.history(&record, U256::from(9)).await.unwrap().open_incidents, before + 4500);
+    assert_eq!(store.incidents(false).await.unwrap().len(), before + 4500);
+    assert_eq!(incidents_audited(&store).await, audited + 4500);
+}

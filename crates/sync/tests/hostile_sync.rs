@@ -704,3 +704,74 @@ async fn fail_a_sync_cut_short_never_leaves_the_store_in_a_transaction() {
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
+
+// ---- attack8: a page of many lies opens its incidents together ----
+
+fn lying(base: &Value, tag: &str, n: usize) -> Vec<Value> {
+    let mut wrong = base.clone();
+    wrong["safeTxHash"] = json!(B256::repeat_byte(0xee).to_string());
+    (0..n).map(|i| like(&wrong, &format!("{tag}-{i}"), 1_700_000_000 + i as u64)).collect()
+}
+
+async fn local_count(world: &World, sql: &str) -> i64 {
+    use sqlx::Connection as _;
+    let url =
+        format!("sqlite://{}", world._dirs.1.path().join(countersign_store::DB_FILE).display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::Row::get(&sqlx::query(sql).fetch_one(&mut db).await.unwrap(), 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_thousands_of_lies_in_one_page_open_incidents_and_block() {
+    let world = world().await;
+    let base = real_views(&world).await[0].clone();
+    // 500 (the limit asked for) and then 2500 in one page (a queue ignoring the limit).
+    let pages = vec![lying(&base, "a", 500), lying(&base, "b", 2500)];
+    let (connection, _) = scripted(&world, pages).await;
+    let started = std::time::Instant::now();
+    let report = sync_in_time(&world.store, &connection).await.unwrap();
+    eprintln!("3000 lies synced in {:?}, {} incidents", started.elapsed(), report.incidents.len());
+    assert_eq!(report.fetched, 3000);
+    for tag in ["a-0", "a-499", "b-0", "b-2499"] {
+        assert!(report.marked.iter().any(|(m, _)| m == tag), "{tag}");
+        assert!(!marks(&world.store, tag).await.is_empty(), "{tag}");
+    }
+    assert!(report.incidents.len() >= 3000, "{}", report.incidents.len());
+    let history = world.store.history(&vault(&[]), alloy_primitives::U256::from(5)).await.unwrap();
+    assert!(history.open_incidents >= 3000, "signing on the vault is blocked");
+    assert_eq!(world.store.incidents(false).await.unwrap().len(), report.incidents.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_a_tampered_incident_ledger_fails_the_lying_page_whole() {
+    let world = world().await;
+    let base = real_views(&world).await[0].clone();
+    let (connection, _) = scripted(&world, vec![lying(&base, "a", 5)]).await;
+    let first = sync_in_time(&world.store, &connection).await.unwrap();
+    assert!(first.incidents.len() >= 5);
+    let cursor = world.store.queue_config().await.unwrap().unwrap().1;
+    // An incident deleted by hand, then a page with more lies.
+    {
+        use sqlx::Connection as _;
+        let url =
+            format!("sqlite://{}", world._dirs.1.path().join(countersign_store::DB_FILE).display());
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("DELETE FROM incidents WHERE id = ?")
+            .bind(&first.incidents[2])
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+    let rows = local_count(&world, "SELECT COUNT(*) FROM incidents").await;
+    let audits = local_count(&world, "SELECT COUNT(*) FROM audit").await;
+    let requests = world.store.cached_requests().await.unwrap().len();
+    let (connection, _) = scripted(&world, vec![lying(&base, "b", 50)]).await;
+    let second = sync_in_time(&world.store, &connection).await;
+    assert!(second.is_err(), "{second:?}");
+    eprintln!("{:?}", second.unwrap_err().to_string());
+    assert_eq!(local_count(&world, "SELECT COUNT(*) FROM incidents").await, rows);
+    assert_eq!(local_count(&world, "SELECT COUNT(*) FROM audit").await, audits);
+    assert_eq!(world.store.cached_requests().await.unwrap().len(), requests);
+    assert_eq!(world.store.queue_config().await.unwrap().unwrap().1, cursor);
+    assert!(world.store.history(&vault(&[]), alloy_primitives::U256::from(5)).await.is_err());
+}

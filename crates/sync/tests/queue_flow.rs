@@ -252,6 +252,47 @@ async fn flow(backend: &str, queue: Queue) {
         ),
         "not_an_owner"
     );
+    // attack8: with alice's key cached, what alice sends is still judged as recovery judges.
+    let elsewhere = B256::repeat_byte(0x5a);
+    let hers_elsewhere = alice.sign_digest(&elsewhere).unwrap().to_hex();
+    assert_eq!(
+        code(
+            alice_s
+                .post(path, &json!({ "safeTxHash": hash.to_string(), "signature": hers_elsewhere }))
+                .await
+        ),
+        "not_an_owner",
+        "her signature over another hash, claimed for this one"
+    );
+    assert_eq!(
+        code(
+            alice_s
+                .post(
+                    path,
+                    &json!({ "safeTxHash": elsewhere.to_string(), "signature": hers_elsewhere })
+                )
+                .await
+        ),
+        "hash_mismatch",
+        "her signature over another hash, claimed for it"
+    );
+    assert_eq!(code(alice_s.post(path, &approval(hash, &carol)).await), "not_an_owner");
+    assert_eq!(code(alice_s.post(path, &approval(hash, &other_owner)).await), "not_an_approver");
+    assert_eq!(code(alice_s.post(path, &approval(hash, &initiator)).await), "self_approval");
+    assert_eq!(
+        code(
+            alice_s
+                .post(
+                    path,
+                    &json!({ "safeTxHash": hash.to_string(), "signature": unrecoverable(&hash) })
+                )
+                .await
+        ),
+        "bad_signature"
+    );
+    // Bob relaying alice's approval is hers, idempotent; and alice's own still counts once.
+    assert_eq!(bob_s.post(path, &first).await.unwrap()["approvals"].as_array().unwrap().len(), 1);
+    assert_eq!(alice_s.post(path, &first).await.unwrap()["approvals"].as_array().unwrap().len(), 1);
     let other_k = second_signature(0x22, &hash, alice.address());
     assert_eq!(
         code(
