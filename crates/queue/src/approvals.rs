@@ -1,7 +1,8 @@
 //! Approvals, written in batches.
 //!
-//! What an approval costs is mostly recovering its signer, and that needs neither a read nor
-//! a write: it runs on the caller's task, so approvals recover on every core at once. The rest
+//! What an approval costs is mostly checking its signer (a recovery, or for an approver seen
+//! before a check against their known key), and that needs neither a read nor a write: it
+//! runs on the caller's task, so approvals are checked on every core at once. The rest
 //! goes to one writer task, which takes every approval waiting and checks and writes them in
 //! one transaction: a few reads, one write turn and one audit append for the whole batch,
 //! where one approval at a time would queue each behind a dozen round trips to the database.
