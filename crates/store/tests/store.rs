@@ -356,11 +356,7 @@ async fn fail_incidents_open_together_or_not_at_all() {
     let mut db = raw(dir.path()).await;
     sqlx::query("DELETE FROM incidents WHERE id = ?").bind(&ids[1]).execute(&mut db).await.unwrap();
     assert!(store.open_incidents(&batch[..2]).await.is_err(), "the missing incident is found");
-    let left: i64 = sqlx::Row::get(
-        &sqlx::query("SELECT COUNT(*) AS n FROM incidents").fetch_one(&mut db).await.unwrap(),
-        "n",
-    );
-    assert_eq!(left, 2);
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM incidents").await, 2);
     assert_eq!(incidents_audited(&store).await, 3);
 }
 

@@ -336,18 +336,20 @@ async fn main() {
 
     // 3. Approvals: distinct and signed beforehand, one per request (the vault needs two, so
     //    every request stays pending), against recovering the same signatures on 2 threads.
+    let approver_keys: Vec<VerifyingKey> = approvers
+        .iter()
+        .map(|signer| signer.sign_digest(&B256::ZERO).unwrap().recover_key(&B256::ZERO).unwrap())
+        .collect();
     let mut approvals = Vec::new();
     let mut recoveries = Vec::new();
+    let mut known = Vec::new();
     for (r, hash) in hashes.iter().enumerate() {
         let a = r % approvers.len();
         let signature = approvers[a].sign_digest(hash).unwrap();
         recoveries.push((signature, *hash));
+        known.push((signature, *hash, approver_keys[a]));
         approvals.push(json!({ "approver": a, "request": r, "safeTxHash": hash.to_string(), "signature": signature.to_hex() }));
     }
-    let known: Vec<(OwnerSignature, B256, VerifyingKey)> = recoveries
-        .iter()
-        .map(|(signature, hash)| (*signature, *hash, signature.recover_key(hash).unwrap()))
-        .collect();
     let recovery_before = recovery_rate(&recoveries, 2);
     let known_before = known_key_rate(&known, 2);
     let mut tokens = Vec::new();
