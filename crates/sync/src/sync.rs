@@ -108,15 +108,18 @@ pub async fn sync(store: &Store, connection: &Connection) -> Result<SyncReport, 
         .await?
         .ok_or_else(|| SyncError::Config("no queue is connected".into()))?;
     let session = connection.session().await?;
-    let vaults = PinnedVaults::load(store).await?;
     let (sender, pages) = tokio::sync::mpsc::channel(1);
     let fetcher = tokio::spawn(fetch_pages(session.clone(), cursor, sender));
     let remote_vaults = {
         let session = session.clone();
         tokio::spawn(async move { session.get("/v1/vaults").await })
     };
-    let result = check_pages(store, connection, &vaults, pages).await;
-    let mut report = result.inspect_err(|_| {
+    // The pinned records are read while the first page is on its way.
+    let checked = match PinnedVaults::load(store).await {
+        Ok(vaults) => check_pages(store, connection, &vaults, pages).await.map(|r| (r, vaults)),
+        Err(error) => Err(error),
+    };
+    let (mut report, vaults) = checked.inspect_err(|_| {
         fetcher.abort();
         remote_vaults.abort();
     })?;
@@ -135,10 +138,16 @@ struct Page {
     cursor: i64,
 }
 
-/// Fetches pages after `cursor` until the queue says no more follow.
-/// A sync reads at most this many pages (of 500); the next sync goes on from there, so a
-/// queue that always says more follow cannot keep one running for ever.
+/// A sync reads at most this many pages (of [`PAGE`]); the next sync goes on from there, so
+/// a queue that always says more follow cannot keep one running for ever.
 pub const MAX_PAGES: usize = 1000;
+
+/// Requests asked for in a page.
+const PAGE: usize = 500;
+
+/// Requests asked for in the first page: a small one arrives sooner, so the signature checks
+/// start sooner, and the pages after it come while they run.
+const FIRST_PAGE: usize = 100;
 
 /// Fetches pages after `cursor` until the queue says no more follow, or [`MAX_PAGES`].
 /// Returns whether the queue said more follow.
@@ -147,8 +156,8 @@ async fn fetch_pages(
     mut cursor: i64,
     pages: tokio::sync::mpsc::Sender<Result<Page, SyncError>>,
 ) -> bool {
-    for _ in 0..MAX_PAGES {
-        let page = fetch_page(&session, cursor).await;
+    for n in 0..MAX_PAGES {
+        let page = fetch_page(&session, cursor, if n == 0 { FIRST_PAGE } else { PAGE }).await;
         let more = matches!(&page, Ok((_, true)));
         let page = page.map(|(page, _)| page);
         if let Ok(page) = &page {
@@ -161,8 +170,12 @@ async fn fetch_pages(
     true
 }
 
-async fn fetch_page(session: &Session, cursor: i64) -> Result<(Page, bool), SyncError> {
-    let bytes = session.get_bytes(&format!("/v1/requests?after={cursor}&limit=500")).await?;
+async fn fetch_page(
+    session: &Session,
+    cursor: i64,
+    limit: usize,
+) -> Result<(Page, bool), SyncError> {
+    let bytes = session.get_bytes(&format!("/v1/requests?after={cursor}&limit={limit}")).await?;
     let mut page: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ClientError::Body(format!("the listing: {e}")))?;
     let views = match page["requests"].take() {
@@ -338,23 +351,33 @@ impl Recoverers {
         Self { jobs }
     }
 
-    /// Queues every request's signatures; the answers come back in any order.
-    fn recover(&self, jobs: Vec<(Option<(OwnerSignature, B256)>, Listed)>) -> Recovering {
-        let page = Arc::new(Answers {
-            slots: (0..jobs.len()).map(|_| std::sync::OnceLock::new()).collect(),
-            remaining: std::sync::atomic::AtomicUsize::new(jobs.len()),
-            complete: tokio::sync::Notify::new(),
-            abandoned: std::sync::atomic::AtomicBool::new(false),
-        });
-        for (index, (intent, approvals)) in jobs.into_iter().enumerate() {
-            // Refused only when no thread started: the answer is lost, and the page fails.
-            if let Err(refused) =
-                self.jobs.send(Job { intent, approvals, index, page: page.clone() })
-            {
-                refused.0.page.settle(index, None);
-            }
+    /// A page of `len` requests, whose signatures [`Self::queue`] hands to the threads one
+    /// request at a time; the answers come back in any order.
+    fn page(&self, len: usize) -> Recovering {
+        Recovering {
+            page: Arc::new(Answers {
+                slots: (0..len).map(|_| std::sync::OnceLock::new()).collect(),
+                remaining: std::sync::atomic::AtomicUsize::new(len),
+                complete: tokio::sync::Notify::new(),
+                abandoned: std::sync::atomic::AtomicBool::new(false),
+            }),
         }
-        Recovering { page }
+    }
+
+    /// Queues the signatures of request `index` of `page`, to be recovered at once.
+    fn queue(
+        &self,
+        page: &Recovering,
+        index: usize,
+        intent: Option<(OwnerSignature, B256)>,
+        approvals: Listed,
+    ) {
+        // Refused only when no thread started: the answer is lost, and the page fails.
+        if let Err(refused) =
+            self.jobs.send(Job { intent, approvals, index, page: page.page.clone() })
+        {
+            refused.0.page.settle(index, None);
+        }
     }
 }
 
@@ -440,7 +463,7 @@ struct Pending {
     read: Option<(Address, alloy_primitives::U256)>,
 }
 
-/// Checks a page's fields in order and starts recovering its signatures on two threads.
+/// Checks a page's fields in order, queueing each request's signatures to be recovered.
 async fn start_checks(
     store: &Store,
     page: Page,
@@ -450,7 +473,8 @@ async fn start_checks(
 ) -> Result<Checking, SyncError> {
     let mut pending = Vec::with_capacity(page.views.len());
     let mut seen = std::collections::HashSet::with_capacity(page.views.len());
-    for view in page.views {
+    let signatures = recoverers.page(page.views.len());
+    for (index, view) in page.views.into_iter().enumerate() {
         let id = view["id"].as_str().unwrap_or_default().to_owned();
         if countersign_core::intent::check_request_id("id", &id).is_err() {
             let shown = countersign_core::printable(&id.chars().take(80).collect::<String>());
@@ -467,13 +491,13 @@ async fn start_checks(
             true => store.cached_request(&id).await?,
             false => None,
         };
-        pending.push(first_checks(view, id, previous, vaults));
+        let checked = first_checks(view, id, previous, vaults);
+        // Each request's signatures are recovered as soon as its fields are read, so the
+        // threads do not wait for the rest of the page.
+        let listed = (checked.view["approvals"].clone(), checked.ours, checked.vault.clone());
+        recoverers.queue(&signatures, index, checked.intent, listed);
+        pending.push(checked);
     }
-    let jobs = pending
-        .iter()
-        .map(|p| (p.intent, (p.view["approvals"].clone(), p.ours, p.vault.clone())))
-        .collect();
-    let signatures = recoverers.recover(jobs);
     Ok(Checking { pending, signatures, cursor: page.cursor })
 }
 
