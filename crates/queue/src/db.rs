@@ -28,7 +28,7 @@ const SCHEMA: &[&str] = &[
      state TEXT NOT NULL, transaction_json TEXT NOT NULL, safe_tx_hash TEXT NOT NULL, nonce TEXT NOT NULL, \
      initiator_id TEXT NOT NULL, initiator_address TEXT NOT NULL, initiator_signature TEXT NOT NULL, \
      created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, reason TEXT, executed_tx TEXT, signatures TEXT, \
-     view TEXT)",
+     view TEXT, rejected_by TEXT)",
     "CREATE UNIQUE INDEX IF NOT EXISTS requests_seq ON requests (seq)",
     "CREATE INDEX IF NOT EXISTS requests_vault_nonce ON requests (vault_id, nonce)",
     "CREATE TABLE IF NOT EXISTS approvals (request_id TEXT NOT NULL, owner TEXT NOT NULL, member_id TEXT NOT NULL, \
@@ -119,20 +119,19 @@ impl Db {
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await.map_err(db_error)?;
         }
-        // Databases made before requests kept their rendered view get the column; the views
-        // themselves are filled in by `model::fill_views` at start.
-        if sqlx::query("SELECT view FROM requests LIMIT 1").fetch_optional(&pool).await.is_err() {
-            sqlx::query("ALTER TABLE requests ADD COLUMN view TEXT")
-                .execute(&pool)
-                .await
-                .map_err(db_error)?;
-        }
-        // Approvals made before FIDO2 get the column for their assertion.
-        if sqlx::query("SELECT fido FROM approvals LIMIT 1").fetch_optional(&pool).await.is_err() {
-            sqlx::query("ALTER TABLE approvals ADD COLUMN fido TEXT")
-                .execute(&pool)
-                .await
-                .map_err(db_error)?;
+        // Columns added since the first schema, for databases made before them: requests'
+        // rendered views (filled in by `model::fill_views` at start), approvals' FIDO2
+        // assertions, and who rejected a request.
+        for (table, column) in
+            [("requests", "view"), ("approvals", "fido"), ("requests", "rejected_by")]
+        {
+            let probe = format!("SELECT {column} FROM {table} LIMIT 1");
+            if sqlx::query(&probe).fetch_optional(&pool).await.is_err() {
+                sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))
+                    .execute(&pool)
+                    .await
+                    .map_err(db_error)?;
+            }
         }
         Ok(Self { pool, backend, writer: Default::default() })
     }
@@ -175,4 +174,44 @@ pub fn optional_int(row: &AnyRow, column: &str) -> Option<i64> {
 
 pub fn int(row: &AnyRow, column: &str) -> i64 {
     sqlx::Row::try_get::<i64, _>(row, column).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database made before the later columns keeps its rows and gains the columns.
+    #[tokio::test]
+    async fn an_older_database_gains_the_later_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("queue.db").display());
+        sqlx::any::install_default_drivers();
+        let old = AnyPoolOptions::new().connect(&url).await.unwrap();
+        for statement in [
+            "CREATE TABLE requests (id TEXT PRIMARY KEY, vault_id TEXT NOT NULL, seq BIGINT NOT NULL, \
+             state TEXT NOT NULL, transaction_json TEXT NOT NULL, safe_tx_hash TEXT NOT NULL, \
+             nonce TEXT NOT NULL, initiator_id TEXT NOT NULL, initiator_address TEXT NOT NULL, \
+             initiator_signature TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, \
+             reason TEXT, executed_tx TEXT, signatures TEXT)",
+            "CREATE TABLE approvals (request_id TEXT NOT NULL, owner TEXT NOT NULL, \
+             member_id TEXT NOT NULL, signature TEXT NOT NULL, created_at BIGINT NOT NULL, \
+             PRIMARY KEY (request_id, owner))",
+            "INSERT INTO requests VALUES ('r1', '1:0x00', 1, 'rejected', '{}', '0x', '5', 'ivy', \
+             '0x00', '0x', 1, 2, 'no', NULL, NULL)",
+        ] {
+            sqlx::query(statement).execute(&old).await.unwrap();
+        }
+        old.close().await;
+
+        let db = Db::connect(&url).await.unwrap();
+        let row = sqlx::query("SELECT id, view, rejected_by FROM requests")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(text(&row, "id"), "r1");
+        assert_eq!(optional_text(&row, "rejected_by"), None);
+        sqlx::query("SELECT fido FROM approvals").fetch_all(&db.pool).await.unwrap();
+        // Connecting again finds the columns there and changes nothing.
+        Db::connect(&url).await.unwrap();
+    }
 }

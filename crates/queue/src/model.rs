@@ -680,6 +680,7 @@ pub async fn submit(
         created_at,
         expires_at,
         reason: None,
+        rejected_by: None,
         executed_tx: None,
         signatures: None,
     };
@@ -743,6 +744,8 @@ pub(crate) struct RequestRow {
     pub(crate) created_at: i64,
     pub(crate) expires_at: i64,
     pub(crate) reason: Option<String>,
+    /// The member who rejected the request; none when the queue closed it itself.
+    pub(crate) rejected_by: Option<String>,
     pub(crate) executed_tx: Option<String>,
     pub(crate) signatures: Option<String>,
 }
@@ -792,6 +795,7 @@ impl RequestRow {
             created_at: int(row, "created_at"),
             expires_at: int(row, "expires_at"),
             reason: optional_text(row, "reason"),
+            rejected_by: optional_text(row, "rejected_by"),
             executed_tx: optional_text(row, "executed_tx"),
             signatures: optional_text(row, "signatures"),
         }
@@ -855,9 +859,9 @@ pub(crate) async fn save_all(
         // A VALUES list names its columns column1, column2, … in SQLite and PostgreSQL alike.
         let statement = format!(
             "UPDATE requests SET seq = v.column2, state = v.column3, reason = v.column4, \
-             executed_tx = v.column5, signatures = v.column6, view = v.column7 \
-             FROM (VALUES {}) AS v WHERE requests.id = v.column1",
-            placeholders(chunk.len(), 7)
+             executed_tx = v.column5, signatures = v.column6, view = v.column7, \
+             rejected_by = v.column8 FROM (VALUES {}) AS v WHERE requests.id = v.column1",
+            placeholders(chunk.len(), 8)
         );
         let mut query = sqlx::query(&statement);
         for (request, approvals) in chunk {
@@ -869,7 +873,8 @@ pub(crate) async fn save_all(
                 .bind(request.reason.clone())
                 .bind(request.executed_tx.clone())
                 .bind(request.signatures.clone())
-                .bind(view.clone());
+                .bind(view.clone())
+                .bind(request.rejected_by.clone());
             views.push(RequestView::new(
                 request.id.clone(),
                 request.seq,
@@ -1114,6 +1119,17 @@ pub async fn reject(
     }
     let (mut tx, _writer) = store.begin().await?;
     let mut request = request_in(&mut tx, id).await?;
+    let approvals = approvals_of(&mut tx, id).await?;
+    // The same rejection sent again (the client retries after a 5xx answer or a timeout,
+    // which may have come after the queue recorded it) answers as the first did, and
+    // changes nothing.
+    if request.state == "rejected"
+        && request.rejected_by.as_deref() == Some(caller.id.as_str())
+        && request.reason.as_deref() == Some(reason.as_str())
+    {
+        let stored = request.stored_view(&approvals);
+        return Ok(RequestView::new(request.id.clone(), request.seq, "rejected", &stored));
+    }
     if request.shown_state() != "pending" {
         return Err(closed(&request.id, request.shown_state()));
     }
@@ -1124,7 +1140,7 @@ pub async fn reject(
     request.seq = next_seq(&mut tx).await?;
     request.state = "rejected".to_owned();
     request.reason = Some(reason.clone());
-    let approvals = approvals_of(&mut tx, id).await?;
+    request.rejected_by = Some(caller.id.clone());
     let view = request.save(&mut tx, &approvals).await?;
     audit(&mut tx, "rejected", &json!({ "id": id, "by": caller.id, "reason": reason })).await?;
     tx.commit().await.map_err(db)?;

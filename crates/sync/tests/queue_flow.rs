@@ -386,6 +386,21 @@ async fn flow(backend: &str, queue: Queue) {
         .await
         .unwrap();
     assert_eq!(rejected["state"], "rejected");
+    // The same rejection sent again (a retry after a lost answer) answers as the first did
+    // and writes nothing; another reason, or another owner, finds the request closed.
+    let entries = model::audit_entries(&queue.api.db).await.unwrap().len();
+    let again = bob_s
+        .post("/v1/requests/r2/rejections", &json!({ "reason": "not on the payroll" }))
+        .await
+        .unwrap();
+    assert_eq!(again, rejected);
+    assert_eq!(model::audit_entries(&queue.api.db).await.unwrap().len(), entries);
+    for (caller, reason) in
+        [(&bob_s, "not on the payroll either"), (&alice_s, "not on the payroll")]
+    {
+        let refused = caller.post("/v1/requests/r2/rejections", &json!({ "reason": reason })).await;
+        assert_eq!(code(refused), "request_closed");
+    }
     assert_eq!(
         code(
             alice_s.post("/v1/requests/r2/approvals", &approval(safe_tx_hash(&tx2), &alice)).await
