@@ -302,9 +302,10 @@ pub enum IncidentCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Clear an open incident, saying why.
+    /// Clear open incidents, saying why: every one named, or none if one is not open.
     Clear {
-        id: String,
+        #[arg(required = true)]
+        ids: Vec<String>,
         #[arg(long)]
         note: String,
     },

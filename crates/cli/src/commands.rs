@@ -677,9 +677,12 @@ async fn incident(context: &Context, command: IncidentCommand) -> Result<Outcome
                 );
             }
         }
-        IncidentCommand::Clear { id, note } => {
-            store.clear_incident(&id, &note).await?;
-            outln!("Incident {id} cleared.");
+        IncidentCommand::Clear { ids, note } => {
+            let named: Vec<&str> = ids.iter().map(String::as_str).collect();
+            store.clear_incidents(&named, &note).await?;
+            for id in &ids {
+                outln!("Incident {id} cleared.");
+            }
         }
     }
     Ok(Outcome::Done)

@@ -346,6 +346,10 @@ fn fail_tripwire_opens_an_incident_that_blocks_until_cleared() {
     assert!(json_of(&blocked)["reasons"].to_string().contains("open_incident"));
 
     assert_eq!(home.run(&["incident", "clear", &id, "--note", ""]).status.code(), Some(2));
+    // Several are cleared together or not at all: with an id that is not open, none is.
+    let unknown = home.run(&["incident", "clear", &id, "i-unknown", "--note", "checked"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("i-unknown"), "{}", stderr(&unknown));
     assert_ok(&home.run(&["incident", "clear", &id, "--note", "initiator confirmed by phone"]));
     assert_ok(&home.run(&["sign", rejection.to_str().unwrap(), "--yes"]));
     let again = home.run(&["sign", second.to_str().unwrap(), "--yes"]);

@@ -339,33 +339,53 @@ impl Store {
 
     /// Clears an open incident with a person's note.
     pub async fn clear_incident(&self, id: &str, note: &str) -> Result<(), StoreError> {
+        self.clear_incidents(&[id], note).await
+    }
+
+    /// Clears open incidents with one person's note, in one transaction with one read of
+    /// the incidents: every one of them, or none when one is not open (the error names it).
+    /// An id named twice is cleared once.
+    pub async fn clear_incidents(&self, ids: &[&str], note: &str) -> Result<(), StoreError> {
         if !note.chars().any(char::is_alphanumeric) {
             return Err(
                 InputError::new("note", "clearing an incident needs a note saying why").into()
             );
         }
+        if ids.is_empty() {
+            return Err(InputError::new("id", "name the incident to clear").into());
+        }
         let mut tx = self.begin().await?;
-        let open = incidents_in(&self.sealer, &mut tx)
+        let open: std::collections::HashSet<String> = incidents_in(&self.sealer, &mut tx)
             .await?
             .into_iter()
-            .any(|i| i.id == id && i.note.is_none());
-        if !open {
-            return Err(StoreError::NotFound { what: format!("open incident {id}") });
+            .filter(|i| i.note.is_none())
+            .map(|i| i.id)
+            .collect();
+        let mut clearing = Vec::with_capacity(ids.len());
+        for id in ids {
+            if !open.contains(*id) {
+                return Err(StoreError::NotFound { what: format!("open incident {id}") });
+            }
+            if !clearing.contains(id) {
+                clearing.push(*id);
+            }
         }
         let cleared_at = now();
-        let sealed_note = serde_json::json!({ "note": note, "clearedAt": cleared_at });
-        let place = Place { table: "incidents", column: "sealed_note", row: id };
-        let sealed = self.sealer.seal(place, sealed_note.to_string().as_bytes())?;
-        sqlx::query("UPDATE incidents SET cleared_at = ?, sealed_note = ? WHERE id = ?")
-            .bind(cleared_at)
-            .bind(sealed)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let body = serde_json::json!({ "id": id, "note": note });
-        self.audit_in(&mut tx, "incident_cleared", &body).await?;
+        let sealed_note = serde_json::json!({ "note": note, "clearedAt": cleared_at }).to_string();
+        for id in &clearing {
+            let place = Place { table: "incidents", column: "sealed_note", row: id };
+            let sealed = self.sealer.seal(place, sealed_note.as_bytes())?;
+            sqlx::query("UPDATE incidents SET cleared_at = ?, sealed_note = ? WHERE id = ?")
+                .bind(cleared_at)
+                .bind(sealed)
+                .bind(*id)
+                .execute(&mut *tx)
+                .await?;
+            let body = serde_json::json!({ "id": id, "note": note });
+            self.audit_in(&mut tx, "incident_cleared", &body).await?;
+        }
         tx.commit().await?;
-        tracing::info!(incident = %id, "incident cleared");
+        tracing::info!(incidents = ?clearing, "incidents cleared");
         Ok(())
     }
 }
@@ -449,14 +469,19 @@ async fn incidents_in(
     conn: &mut SqliteConnection,
 ) -> Result<Vec<Incident>, StoreError> {
     let rows = verified_ledger(sealer, conn, Ledger::Incidents).await?;
+    // Every row in one read, matched to the ledger's by id.
+    let mut stored: std::collections::HashMap<String, sqlx::sqlite::SqliteRow> = sqlx::query(
+        "SELECT id, vault_id, kind, opened_at, sealed_detail, cleared_at, sealed_note FROM incidents",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .filter_map(|row| Some((row.try_get::<String, _>("id").ok()?, row)))
+    .collect();
     let mut out = Vec::with_capacity(rows.len());
     for ledger_row in &rows {
         let [id, vault_id, kind, _] = &ledger_row.columns;
-        let row = sqlx::query("SELECT id, vault_id, kind, opened_at, sealed_detail, cleared_at, sealed_note FROM incidents WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or_else(|| tampered("incident records"))?;
+        let row = stored.remove(id).ok_or_else(|| tampered("incident records"))?;
         let incident = open_incident_row(sealer, &row)?;
         if &incident.vault_id != vault_id || &incident.kind != kind {
             return Err(tampered("incident records"));

@@ -360,6 +360,44 @@ async fn fail_incidents_open_together_or_not_at_all() {
     assert_eq!(incidents_audited(&store).await, 3);
 }
 
+#[tokio::test]
+async fn fail_incidents_clear_together_or_not_at_all() {
+    let (_dir, store) = signed_store().await;
+    let details = incident_details(3);
+    let record = vault();
+    let batch: Vec<_> = details.iter().map(|d| (&record, "queue", d)).collect();
+    let ids = store.open_incidents(&batch).await.unwrap();
+    async fn open(store: &Store) -> usize {
+        store.history(&vault(), U256::from(9)).await.unwrap().open_incidents
+    }
+    async fn cleared(store: &Store) -> usize {
+        let entries = store.audit_entries().await.unwrap();
+        entries.iter().filter(|e| e.kind == "incident_cleared").count()
+    }
+    let before = open(&store).await;
+    assert!(matches!(store.clear_incidents(&[], "checked").await, Err(StoreError::Input(_))));
+
+    // Two named (one twice): both cleared, each audited once; the third stays open.
+    store
+        .clear_incidents(&[&ids[0], &ids[1], &ids[0]], "checked with the initiator")
+        .await
+        .unwrap();
+    assert_eq!(open(&store).await, before - 2);
+    assert_eq!(cleared(&store).await, 2);
+
+    // One of them no longer open: refused, naming it, and the other is left open too.
+    let refused = store.clear_incidents(&[&ids[2], &ids[1]], "again").await.unwrap_err();
+    assert!(refused.to_string().contains(&ids[1]), "{refused}");
+    assert_eq!(open(&store).await, before - 2);
+    assert_eq!(cleared(&store).await, 2);
+    assert!(store.verify_audit().await.unwrap().is_ok());
+}
+
+/// The details of `count` incidents opened by a sync, one a request.
+fn incident_details(count: usize) -> Vec<serde_json::Value> {
+    (0..count).map(|n| serde_json::json!({ "request": format!("r{n}") })).collect()
+}
+
 async fn incidents_audited(store: &Store) -> usize {
     store.audit_entries().await.unwrap().iter().filter(|e| e.kind == "incident_opened").count()
 }
@@ -735,4 +773,12 @@ async fn attack_open_incidents_in_thousands() {
     assert_eq!(store.history(&record, U256::from(9)).await.unwrap().open_incidents, before + 4500);
     assert_eq!(store.incidents(false).await.unwrap().len(), before + 4500);
     assert_eq!(incidents_audited(&store).await, audited + 4500);
+
+    // Cleared in one call, with one read of them, where one at a time re-read them all.
+    let open: Vec<String> =
+        store.incidents(false).await.unwrap().into_iter().map(|i| i.id).collect();
+    let named: Vec<&str> = open.iter().map(String::as_str).collect();
+    store.clear_incidents(&named, "the queue lied; reported to its operator").await.unwrap();
+    assert_eq!(store.history(&record, U256::from(9)).await.unwrap().open_incidents, 0);
+    assert!(store.incidents(false).await.unwrap().is_empty());
 }
