@@ -338,8 +338,7 @@ async fn fail_incident_cleared_or_moved_by_hand_still_blocks() {
 #[tokio::test]
 async fn fail_incidents_open_together_or_not_at_all() {
     let (dir, store) = signed_store().await;
-    let details: Vec<serde_json::Value> =
-        (0..3).map(|n| serde_json::json!({ "request": format!("r{n}") })).collect();
+    let details = incident_details(3);
     let record = vault();
     let batch: Vec<_> = details.iter().map(|d| (&record, "queue", d)).collect();
     assert!(store.open_incidents(&[]).await.unwrap().is_empty());
@@ -679,8 +678,7 @@ async fn attack_open_incidents_refuses_every_tampering_whole() {
     ];
     for (what, tamper) in cases {
         let (dir, store) = signed_store().await;
-        let details: Vec<serde_json::Value> =
-            (0..3).map(|n| serde_json::json!({ "request": format!("r{n}") })).collect();
+        let details = incident_details(3);
         let record = vault();
         let batch: Vec<_> = details.iter().map(|d| (&record, "queue", d)).collect();
         let ids = store.open_incidents(&batch).await.unwrap();
@@ -756,8 +754,7 @@ async fn attack_open_incidents_in_thousands() {
     let record = vault();
     let before = store.history(&record, U256::from(9)).await.unwrap().open_incidents;
     let audited = incidents_audited(&store).await;
-    let details: Vec<serde_json::Value> =
-        (0..3000).map(|n| serde_json::json!({ "request": format!("r{n}") })).collect();
+    let details = incident_details(3000);
     let batch: Vec<_> = details.iter().map(|d| (&record, "queue", d)).collect();
     let started = std::time::Instant::now();
     let ids = store.open_incidents(&batch).await.unwrap();
