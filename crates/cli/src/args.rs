@@ -112,7 +112,9 @@ pub enum Command {
     },
     /// Reject a synced request on the queue, saying why.
     Reject {
+        /// The request id.
         id: String,
+        /// Why, in words: at least one letter or digit, at most 1000 characters.
         #[arg(long)]
         reason: String,
     },
@@ -140,8 +142,8 @@ pub struct KeyChoice {
     /// The key's address or label (default: the only key in the store, or of --signer's kind).
     #[arg(long, value_name = "ADDRESS|LABEL")]
     pub key: Option<String>,
-    /// The kind of signer to sign with; the chosen key must be of that kind. An HSM's PIN is
-    /// read from COUNTERSIGN_HSM_PIN, else asked for at the terminal.
+    /// The kind of signer (software, ledger, hsm); the chosen key must be of that kind. An
+    /// HSM's PIN is read from COUNTERSIGN_HSM_PIN, else asked for at the terminal.
     #[arg(long, value_enum, value_name = "KIND")]
     pub signer: Option<SignerKind>,
 }
@@ -304,8 +306,10 @@ pub enum IncidentCommand {
     },
     /// Clear open incidents, saying why: every one named, or none if one is not open.
     Clear {
+        /// The incidents' ids, as `incident list` shows them.
         #[arg(required = true)]
         ids: Vec<String>,
+        /// Why they may be cleared: who checked what, and how.
         #[arg(long)]
         note: String,
     },
@@ -357,10 +361,13 @@ pub enum QueueCommand {
     },
     /// Store the connection to a queue (sealed): URL, pins, API key, the initiators to trust.
     Connect {
+        /// The queue's URL, as it prints it at start (`url: https://…`).
         #[arg(long)]
         url: String,
+        /// The queue's SPKI SHA-256 pin (`pin-sha256: …`); give it twice for a key rotation.
         #[arg(long = "pin", value_name = "BASE64", required = true)]
         pins: Vec<String>,
+        /// A file holding this approver's API key.
         #[arg(long, value_name = "FILE")]
         api_key_file: PathBuf,
         /// An initiator address whose requests this approver accepts; repeat for each.
@@ -443,19 +450,25 @@ pub enum QueueFidoCommand {
     },
 }
 
-/// How an admin command reaches the queue.
+// How an admin command reaches the queue. (A `///` comment here would become the
+// description of every subcommand that flattens it and has none of its own.)
 #[derive(Debug, Args, Clone)]
 pub struct AdminConnection {
+    /// The queue's URL, as it prints it at start (`url: https://…`).
     #[arg(long)]
     pub url: String,
+    /// The queue's SPKI SHA-256 pin (`pin-sha256: …`); give it twice for a key rotation.
     #[arg(long = "pin", value_name = "BASE64", required = true)]
     pub pins: Vec<String>,
+    /// A file holding an admin's API key.
     #[arg(long, value_name = "FILE")]
     pub api_key_file: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum QueueVaultCommand {
+    /// Set a vault record on the queue (admins): chain, Safe, version, owners, threshold,
+    /// next nonce. Setting it again closes the vault's open requests.
     Add {
         #[command(flatten)]
         connection: AdminConnection,
@@ -476,6 +489,7 @@ pub enum QueueVaultCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum QueueMemberCommand {
+    /// Add a member with a role and, for initiators and approvers, a signing address.
     Add {
         #[command(flatten)]
         connection: AdminConnection,
@@ -493,6 +507,7 @@ pub enum QueueMemberCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum QueueApiKeyCommand {
+    /// Make a new API key for a member; printed once, stored hashed.
     New {
         #[command(flatten)]
         connection: AdminConnection,

@@ -220,7 +220,8 @@ impl Store {
     }
 
     /// Adds `mark` to a synced request's marks, read and written in one transaction, leaving
-    /// the cursor alone. Returns whether the request was there.
+    /// the cursor alone; a mark it has already is not added again (a rejection sent twice
+    /// marks once). Returns whether the request was there.
     pub async fn add_mark(&self, id: &str, mark: &str) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         let row = sqlx::query(
@@ -232,6 +233,9 @@ impl Store {
         let Some(row) = row else { return Ok(false) };
         let mut cached = self.open_cached(&row)?;
         if let Some(list) = cached.body["countersign"]["marks"].as_array_mut() {
+            if list.iter().any(|kept| kept.as_str() == Some(mark)) {
+                return Ok(true);
+            }
             list.push(serde_json::Value::from(mark));
         } else {
             cached.body["countersign"]["marks"] = serde_json::json!([mark]);

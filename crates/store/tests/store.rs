@@ -507,6 +507,8 @@ async fn a_mark_is_added_in_place_and_leaves_the_cursor() {
     };
     store.store_synced(&[cached], 7).await.unwrap();
     assert!(store.add_mark("r1", "this approver rejected it").await.unwrap());
+    // The same mark again (a rejection sent twice) is kept once.
+    assert!(store.add_mark("r1", "this approver rejected it").await.unwrap());
     assert!(!store.add_mark("nope", "x").await.unwrap(), "an unknown request is not made");
     let marked = store.cached_request("r1").await.unwrap().unwrap();
     assert_eq!(
