@@ -184,7 +184,8 @@ async fn verified_ledger(
         .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| tampered(what))?;
-    let plain = sealer.open(ledger.place(), &sealed.get::<Vec<u8>, _>("value"))?;
+    let sealed: Vec<u8> = sealed.try_get("value").map_err(|_| tampered(what))?;
+    let plain = sealer.open(ledger.place(), &sealed)?;
     let text = String::from_utf8_lossy(plain.expose()).into_owned();
 
     let rows = ledger_rows(conn, ledger).await?;
@@ -412,7 +413,8 @@ async fn verified_ledger_after_insert(
         .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| tampered("records"))?;
-    let plain = sealer.open(ledger.place(), &sealed.get::<Vec<u8>, _>("value"))?;
+    let sealed: Vec<u8> = sealed.try_get("value").map_err(|_| tampered("records"))?;
+    let plain = sealer.open(ledger.place(), &sealed)?;
     let mut head = [0u8; 32];
     for key in &keys[..old] {
         head = extend(head, key);
@@ -450,7 +452,9 @@ async fn history_in(
         .ok_or_else(|| tampered("signature records"))?;
         let key = format!("{id}/{nonce_text}/{hash}/{signer}");
         let place = Place { table: "signatures", column: "sealed_detail", row: &key };
-        sealer.open(place, &detail.get::<Vec<u8>, _>("sealed_detail"))?;
+        let detail: Vec<u8> =
+            detail.try_get("sealed_detail").map_err(|_| tampered("signature records"))?;
+        sealer.open(place, &detail)?;
         let hash: B256 = hash.parse().map_err(|_| tampered("signature records"))?;
         if !signed_for_nonce.contains(&hash) {
             signed_for_nonce.push(hash);
@@ -496,17 +500,25 @@ fn open_incident_row(
     sealer: &Sealer,
     row: &sqlx::sqlite::SqliteRow,
 ) -> Result<Incident, StoreError> {
-    let id: String = row.get("id");
-    let vault_id: String = row.get("vault_id");
+    // A column of another type (the table rebuilt by hand without its types) is tampering,
+    // refused like any other: `Row::get` would panic on it.
+    fn column<'r, T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(
+        row: &'r sqlx::sqlite::SqliteRow,
+        name: &str,
+    ) -> Result<T, StoreError> {
+        row.try_get(name).map_err(|_| tampered("incident records"))
+    }
+    let id: String = column(row, "id")?;
+    let vault_id: String = column(row, "vault_id")?;
     let place = Place { table: "incidents", column: "sealed_detail", row: &id };
-    let body = sealer.open(place, &row.get::<Vec<u8>, _>("sealed_detail"))?;
+    let body = sealer.open(place, &column::<Vec<u8>>(row, "sealed_detail")?)?;
     let body: serde_json::Value =
         serde_json::from_slice(body.expose()).map_err(|_| tampered("incident records"))?;
     if body["vault"].as_str() != Some(vault_id.as_str()) {
         return Err(tampered("incident records"));
     }
     // Cleared only by a sealed note bound to this row; `cleared_at` alone is display.
-    let (note, cleared_at) = match row.get::<Option<Vec<u8>>, _>("sealed_note") {
+    let (note, cleared_at) = match column::<Option<Vec<u8>>>(row, "sealed_note")? {
         None => (None, None),
         Some(sealed) => {
             let place = Place { table: "incidents", column: "sealed_note", row: &id };
@@ -516,13 +528,14 @@ fn open_incident_row(
             (note["note"].as_str().map(str::to_owned), note["clearedAt"].as_i64())
         }
     };
+    let shown_cleared_at: Option<i64> = column(row, "cleared_at")?;
     Ok(Incident {
         id: id.clone(),
         vault_id,
-        kind: row.get("kind"),
-        opened_at: row.get("opened_at"),
+        kind: column(row, "kind")?,
+        opened_at: column(row, "opened_at")?,
         detail: body["detail"].clone(),
-        cleared_at: cleared_at.or(row.get("cleared_at")).filter(|_| note.is_some()),
+        cleared_at: cleared_at.or(shown_cleared_at).filter(|_| note.is_some()),
         note,
     })
 }

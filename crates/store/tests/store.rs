@@ -781,3 +781,161 @@ async fn attack_open_incidents_in_thousands() {
     assert_eq!(store.history(&record, U256::from(9)).await.unwrap().open_incidents, 0);
     assert!(store.incidents(false).await.unwrap().is_empty());
 }
+
+// ---- attack8 (second round): clearing incidents against a tampered table ----
+
+/// Rebuilds the incidents table as a plain (not STRICT) table with the same rows in the same
+/// order, the way someone with the file could, so that its columns take any type.
+async fn incidents_without_types(db: &mut SqliteConnection) {
+    for statement in [
+        "PRAGMA foreign_keys = OFF",
+        "CREATE TABLE loose (id TEXT PRIMARY KEY, vault_id TEXT NOT NULL, kind TEXT NOT NULL, \
+         opened_at INTEGER NOT NULL, sealed_detail BLOB NOT NULL, cleared_at INTEGER, sealed_note BLOB)",
+        "INSERT INTO loose (rowid, id, vault_id, kind, opened_at, sealed_detail, cleared_at, sealed_note) \
+         SELECT rowid, id, vault_id, kind, opened_at, sealed_detail, cleared_at, sealed_note FROM incidents ORDER BY rowid",
+        "DROP TABLE incidents",
+        "ALTER TABLE loose RENAME TO incidents",
+    ] {
+        sqlx::query(statement).execute(&mut *db).await.unwrap();
+    }
+}
+
+/// The columns the ledger does not cover (`cleared_at`, `sealed_note`, `sealed_detail`) given
+/// another type by hand: reading the incidents is refused as tampering. It must not panic: a
+/// panic takes the desktop app down with it instead of showing why signing is refused.
+#[tokio::test]
+async fn attack_incident_columns_of_another_type_are_refused_not_a_panic() {
+    for (what, statement) in [
+        ("cleared_at as text", "UPDATE incidents SET cleared_at = 'yesterday' WHERE rowid = (SELECT MIN(rowid) FROM incidents)"),
+        ("sealed_note as a number", "UPDATE incidents SET sealed_note = 7 WHERE rowid = (SELECT MIN(rowid) FROM incidents)"),
+        ("sealed_detail as a number", "UPDATE incidents SET sealed_detail = 7 WHERE rowid = (SELECT MIN(rowid) FROM incidents)"),
+        ("cleared_at as a real", "UPDATE incidents SET cleared_at = 1.5"),
+    ] {
+        let (dir, store) = signed_store().await;
+        let store = std::sync::Arc::new(store);
+        let details = incident_details(2);
+        let record = vault();
+        let batch: Vec<_> = details.iter().map(|d| (&record, "queue", d)).collect();
+        let ids = store.open_incidents(&batch).await.unwrap();
+        let mut db = raw(dir.path()).await;
+        incidents_without_types(&mut db).await;
+        // The rebuilt table alone changes nothing the store can see.
+        assert_eq!(store.incidents(false).await.unwrap().len(), 2, "{what}: rebuilt");
+        sqlx::query(statement).execute(&mut db).await.unwrap();
+        let audits = count(&mut db, "SELECT COUNT(*) FROM audit").await;
+
+        let listing = tokio::spawn({
+            let store = store.clone();
+            async move { store.incidents(true).await.map(|_| ()) }
+        });
+        let listing = listing.await.unwrap_or_else(|_| panic!("{what}: listing panicked"));
+        assert!(listing.is_err(), "{what}: the listing refuses");
+        let named: Vec<String> = ids.clone();
+        let clearing = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let named: Vec<&str> = named.iter().map(String::as_str).collect();
+                store.clear_incidents(&named, "checked").await
+            }
+        });
+        let clearing = clearing.await.unwrap_or_else(|_| panic!("{what}: clearing panicked"));
+        assert!(clearing.is_err(), "{what}: clearing refuses");
+        let history = tokio::spawn({
+            let store = store.clone();
+            async move { store.history(&vault(), U256::from(9)).await.map(|_| ()) }
+        });
+        let history = history.await.unwrap_or_else(|_| panic!("{what}: history panicked"));
+        assert!(history.is_err(), "{what}: signing is refused");
+        assert_eq!(count(&mut db, "SELECT COUNT(*) FROM audit").await, audits, "{what}");
+        assert_eq!(
+            count(&mut db, "SELECT COUNT(*) FROM incidents WHERE sealed_note IS NOT NULL AND typeof(sealed_note) = 'blob'").await,
+            0,
+            "{what}: nothing cleared"
+        );
+    }
+}
+
+/// Clearing several incidents where a later one's write fails (a trigger put in by hand):
+/// the transaction rolls back, so none is cleared and no audit entry is left.
+#[tokio::test]
+async fn attack_clearing_incidents_that_fails_midway_clears_none() {
+    let (dir, store) = signed_store().await;
+    let details = incident_details(3);
+    let record = vault();
+    let batch: Vec<_> = details.iter().map(|d| (&record, "queue", d)).collect();
+    let ids = store.open_incidents(&batch).await.unwrap();
+    let mut db = raw(dir.path()).await;
+    sqlx::query(&format!(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON incidents WHEN NEW.id = '{}' \
+         BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        ids[2]
+    ))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let open = store.history(&record, U256::from(9)).await.unwrap().open_incidents;
+    let audits = count(&mut db, "SELECT COUNT(*) FROM audit").await;
+    let named: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert!(store.clear_incidents(&named, "checked with the initiator").await.is_err());
+    assert_eq!(store.history(&record, U256::from(9)).await.unwrap().open_incidents, open);
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM audit").await, audits);
+    assert_eq!(
+        count(&mut db, "SELECT COUNT(*) FROM incidents WHERE sealed_note IS NOT NULL").await,
+        0
+    );
+    assert!(store.verify_audit().await.unwrap().is_ok());
+
+    // Without the trigger the same call clears all three; named again, they are refused.
+    sqlx::query("DROP TRIGGER refuse").execute(&mut db).await.unwrap();
+    store.clear_incidents(&named, "checked with the initiator").await.unwrap();
+    assert_eq!(store.history(&record, U256::from(9)).await.unwrap().open_incidents, open - 3);
+    assert!(matches!(
+        store.clear_incidents(&named[..1], "again").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.clear_incidents(&["i-none"], "checked").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(store.verify_audit().await.unwrap().is_ok());
+}
+
+/// The same for a signature's sealed detail and a ledger's sealed head: a table rebuilt
+/// without its types and a number put in is refused, not a panic.
+#[tokio::test]
+async fn attack_a_sealed_value_made_a_number_in_a_rebuilt_table_is_refused_not_a_panic() {
+    for (table, columns, null) in [
+        (
+            "signatures",
+            "vault_id TEXT, nonce TEXT, safe_tx_hash TEXT, signer TEXT, signed_at INTEGER, \
+             sealed_detail BLOB, PRIMARY KEY (vault_id, nonce, safe_tx_hash, signer)",
+            "UPDATE signatures SET sealed_detail = 7",
+        ),
+        (
+            "meta",
+            "name TEXT PRIMARY KEY, value BLOB",
+            "UPDATE meta SET value = 7 WHERE name = 'ledger:signatures'",
+        ),
+    ] {
+        let (dir, store) = signed_store().await;
+        let store = std::sync::Arc::new(store);
+        let mut db = raw(dir.path()).await;
+        for statement in [
+            "PRAGMA foreign_keys = OFF".to_owned(),
+            format!("CREATE TABLE loose ({columns})"),
+            format!("INSERT INTO loose SELECT * FROM {table} ORDER BY rowid"),
+            format!("DROP TABLE {table}"),
+            format!("ALTER TABLE loose RENAME TO {table}"),
+        ] {
+            sqlx::query(&statement).execute(&mut db).await.unwrap();
+        }
+        assert!(store.history(&vault(), U256::from(5)).await.is_ok(), "{table}: rebuilt");
+        sqlx::query(null).execute(&mut db).await.unwrap();
+        let history = tokio::spawn({
+            let store = store.clone();
+            async move { store.history(&vault(), U256::from(5)).await.map(|_| ()) }
+        });
+        let history = history.await.unwrap_or_else(|_| panic!("{table}: history panicked"));
+        assert!(history.is_err(), "{table}: signing is refused");
+    }
+}
