@@ -363,11 +363,13 @@ impl Store {
             .map(|i| i.id)
             .collect();
         let mut clearing = Vec::with_capacity(ids.len());
+        // Named ones seen, for the duplicates: a set, or naming thousands would be quadratic.
+        let mut named = std::collections::HashSet::with_capacity(ids.len());
         for id in ids {
             if !open.contains(*id) {
                 return Err(StoreError::NotFound { what: format!("open incident {id}") });
             }
-            if !clearing.contains(id) {
+            if named.insert(*id) {
                 clearing.push(*id);
             }
         }
