@@ -775,3 +775,128 @@ async fn attack_a_tampered_incident_ledger_fails_the_lying_page_whole() {
     assert_eq!(world.store.queue_config().await.unwrap().unwrap().1, cursor);
     assert!(world.store.history(&vault(&[]), alloy_primitives::U256::from(5)).await.is_err());
 }
+
+// ---- attack8 (second round): a page refused after some of its signatures were queued ----
+
+async fn local_db(world: &World) -> sqlx::SqliteConnection {
+    use sqlx::Connection as _;
+    let url =
+        format!("sqlite://{}", world._dirs.1.path().join(countersign_store::DB_FILE).display());
+    sqlx::SqliteConnection::connect(&url).await.unwrap()
+}
+
+/// Each request's signatures are queued as soon as its fields are read, so an invalid or
+/// repeated id late in a page comes after many of its jobs are with the threads. The sync
+/// must fail at once (not wait for a page that will never be whole), store nothing of that
+/// page, and the next sync must work, with every request stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_a_bad_id_late_in_a_page_fails_cleanly_and_the_next_sync_works() {
+    let world = world().await;
+    let base = real_views(&world).await[0].clone();
+    let mut expected = std::collections::HashSet::new();
+    for (n, (what, page_of_bad)) in [
+        ("an invalid id", 0usize),
+        ("an invalid id", 1),
+        ("an id repeated", 0),
+        ("an id repeated", 1),
+        ("an id that is not text", 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tag = format!("c{n}");
+        let mut pages: Vec<Vec<Value>> =
+            (0..3).map(|p| fillers(&base, &format!("{tag}p{p}"), 120)).collect();
+        let good = pages.clone();
+        let bad = match what {
+            "an invalid id" => {
+                let mut view = pages[page_of_bad][0].clone();
+                view["id"] = json!("not an id \u{202e}");
+                view
+            }
+            "an id repeated" => pages[page_of_bad][3].clone(),
+            _ => {
+                let mut view = pages[page_of_bad][0].clone();
+                view["id"] = json!(12);
+                view
+            }
+        };
+        pages[page_of_bad].push(bad);
+        let start = world.store.queue_config().await.unwrap().unwrap().1;
+        let stored_before = world.store.cached_requests().await.unwrap().len();
+        let (connection, cursors) = scripted(&world, pages.clone()).await;
+        let error = sync_in_time(&world.store, &connection).await.unwrap_err().to_string();
+        assert!(error.contains("id") || error.contains("twice"), "{what}: {error}");
+        // Only whole pages before the bad one, with their cursor.
+        stored_is_a_prefix(&world, &good, &cursors, start).await;
+        let cursor = world.store.queue_config().await.unwrap().unwrap().1;
+        let upto = cursors.iter().position(|c| *c == cursor).map_or(0, |p| p + 1);
+        assert!(upto <= page_of_bad, "{what}: the bad page is not stored");
+        let stored = world.store.cached_requests().await.unwrap().len();
+        assert_eq!(stored, stored_before + 120 * upto, "{what}");
+
+        // The queue mends its listing: the next sync stores the rest, each request once.
+        let (connection, _) = scripted(&world, good[upto..].to_vec()).await;
+        let report = sync_in_time(&world.store, &connection).await.unwrap();
+        assert_eq!(report.fetched, 120 * (3 - upto), "{what}");
+        assert!(report.marked.is_empty(), "{what}: {:?}", report.marked);
+        for view in good.iter().flatten() {
+            expected.insert(view["id"].as_str().unwrap().to_owned());
+        }
+        let ids: Vec<String> =
+            world.store.cached_requests().await.unwrap().into_iter().map(|c| c.id).collect();
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "{what}: a request stored twice");
+        for id in &expected {
+            assert!(distinct.contains(id), "{what}: {id} lost");
+        }
+    }
+}
+
+/// A first page longer than the 100 asked for, an empty first page that says more follow,
+/// and a page after it longer than 500: every request is read and stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_pages_longer_than_asked_or_empty_are_read_whole() {
+    let world = world().await;
+    let base = real_views(&world).await[0].clone();
+    let pages = vec![fillers(&base, "long", 260), vec![], fillers(&base, "longer", 620), vec![]];
+    let (connection, cursors) = scripted(&world, pages).await;
+    let report = sync_in_time(&world.store, &connection).await.unwrap();
+    assert_eq!(report.fetched, 880);
+    assert!(report.marked.is_empty(), "{:?}", report.marked);
+    assert_eq!(world.store.queue_config().await.unwrap().unwrap().1, *cursors.last().unwrap());
+
+    let start = world.store.queue_config().await.unwrap().unwrap().1;
+    let pages = vec![vec![], fillers(&base, "after-empty", 130)];
+    let (connection, _) = scripted(&world, pages).await;
+    let report = sync_in_time(&world.store, &connection).await.unwrap();
+    assert_eq!(report.fetched, 130);
+    assert_eq!(world.store.queue_config().await.unwrap().unwrap().1, start + 20);
+    assert_eq!(world.store.cached_requests().await.unwrap().len(), 1010);
+}
+
+/// The pinned vaults are now read while the first page is fetched: when reading them fails,
+/// the sync fails with the store's error, stores nothing, and the next one works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_the_pinned_vaults_failing_to_load_fails_the_sync_cleanly() {
+    let world = world().await;
+    let base = real_views(&world).await[0].clone();
+    let mut db = local_db(&world).await;
+    let sealed: Vec<u8> = sqlx::Row::get(
+        &sqlx::query("SELECT sealed_record FROM vaults").fetch_one(&mut db).await.unwrap(),
+        0,
+    );
+    sqlx::query("UPDATE vaults SET sealed_record = x'00'").execute(&mut db).await.unwrap();
+    let pages = vec![fillers(&base, "v", 150), fillers(&base, "w", 10)];
+    let (connection, _) = scripted(&world, pages.clone()).await;
+    let error = sync_in_time(&world.store, &connection).await.unwrap_err().to_string();
+    assert!(!error.contains("long passphrase"), "{error}");
+    assert_eq!(world.store.queue_config().await.unwrap().unwrap().1, 0);
+    assert!(world.store.cached_requests().await.unwrap().is_empty());
+
+    sqlx::query("UPDATE vaults SET sealed_record = ?").bind(sealed).execute(&mut db).await.unwrap();
+    let (connection, _) = scripted(&world, pages).await;
+    let report = sync_in_time(&world.store, &connection).await.unwrap();
+    assert_eq!(report.fetched, 160);
+    assert!(report.marked.is_empty(), "{:?}", report.marked);
+}
