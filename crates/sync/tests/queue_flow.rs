@@ -648,3 +648,87 @@ async fn fail_clients_that_leave_mid_request_do_not_break_later_writes() {
         assert_eq!(members, entries, "{id}: the member and its audit entry, or neither");
     }
 }
+
+// ---- attack8: a rejection sent again ----
+
+/// A rejection retried: many identical ones at once answer alike and record one; the same
+/// words in another form (spaces, another Unicode normalisation, case), another owner, a
+/// request the queue closed itself, or one rejected before the queue recorded who rejected
+/// find the request closed. On both databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_a_rejection_sent_again_answers_only_for_the_same_member_and_words() {
+    for (backend, db, dir) in databases().await {
+        let queue = start(db, dir, RateLimit { per_second: 1000.0, burst: 1000.0 }).await;
+        let (initiator, alice, bob) = (key(0x11), key(0x22), key(0x33));
+        let admin = queue.session(&queue.admin_key).await;
+        let owners: Vec<String> =
+            [&alice, &bob, &initiator].iter().map(|k| k.address().to_checksum(None)).collect();
+        let vault = json!({ "chainId": 1, "address": SAFE.to_checksum(None), "safeVersion": "1.3.0",
+                            "owners": owners, "threshold": 2, "nextNonce": "5" });
+        admin.post("/v1/vaults", &vault).await.unwrap();
+        let init = queue.member(&admin, "init", "initiator", Some(initiator.address())).await;
+        let alice_s = queue.member(&admin, "alice", "approver", Some(alice.address())).await;
+        let bob_s = queue.member(&admin, "bob", "approver", Some(bob.address())).await;
+        let submit = |id: &'static str, nonce: u64| {
+            let mut tx = transaction("ok_usdc_transfer");
+            tx["nonce"] = json!(nonce);
+            submission(id, &tx, &initiator, now())
+        };
+        for (id, nonce) in [("q1", 5), ("q2", 6), ("q3", 7)] {
+            init.post("/v1/requests", &submit(id, nonce)).await.unwrap();
+        }
+        let rejected_entries = |db: Db| async move {
+            model::audit_entries(&db).await.unwrap().iter().filter(|e| e.kind == "rejected").count()
+        };
+
+        // Eight identical rejections at once: one is recorded, every one answers alike.
+        let reason = json!({ "reason": "café bill is not ours" });
+        let path = "/v1/requests/q1/rejections";
+        let mut sent = Vec::new();
+        for _ in 0..8 {
+            let (session, reason) = (bob_s.clone(), reason.clone());
+            sent.push(tokio::spawn(async move { session.post(path, &reason).await }));
+        }
+        let mut answers = Vec::new();
+        for answer in sent {
+            answers.push(answer.await.unwrap().unwrap());
+        }
+        assert!(answers.iter().all(|a| *a == answers[0]), "{backend}: {answers:?}");
+        assert_eq!(answers[0]["state"], "rejected", "{backend}");
+        assert_eq!(rejected_entries(queue.api.db.clone()).await, 1, "{backend}");
+        assert_eq!(admin.get("/v1/requests/q1").await.unwrap(), answers[0], "{backend}");
+
+        // The same words in another form, or from another owner: closed.
+        for (session, words) in [
+            (&bob_s, " café bill is not ours"),
+            (&bob_s, "café bill is not ours "),
+            (&bob_s, "cafe\u{301} bill is not ours"),
+            (&bob_s, "Café bill is not ours"),
+            (&alice_s, "café bill is not ours"),
+        ] {
+            let answer = session.post(path, &json!({ "reason": words })).await;
+            assert_eq!(code(answer), "request_closed", "{backend}: {words:?}");
+        }
+        assert_eq!(rejected_entries(queue.api.db.clone()).await, 1, "{backend}");
+
+        // Rejected before the queue recorded who rejected: no one's retry is taken for it.
+        bob_s.post("/v1/requests/q2/rejections", &reason).await.unwrap();
+        sqlx::query("UPDATE requests SET rejected_by = NULL WHERE id = 'q2'")
+            .execute(&queue.api.db.pool)
+            .await
+            .unwrap();
+        let answer = bob_s.post("/v1/requests/q2/rejections", &reason).await;
+        assert_eq!(code(answer), "request_closed", "{backend}");
+
+        // The vault record changed: the queue closes q3 itself, with its own reason; a retry
+        // with that reason is no retry of anyone's. q1, closed before, answers as it did.
+        admin.post("/v1/vaults", &vault).await.unwrap();
+        let closed = admin.get("/v1/requests/q3").await.unwrap();
+        assert_eq!(closed["state"], "rejected", "{backend}");
+        let words = closed["rejectionReason"].clone();
+        let answer = bob_s.post("/v1/requests/q3/rejections", &json!({ "reason": words })).await;
+        assert_eq!(code(answer), "request_closed", "{backend}");
+        assert_eq!(bob_s.post(path, &reason).await.unwrap(), answers[0], "{backend}");
+        assert_eq!(rejected_entries(queue.api.db.clone()).await, 2, "{backend}");
+    }
+}
