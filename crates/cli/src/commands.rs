@@ -680,7 +680,9 @@ async fn incident(context: &Context, command: IncidentCommand) -> Result<Outcome
         IncidentCommand::Clear { ids, note } => {
             let named: Vec<&str> = ids.iter().map(String::as_str).collect();
             store.clear_incidents(&named, &note).await?;
-            for id in &ids {
+            // An id named twice was cleared once: it is said once.
+            let mut said = std::collections::HashSet::new();
+            for id in ids.iter().filter(|id| said.insert(id.as_str())) {
                 outln!("Incident {id} cleared.");
             }
         }

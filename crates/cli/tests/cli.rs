@@ -350,7 +350,11 @@ fn fail_tripwire_opens_an_incident_that_blocks_until_cleared() {
     let unknown = home.run(&["incident", "clear", &id, "i-unknown", "--note", "checked"]);
     assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
     assert!(stderr(&unknown).contains("i-unknown"), "{}", stderr(&unknown));
-    assert_ok(&home.run(&["incident", "clear", &id, "--note", "initiator confirmed by phone"]));
+    // Named twice, it is cleared once, and said so once.
+    let cleared =
+        home.run(&["incident", "clear", &id, &id, "--note", "initiator confirmed by phone"]);
+    assert_ok(&cleared);
+    assert_eq!(stdout(&cleared).matches("cleared").count(), 1, "{}", stdout(&cleared));
     assert_ok(&home.run(&["sign", rejection.to_str().unwrap(), "--yes"]));
     let again = home.run(&["sign", second.to_str().unwrap(), "--yes"]);
     assert_eq!(again.status.code(), Some(1), "the second payload stays refused");
