@@ -732,3 +732,40 @@ async fn attack_a_rejection_sent_again_answers_only_for_the_same_member_and_word
         assert_eq!(rejected_entries(queue.api.db.clone()).await, 2, "{backend}");
     }
 }
+
+/// A database made before the later columns (requests' views and who rejected them,
+/// approvals' assertions) keeps its rows and gains the columns, on SQLite and PostgreSQL.
+#[tokio::test]
+async fn an_older_database_gains_the_later_columns() {
+    for (backend, url, _dir) in common::empty_databases().await {
+        let old = sqlx::AnyPool::connect(&url).await.unwrap();
+        for statement in [
+            "CREATE TABLE requests (id TEXT PRIMARY KEY, vault_id TEXT NOT NULL, seq BIGINT NOT NULL, \
+             state TEXT NOT NULL, transaction_json TEXT NOT NULL, safe_tx_hash TEXT NOT NULL, \
+             nonce TEXT NOT NULL, initiator_id TEXT NOT NULL, initiator_address TEXT NOT NULL, \
+             initiator_signature TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, \
+             reason TEXT, executed_tx TEXT, signatures TEXT)",
+            "CREATE TABLE approvals (request_id TEXT NOT NULL, owner TEXT NOT NULL, \
+             member_id TEXT NOT NULL, signature TEXT NOT NULL, created_at BIGINT NOT NULL, \
+             PRIMARY KEY (request_id, owner))",
+            "INSERT INTO requests VALUES ('r1', '1:0x00', 1, 'rejected', '{}', '0x', '5', 'ivy', \
+             '0x00', '0x', 1, 2, 'no', NULL, NULL)",
+        ] {
+            sqlx::query(statement).execute(&old).await.unwrap();
+        }
+        old.close().await;
+
+        let db = Db::connect(&url).await.unwrap();
+        let row = sqlx::query("SELECT id, view, rejected_by FROM requests")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(sqlx::Row::get::<String, _>(&row, "id"), "r1", "{backend}");
+        let rejected_by: Option<String> = sqlx::Row::get(&row, "rejected_by");
+        assert_eq!(rejected_by, None, "{backend}");
+        sqlx::query("SELECT fido FROM approvals").fetch_all(&db.pool).await.unwrap();
+        db.pool.close().await;
+        // Connecting again finds the columns there and changes nothing.
+        Db::connect(&url).await.unwrap();
+    }
+}

@@ -41,10 +41,12 @@ pub fn rules() -> QueueRules {
     }
 }
 
-/// The databases to run against: SQLite always, PostgreSQL when configured.
-pub async fn databases() -> Vec<(String, Db, tempfile::TempDir)> {
+/// Empty databases to run against, by URL: a SQLite file always, and a PostgreSQL database
+/// of its own when a server is configured.
+pub async fn empty_databases() -> Vec<(String, String, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
-    let mut out = vec![("sqlite".to_owned(), Db::sqlite_in(dir.path()).await.unwrap(), dir)];
+    let file = format!("sqlite://{}?mode=rwc", dir.path().join("queue.db").display());
+    let mut out = vec![("sqlite".to_owned(), file, dir)];
     match std::env::var("COUNTERSIGN_TEST_POSTGRES_URL") {
         Ok(url) => {
             sqlx::any::install_default_drivers();
@@ -52,13 +54,30 @@ pub async fn databases() -> Vec<(String, Db, tempfile::TempDir)> {
             let name = format!("cs_{}", hex::encode(rand::random::<[u8; 8]>()));
             sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
             let (base, _) = url.rsplit_once('/').unwrap();
-            let db = Db::connect(&format!("{base}/{name}")).await.unwrap();
-            out.push(("postgres".to_owned(), db, tempfile::tempdir().unwrap()));
+            out.push((
+                "postgres".to_owned(),
+                format!("{base}/{name}"),
+                tempfile::tempdir().unwrap(),
+            ));
         }
         Err(_) if std::env::var("COUNTERSIGN_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
             panic!("COUNTERSIGN_REQUIRE_POSTGRES=1 but COUNTERSIGN_TEST_POSTGRES_URL is not set");
         }
         Err(_) => eprintln!("PostgreSQL suite skipped: COUNTERSIGN_TEST_POSTGRES_URL is not set"),
+    }
+    out
+}
+
+/// The databases to run against, with the queue's schema: SQLite always, PostgreSQL when
+/// configured.
+pub async fn databases() -> Vec<(String, Db, tempfile::TempDir)> {
+    let mut out = Vec::new();
+    for (backend, url, dir) in empty_databases().await {
+        let db = match backend.as_str() {
+            "sqlite" => Db::sqlite_in(dir.path()).await,
+            _ => Db::connect(&url).await,
+        };
+        out.push((backend, db.unwrap(), dir));
     }
     out
 }
