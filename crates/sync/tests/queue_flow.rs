@@ -769,3 +769,77 @@ async fn an_older_database_gains_the_later_columns() {
         Db::connect(&url).await.unwrap();
     }
 }
+
+/// An approval batch's writes share one transaction: when the last of them (the audit entry)
+/// fails, the approval is answered as a database failure and nothing of it is kept (no
+/// approval, no new view or sequence number, no audit entry, no counter step); once the fault
+/// is gone the same approval goes through. On both databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_an_approval_whose_last_write_fails_leaves_nothing_behind() {
+    for (backend, db, dir) in databases().await {
+        let queue = start(db.clone(), dir, RateLimit::default()).await;
+        let (initiator, alice) = (key(0x11), key(0x22));
+        let admin = queue.session(&queue.admin_key).await;
+        let owners = [alice.address().to_checksum(None), key(0x33).address().to_checksum(None)];
+        let vault = json!({ "chainId": 1, "address": SAFE.to_checksum(None), "safeVersion": "1.3.0",
+                            "owners": owners, "threshold": 2, "nextNonce": "5" });
+        admin.post("/v1/vaults", &vault).await.unwrap();
+        let init = queue.member(&admin, "init", "initiator", Some(initiator.address())).await;
+        let alice_s = queue.member(&admin, "alice", "approver", Some(alice.address())).await;
+        let tx = transaction("ok_usdc_transfer");
+        init.post("/v1/requests", &submission("r1", &tx, &initiator, now())).await.unwrap();
+        let before = alice_s.get("/v1/requests/r1").await.unwrap();
+        let count = |sql: &'static str| {
+            let db = db.clone();
+            async move {
+                let row = sqlx::query(sql).fetch_one(&db.pool).await.unwrap();
+                sqlx::Row::get::<i64, _>(&row, "n")
+            }
+        };
+        let audit_before = count("SELECT COUNT(*) AS n FROM audit").await;
+        let counter_before =
+            count("SELECT value AS n FROM counters WHERE name = 'request_seq'").await;
+
+        // The audit entry is the batch's last write.
+        let fault: &[&str] = if backend == "sqlite" {
+            &["CREATE TRIGGER refuse_approved BEFORE INSERT ON audit WHEN NEW.kind = 'approved' \
+               BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"]
+        } else {
+            &[
+                "CREATE FUNCTION refuse_approved() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.kind = 'approved' THEN RAISE EXCEPTION 'refused by the test'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER refuse_approved BEFORE INSERT ON audit FOR EACH ROW \
+                 EXECUTE FUNCTION refuse_approved()",
+            ]
+        };
+        for statement in fault {
+            sqlx::query(statement).execute(&db.pool).await.unwrap();
+        }
+        let approval = approval(safe_tx_hash(&tx), &alice);
+        let refused = alice_s.post("/v1/requests/r1/approvals", &approval).await;
+        assert!(
+            matches!(&refused, Err(ClientError::Status { status: 500, .. })),
+            "{backend}: {refused:?}"
+        );
+        assert_eq!(count("SELECT COUNT(*) AS n FROM approvals").await, 0, "{backend}");
+        assert_eq!(count("SELECT COUNT(*) AS n FROM audit").await, audit_before, "{backend}");
+        assert_eq!(
+            count("SELECT value AS n FROM counters WHERE name = 'request_seq'").await,
+            counter_before,
+            "{backend}"
+        );
+        assert_eq!(alice_s.get("/v1/requests/r1").await.unwrap(), before, "{backend}");
+
+        let mend = if backend == "sqlite" {
+            "DROP TRIGGER refuse_approved"
+        } else {
+            "DROP TRIGGER refuse_approved ON audit"
+        };
+        sqlx::query(mend).execute(&db.pool).await.unwrap();
+        let approved = alice_s.post("/v1/requests/r1/approvals", &approval).await.unwrap();
+        assert_eq!(approved["approvals"].as_array().unwrap().len(), 1, "{backend}");
+        assert_eq!(count("SELECT COUNT(*) AS n FROM approvals").await, 1, "{backend}");
+        assert!(model::verify_audit(&db).await.unwrap().is_ok(), "{backend}");
+    }
+}
