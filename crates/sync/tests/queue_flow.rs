@@ -81,6 +81,15 @@ fn code(result: Result<Value, ClientError>) -> String {
     }
 }
 
+/// The column `n` of the one row `sql` reads, with `values` bound in order.
+async fn number(db: &Db, sql: &str, values: &[&str]) -> i64 {
+    let mut query = sqlx::query(sql);
+    for value in values {
+        query = query.bind((*value).to_owned());
+    }
+    sqlx::Row::get::<i64, _>(&query.fetch_one(&db.pool).await.unwrap(), "n")
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
@@ -634,17 +643,10 @@ async fn fail_clients_that_leave_mid_request_do_not_break_later_writes() {
     // Each left member is there with its audit entry, or is not there at all.
     for round in 0..60u64 {
         let id = format!("left{round}");
-        let count = |sql: &'static str, pattern: String| {
-            let db = db.clone();
-            async move {
-                let row = sqlx::query(sql).bind(pattern).fetch_one(&db.pool).await.unwrap();
-                sqlx::Row::get::<i64, _>(&row, "n")
-            }
-        };
-        let members = count("SELECT COUNT(*) AS n FROM members WHERE id = $1", id.clone()).await;
+        let members = number(&db, "SELECT COUNT(*) AS n FROM members WHERE id = $1", &[&id]).await;
+        let pattern = format!("%\"{id}\"%");
         let entries =
-            count("SELECT COUNT(*) AS n FROM audit WHERE body LIKE $1", format!("%\"{id}\"%"))
-                .await;
+            number(&db, "SELECT COUNT(*) AS n FROM audit WHERE body LIKE $1", &[&pattern]).await;
         assert_eq!(members, entries, "{id}: the member and its audit entry, or neither");
     }
 }
@@ -789,13 +791,7 @@ async fn fail_an_approval_whose_last_write_fails_leaves_nothing_behind() {
         let tx = transaction("ok_usdc_transfer");
         init.post("/v1/requests", &submission("r1", &tx, &initiator, now())).await.unwrap();
         let before = alice_s.get("/v1/requests/r1").await.unwrap();
-        let count = |sql: &'static str| {
-            let db = db.clone();
-            async move {
-                let row = sqlx::query(sql).fetch_one(&db.pool).await.unwrap();
-                sqlx::Row::get::<i64, _>(&row, "n")
-            }
-        };
+        let count = |sql: &'static str| number(&db, sql, &[]);
         let audit_before = count("SELECT COUNT(*) AS n FROM audit").await;
         let counter_before =
             count("SELECT value AS n FROM counters WHERE name = 'request_seq'").await;
