@@ -649,6 +649,60 @@ async fn fail_malformed_signatures_are_marked_and_the_sync_goes_on() {
     assert_eq!(report.marked.len(), bad_intents.len(), "only the bad intents: {:?}", report.marked);
 }
 
+/// Once the sync knows the pinned initiator's and an owner's keys (from signatures it
+/// recovered), signatures that name them but were made by another key, or over another
+/// digest, are still refused: the known key is only tried first, never taken on the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_signatures_in_a_known_signers_name_by_another_key_are_still_refused() {
+    let world = world().await;
+    let base = real_views(&world).await[0].clone();
+    let hash: B256 = base["safeTxHash"].as_str().unwrap().parse().unwrap();
+    let (alice, stranger) = (key(0x22), key(0x77));
+    let by = |signer: &countersign_signers::software::SoftwareSigner, digest: &B256| {
+        json!({ "owner": alice.address().to_checksum(None), "memberId": "alice",
+                "signature": signer.sign_digest(digest).unwrap().to_hex(), "at": 1 })
+    };
+    // Page one: good intents and Alice's own approvals, so both keys are known after it.
+    let mut first = fillers(&base, "k", 30);
+    for view in &mut first {
+        view["approvals"] = json!([by(&alice, &hash)]);
+    }
+    // Page two: in the initiator's and in Alice's name, signed by a stranger or over
+    // another digest.
+    let mut other_key = like(&base, "k-other-key", 1_700_000_000);
+    let created = 1_700_000_000;
+    let stranger_intent =
+        stranger.sign_digest(&intent_digest(1, "k-other-key", SAFE, hash, created)).unwrap();
+    other_key["initiatorSignature"] = json!(stranger_intent.to_hex());
+    let mut other_digest = like(&base, "k-other-digest", created);
+    let elsewhere = key(0x11)
+        .sign_digest(&intent_digest(1, "k-other-digest", SAFE, hash, created + 1))
+        .unwrap();
+    other_digest["initiatorSignature"] = json!(elsewhere.to_hex());
+    let mut forged_approvals = like(&base, "k-approvals", created);
+    forged_approvals["approvals"] = json!([by(&stranger, &hash), by(&alice, &B256::ZERO)]);
+    let mut second = fillers(&base, "k2", 10);
+    second.extend([other_key, other_digest, forged_approvals]);
+    let (connection, _) = scripted(&world, vec![first, second]).await;
+    let report = sync_in_time(&world.store, &connection).await.unwrap();
+    assert_eq!(report.fetched, 43);
+    let marked: Vec<&str> = report.marked.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(marked, ["k-other-key", "k-other-digest"], "{:?}", report.marked);
+    for (_, why) in &report.marked {
+        assert!(why.contains("not a pinned initiator"), "{why}");
+    }
+    let approved = |id: &str| {
+        let store = &world.store;
+        let id = id.to_owned();
+        async move {
+            store.cached_request(&id).await.unwrap().unwrap().body["countersign"]["approvedBy"]
+                .clone()
+        }
+    };
+    assert_eq!(approved("k-29").await, json!([alice.address().to_checksum(None)]));
+    assert_eq!(approved("k-approvals").await, json!([]));
+}
+
 /// next page: a page that fails after a long wait loses none of the pages before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovered_pages_are_stored_while_the_next_page_is_slow() {
