@@ -23,6 +23,7 @@ use crate::fido::{ApprovalFacts, Fido, FidoUse};
 use crate::model::{
     audit_many, closed, db, list_marks, ordered_signatures, parse_signature, placeholders,
     save_all, string_field, Approval, Member, QueueRules, RequestRow, RequestView, Role,
+    ROW_COLUMNS,
 };
 
 /// The most approvals written in one transaction.
@@ -190,12 +191,14 @@ async fn write(
     let mut ids: Vec<&str> = jobs.iter().map(|job| job.request_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
+    let columns: Vec<String> = ROW_COLUMNS.iter().map(|c| format!("r.{c}")).collect();
     let statement = format!(
-        "SELECT r.*, v.owners AS vault_owners, v.threshold AS vault_threshold, \
+        "SELECT {}, v.owners AS vault_owners, v.threshold AS vault_threshold, \
          p.policy AS presence_policy FROM requests r \
          LEFT JOIN vaults v ON v.id = r.vault_id LEFT JOIN fido_policies p ON p.vault_id = r.vault_id \
          WHERE r.id IN ({})",
-        list_marks(ids.len())
+        columns.join(", "),
+        list_marks(&tx, ids.len())
     );
     let mut query = sqlx::query(&statement);
     for id in &ids {
@@ -221,7 +224,7 @@ async fn write(
     let statement = format!(
         "SELECT request_id, owner, member_id, signature, created_at FROM approvals \
          WHERE request_id IN ({})",
-        list_marks(ids.len())
+        list_marks(&tx, ids.len())
     );
     let mut query = sqlx::query(&statement);
     for id in &ids {
@@ -273,7 +276,7 @@ async fn write(
             let statement = format!(
                 "INSERT INTO approvals (request_id, owner, member_id, signature, created_at, fido) \
                  VALUES {}",
-                placeholders(chunk.len(), 6)
+                placeholders(&tx, chunk.len(), 6)
             );
             let mut query = sqlx::query(&statement);
             for taken in chunk {

@@ -145,7 +145,7 @@ pub(crate) async fn audit_many(
     for chunk in rows.chunks(100) {
         let statement = format!(
             "INSERT INTO audit (seq, at, kind, body, prev_hash, hash) VALUES {}",
-            placeholders(chunk.len(), 6)
+            placeholders(tx, chunk.len(), 6)
         );
         let mut query = sqlx::query(&statement);
         for (seq, kind, body, prev, hash) in chunk {
@@ -162,19 +162,29 @@ pub(crate) async fn audit_many(
     Ok(())
 }
 
-/// `($1, $2), ($3, $4)` for two rows of two: numbered in ascending order, as both SQLite and
-/// PostgreSQL read them.
-pub(crate) fn placeholders(rows: usize, columns: usize) -> String {
+/// `($1, $2), ($3, $4)` for two rows of two, numbered in ascending order as PostgreSQL
+/// reads them; on SQLite `(?, ?), (?, ?)`, numbered by place, because SQLite finds a named
+/// mark's number by searching the statement's list of names, for each mark in turn: a
+/// batch's hundreds of marks cost the writer more than the statement itself.
+/// The statement must have no other marks.
+pub(crate) fn placeholders(on: &sqlx::AnyConnection, rows: usize, columns: usize) -> String {
+    let sqlite = on.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME;
     let row = |r: usize| {
-        let marks: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+        let marks: Vec<String> = (1..=columns)
+            .map(|c| if sqlite { "?".to_owned() } else { format!("${}", r * columns + c) })
+            .collect();
         format!("({})", marks.join(", "))
     };
     (0..rows).map(row).collect::<Vec<_>>().join(", ")
 }
 
-/// `$1, $2, $3` for a list of three.
-pub(crate) fn list_marks(count: usize) -> String {
-    (1..=count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+/// `$1, $2, $3` for a list of three (`?, ?, ?` on SQLite, as [`placeholders`]).
+pub(crate) fn list_marks(on: &sqlx::AnyConnection, count: usize) -> String {
+    let sqlite = on.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME;
+    (1..=count)
+        .map(|n| if sqlite { "?".to_owned() } else { format!("${n}") })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(crate) fn db(error: sqlx::Error) -> ApiError {
@@ -779,7 +789,67 @@ pub(crate) fn shown_state(state: &str, expires_at: i64) -> &str {
     }
 }
 
+/// A stored view. Its fields are in the order of their JSON names, as a JSON object
+/// value writes its keys.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredView<'a> {
+    approvals: Vec<ApprovalView<'a>>,
+    chain_id: u64,
+    created_at: i64,
+    executed_transaction_hash: Option<&'a str>,
+    expires_at: i64,
+    id: &'a str,
+    initiator: InitiatorView<'a>,
+    initiator_signature: &'a str,
+    nonce: &'a str,
+    rejection_reason: Option<&'a str>,
+    safe: &'a str,
+    safe_tx_hash: &'a str,
+    seq: i64,
+    signatures: Option<&'a str>,
+    transaction: Option<Box<serde_json::value::RawValue>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApprovalView<'a> {
+    at: i64,
+    member_id: &'a str,
+    owner: &'a str,
+    signature: &'a str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InitiatorView<'a> {
+    address: &'a str,
+    member_id: &'a str,
+}
+
+/// The columns [`RequestRow::from_row`] reads: all but the rendered view, which is
+/// rendered again from them.
+pub(crate) const ROW_COLUMNS: [&str; 16] = [
+    "id",
+    "vault_id",
+    "seq",
+    "state",
+    "transaction_json",
+    "safe_tx_hash",
+    "nonce",
+    "initiator_id",
+    "initiator_address",
+    "initiator_signature",
+    "created_at",
+    "expires_at",
+    "reason",
+    "rejected_by",
+    "executed_tx",
+    "signatures",
+];
+
 impl RequestRow {
+    /// Reads [`ROW_COLUMNS`].
     pub(crate) fn from_row(row: &AnyRow) -> Self {
         Self {
             id: text(row, "id"),
@@ -805,33 +875,46 @@ impl RequestRow {
         shown_state(&self.state, self.expires_at)
     }
 
-    /// The view as stored: every field but `state`.
+    /// The view as stored: every field but `state`, as the compact JSON text of its value
+    /// (keys in order, as `serde_json::Value` writes them), so that a view rendered again
+    /// from the same row is the same text. The transaction, stored as such text when the
+    /// request was submitted, is copied in whole rather than read and written again.
     pub(crate) fn stored_view(&self, approvals: &[Approval]) -> String {
-        let transaction: Value =
-            serde_json::from_str(&self.transaction_json).unwrap_or(Value::Null);
+        // Checked to be JSON, not read into a value: the text was written from one.
+        let transaction =
+            serde_json::value::RawValue::from_string(self.transaction_json.clone()).ok();
         let (chain, address) = self.vault_id.split_once(':').unwrap_or(("0", ""));
-        let mut approvals: Vec<&Approval> = approvals.iter().collect();
-        approvals.sort_by(|a, b| a.owner.cmp(&b.owner));
-        json!({
-            "id": self.id,
-            "seq": self.seq,
-            "chainId": chain.parse::<u64>().unwrap_or(0),
-            "safe": address,
-            "transaction": transaction,
-            "safeTxHash": self.safe_tx_hash,
-            "nonce": self.nonce,
-            "initiator": { "memberId": self.initiator_id, "address": self.initiator_address },
-            "initiatorSignature": self.initiator_signature,
-            "createdAt": self.created_at,
-            "expiresAt": self.expires_at,
-            "approvals": approvals.iter().map(|a| json!({
-                "owner": a.owner, "memberId": a.member_id, "signature": a.signature, "at": a.at,
-            })).collect::<Vec<_>>(),
-            "signatures": self.signatures,
-            "rejectionReason": self.reason,
-            "executedTransactionHash": self.executed_tx,
-        })
-        .to_string()
+        let mut approvals: Vec<ApprovalView<'_>> = approvals
+            .iter()
+            .map(|a| ApprovalView {
+                at: a.at,
+                member_id: &a.member_id,
+                owner: &a.owner,
+                signature: &a.signature,
+            })
+            .collect();
+        approvals.sort_by(|a, b| a.owner.cmp(b.owner));
+        let view = StoredView {
+            approvals,
+            chain_id: chain.parse::<u64>().unwrap_or(0),
+            created_at: self.created_at,
+            executed_transaction_hash: self.executed_tx.as_deref(),
+            expires_at: self.expires_at,
+            id: &self.id,
+            initiator: InitiatorView {
+                address: &self.initiator_address,
+                member_id: &self.initiator_id,
+            },
+            initiator_signature: &self.initiator_signature,
+            nonce: &self.nonce,
+            rejection_reason: self.reason.as_deref(),
+            safe: address,
+            safe_tx_hash: &self.safe_tx_hash,
+            seq: self.seq,
+            signatures: self.signatures.as_deref(),
+            transaction,
+        };
+        serde_json::to_string(&view).unwrap_or_default()
     }
 
     /// Writes every changeable column and the view.
@@ -861,7 +944,7 @@ pub(crate) async fn save_all(
             "UPDATE requests SET seq = v.column2, state = v.column3, reason = v.column4, \
              executed_tx = v.column5, signatures = v.column6, view = v.column7, \
              rejected_by = v.column8 FROM (VALUES {}) AS v WHERE requests.id = v.column1",
-            placeholders(chunk.len(), 8)
+            placeholders(tx, chunk.len(), 8)
         );
         let mut query = sqlx::query(&statement);
         for (request, approvals) in chunk {
@@ -938,7 +1021,7 @@ async fn approvals_of(
 }
 
 async fn request_in(tx: &mut Transaction<'static, Any>, id: &str) -> Result<RequestRow, ApiError> {
-    sqlx::query("SELECT * FROM requests WHERE id = $1")
+    sqlx::query(&format!("SELECT {} FROM requests WHERE id = $1", ROW_COLUMNS.join(", ")))
         .bind(id.to_owned())
         .fetch_optional(&mut **tx)
         .await
@@ -1182,4 +1265,75 @@ pub async fn mark_executed(
     audit(&mut tx, "executed", &json!({ "id": id, "transactionHash": hash.to_string() })).await?;
     tx.commit().await.map_err(db)?;
     Ok(view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(reason: Option<&str>, signatures: Option<&str>) -> RequestRow {
+        RequestRow {
+            id: "r-1".into(),
+            vault_id: "1:0x111CEEee040739fD91D29C34C33E6B3E112F2177".into(),
+            seq: 42,
+            state: "pending".into(),
+            transaction_json: json!({ "to": "0xabc", "value": "1", "data": "0x", "nested": { "b": [1, "\u{7f}\"\\"], "a": null } }).to_string(),
+            safe_tx_hash: "0xhash".into(),
+            nonce: "5".into(),
+            initiator_id: "init".into(),
+            initiator_address: "0xInit".into(),
+            initiator_signature: "0xsig".into(),
+            created_at: 1_700_000_000,
+            expires_at: 1_700_086_400,
+            reason: reason.map(str::to_owned),
+            rejected_by: None,
+            executed_tx: None,
+            signatures: signatures.map(str::to_owned),
+        }
+    }
+
+    /// A stored view is the compact text of its own JSON value (keys in order), whatever is
+    /// set, so views rendered before and after a change of how they are written are equal.
+    #[test]
+    fn a_stored_view_is_the_text_of_its_value() {
+        let approvals = [
+            Approval {
+                owner: "0xB".into(),
+                member_id: "bob".into(),
+                signature: "0x2".into(),
+                at: 2,
+            },
+            Approval {
+                owner: "0xA".into(),
+                member_id: "al\"ice".into(),
+                signature: "0x1".into(),
+                at: 1,
+            },
+        ];
+        for (reason, signatures, approvals) in
+            [(None, None, &approvals[..0]), (Some("no ✓\n"), Some("0x12"), &approvals[..])]
+        {
+            let request = row(reason, signatures);
+            let text = request.stored_view(approvals);
+            let value: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(value.to_string(), text);
+            let expected = json!({
+                "id": "r-1", "seq": 42, "chainId": 1,
+                "safe": "0x111CEEee040739fD91D29C34C33E6B3E112F2177",
+                "transaction": serde_json::from_str::<Value>(&request.transaction_json).unwrap(),
+                "safeTxHash": "0xhash", "nonce": "5",
+                "initiator": { "memberId": "init", "address": "0xInit" },
+                "initiatorSignature": "0xsig", "createdAt": 1_700_000_000, "expiresAt": 1_700_086_400,
+                "approvals": approvals.iter().rev().map(|a| json!({
+                    "owner": a.owner, "memberId": a.member_id, "signature": a.signature, "at": a.at,
+                })).collect::<Vec<_>>(),
+                "signatures": signatures, "rejectionReason": reason, "executedTransactionHash": null,
+            });
+            assert_eq!(value, expected);
+        }
+        let mut broken = row(None, None);
+        broken.transaction_json = "{not json".into();
+        let value: Value = serde_json::from_str(&broken.stored_view(&[])).unwrap();
+        assert_eq!(value["transaction"], Value::Null);
+    }
 }
