@@ -352,7 +352,7 @@ enum Taken {
 /// Checks one approval against its request as the earlier approvals of the batch left it,
 /// and takes it in. An error is a database failure, which fails the whole batch.
 async fn take(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     checks: &mut Checks,
     open: &mut HashMap<String, Open>,
     job: &Asked,
@@ -448,7 +448,7 @@ async fn take(
 
 /// The approver member whose address is `owner`, if there is one.
 async fn approver(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     checks: &mut Checks,
     owner: &Address,
 ) -> Result<Option<String>, ApiError> {

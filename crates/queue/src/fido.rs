@@ -434,7 +434,7 @@ pub struct ApprovalFacts<'a> {
 /// approval's own transaction `tx`. The outer error is a database failure (the whole batch
 /// fails); the inner one is this approval's refusal.
 pub async fn check_approval(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     fido: Option<&Fido>,
     rules: &QueueRules,
     policy: Option<PresencePolicy>,
@@ -554,7 +554,7 @@ fn checked(
 /// Moves the key's counter forward inside the approval's transaction; false if another
 /// approval used this counter value (or a later one) first: a replay.
 pub async fn advance_counter(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     used: &FidoUse,
 ) -> Result<bool, ApiError> {
     let counter = i64::from(used.counter);

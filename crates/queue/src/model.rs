@@ -110,7 +110,7 @@ pub(crate) fn vault_id(chain_id: u64, address: &Address) -> String {
 
 /// Appends an entry to the queue's audit chain inside `tx`.
 pub async fn audit(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     kind: &str,
     body: &Value,
 ) -> Result<(), ApiError> {
@@ -119,7 +119,7 @@ pub async fn audit(
 
 /// Appends `entries`, in order, to the queue's audit chain inside `tx`, in one statement.
 pub(crate) async fn audit_many(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     entries: &[(&str, Value)],
 ) -> Result<(), ApiError> {
     let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
@@ -245,7 +245,7 @@ pub async fn bootstrap(store: &Db) -> Result<Option<String>, ApiError> {
 }
 
 async fn insert_api_key(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     member_id: &str,
 ) -> Result<String, ApiError> {
     let key = random_token("csk_");
@@ -512,7 +512,7 @@ pub async fn vaults(store: &Db) -> Result<Vec<VaultRecord>, ApiError> {
     rows.iter().map(vault_from).collect()
 }
 
-async fn vault_in(tx: &mut Transaction<'static, Any>, id: &str) -> Result<VaultRecord, ApiError> {
+async fn vault_in(tx: &mut Transaction<'_, Any>, id: &str) -> Result<VaultRecord, ApiError> {
     let row = sqlx::query("SELECT * FROM vaults WHERE id = $1")
         .bind(id.to_owned())
         .fetch_optional(&mut **tx)
@@ -538,7 +538,7 @@ pub(crate) fn string_field(body: &Value, name: &str) -> Result<String, ApiError>
     }
 }
 
-async fn next_seq(tx: &mut Transaction<'static, Any>) -> Result<i64, ApiError> {
+async fn next_seq(tx: &mut Transaction<'_, Any>) -> Result<i64, ApiError> {
     let row = sqlx::query(
         "UPDATE counters SET value = value + 1 WHERE name = 'request_seq' RETURNING value",
     )
@@ -920,7 +920,7 @@ impl RequestRow {
     /// Writes every changeable column and the view.
     pub(crate) async fn save(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut Transaction<'_, Any>,
         approvals: &[Approval],
     ) -> Result<RequestView, ApiError> {
         let mut views = save_all(tx, &[(self, approvals)]).await?;
@@ -934,7 +934,7 @@ impl RequestRow {
 /// statement (a batch of approvals changes many): one round trip to the database where one
 /// each would queue the batch behind as many.
 pub(crate) async fn save_all(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     requests: &[(&RequestRow, &[Approval])],
 ) -> Result<Vec<RequestView>, ApiError> {
     let mut views = Vec::with_capacity(requests.len());
@@ -1006,10 +1006,7 @@ impl RequestView {
 /// The columns [`RequestView::from_row`] reads.
 pub(crate) const VIEW_COLUMNS: &str = "id, seq, state, expires_at, view";
 
-async fn approvals_of(
-    tx: &mut Transaction<'static, Any>,
-    id: &str,
-) -> Result<Vec<Approval>, ApiError> {
+async fn approvals_of(tx: &mut Transaction<'_, Any>, id: &str) -> Result<Vec<Approval>, ApiError> {
     let rows = sqlx::query(
         "SELECT owner, member_id, signature, created_at FROM approvals WHERE request_id = $1",
     )
@@ -1020,7 +1017,7 @@ async fn approvals_of(
     Ok(rows.iter().map(Approval::from_row).collect())
 }
 
-async fn request_in(tx: &mut Transaction<'static, Any>, id: &str) -> Result<RequestRow, ApiError> {
+async fn request_in(tx: &mut Transaction<'_, Any>, id: &str) -> Result<RequestRow, ApiError> {
     sqlx::query(&format!("SELECT {} FROM requests WHERE id = $1", ROW_COLUMNS.join(", ")))
         .bind(id.to_owned())
         .fetch_optional(&mut **tx)
