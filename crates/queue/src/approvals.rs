@@ -6,6 +6,9 @@
 //! goes to one writer task, which takes every approval waiting and checks and writes them in
 //! one transaction: a few reads, one write turn and one audit append for the whole batch,
 //! where one approval at a time would queue each behind a dozen round trips to the database.
+//! The writer keeps one connection from batch to batch: SQLite keeps the pages it read in
+//! that connection's cache, and the pool neither checks the connection nor takes it back
+//! between batches.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -15,6 +18,8 @@ use alloy_primitives::{Address, B256};
 use countersign_core::address::checksummed;
 use countersign_core::signature::KnownKeys;
 use serde_json::{json, Value};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db::{int, optional_text, text, Db};
@@ -67,6 +72,9 @@ impl ApprovalWriter {
             let fresh =
                 || Checks { rules: rules.clone(), fido: fido.clone(), approvers: HashMap::new() };
             let mut checks = fresh();
+            // The writer's own connection, kept from batch to batch; after a failed batch
+            // the next takes a fresh one from the pool.
+            let mut connection: Option<PoolConnection<Any>> = None;
             while let Some(first) = queue.recv().await {
                 let mut batch = vec![first];
                 while batch.len() < BATCH {
@@ -80,12 +88,12 @@ impl ApprovalWriter {
                 // approval after it.
                 let store = store.clone();
                 let task = tokio::spawn(async move {
-                    write_batch(&store, &mut checks, batch).await;
-                    checks
+                    write_batch(&store, &mut checks, &mut connection, batch).await;
+                    (checks, connection)
                 });
-                checks = task.await.unwrap_or_else(|_| {
+                (checks, connection) = task.await.unwrap_or_else(|_| {
                     tracing::error!("a batch of approvals failed: its task panicked");
-                    fresh()
+                    (fresh(), None)
                 });
             }
         });
@@ -127,7 +135,12 @@ pub async fn approve(
 
 /// Checks and writes a batch in one transaction and answers every job. A database failure
 /// fails the whole batch and writes nothing; a refusal fails its own job only.
-async fn write_batch(store: &Db, checks: &mut Checks, batch: Vec<Job>) {
+async fn write_batch(
+    store: &Db,
+    checks: &mut Checks,
+    connection: &mut Option<PoolConnection<Any>>,
+    batch: Vec<Job>,
+) {
     let (jobs, replies): (Vec<_>, Vec<_>) = batch
         .into_iter()
         .map(|job| {
@@ -135,7 +148,17 @@ async fn write_batch(store: &Db, checks: &mut Checks, batch: Vec<Job>) {
             (Asked { request_id, claimed, owner, signature, assertion }, reply)
         })
         .unzip();
-    match write(store, checks, &jobs).await {
+    let written = match connection {
+        Some(connection) => write(store, checks, connection, &jobs).await,
+        None => match store.pool.acquire().await {
+            Ok(fresh) => write(store, checks, connection.insert(fresh), &jobs).await,
+            Err(error) => Err(crate::model::db(error)),
+        },
+    };
+    if written.is_err() {
+        *connection = None;
+    }
+    match written {
         Ok(answers) => {
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);
@@ -185,9 +208,10 @@ struct Accepted {
 async fn write(
     store: &Db,
     checks: &mut Checks,
+    connection: &mut AnyConnection,
     jobs: &[Asked],
 ) -> Result<Vec<Result<RequestView, ApiError>>, ApiError> {
-    let (mut tx, _writer) = store.begin().await?;
+    let (mut tx, _writer) = store.begin_on(connection).await?;
     let mut ids: Vec<&str> = jobs.iter().map(|job| job.request_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Transaction};
 
 use crate::QueueError;
 
@@ -139,11 +139,42 @@ impl Db {
     /// A write transaction that holds off other writers until it ends. Keep the turn alive
     /// as long as the transaction.
     pub async fn begin(&self) -> Result<(Transaction<'static, Any>, WriteTurn), QueueError> {
-        let (statement, turn) = match self.backend {
-            Backend::Sqlite => ("BEGIN IMMEDIATE", Some(self.writer.clone().lock_owned().await)),
-            Backend::Postgres => ("BEGIN ISOLATION LEVEL READ COMMITTED", None),
-        };
-        let mut tx = self.pool.begin_with(statement).await.map_err(db_error)?;
+        let turn = self.turn().await;
+        let tx = self.pool.begin_with(self.begin_statement()).await.map_err(db_error)?;
+        self.take_turns(tx, turn).await
+    }
+
+    /// As [`Db::begin`], on a connection the caller keeps: one that writes again and again
+    /// keeps what SQLite has read into its cache, and is neither checked nor handed back to
+    /// the pool between transactions.
+    pub async fn begin_on<'c>(
+        &self,
+        connection: &'c mut AnyConnection,
+    ) -> Result<(Transaction<'c, Any>, WriteTurn), QueueError> {
+        let turn = self.turn().await;
+        let tx = connection.begin_with(self.begin_statement()).await.map_err(db_error)?;
+        self.take_turns(tx, turn).await
+    }
+
+    async fn turn(&self) -> WriteTurn {
+        match self.backend {
+            Backend::Sqlite => Some(self.writer.clone().lock_owned().await),
+            Backend::Postgres => None,
+        }
+    }
+
+    fn begin_statement(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL READ COMMITTED",
+        }
+    }
+
+    async fn take_turns<'c>(
+        &self,
+        mut tx: Transaction<'c, Any>,
+        turn: WriteTurn,
+    ) -> Result<(Transaction<'c, Any>, WriteTurn), QueueError> {
         if self.backend == Backend::Postgres {
             // Writers take turns on PostgreSQL too, across every queue process on the
             // database: each statement after the lock sees every earlier writer's commit.
