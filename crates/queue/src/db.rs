@@ -98,7 +98,8 @@ impl Db {
             ));
         };
         let options = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            // On SQLite the approval writer keeps one of the five; four serve the rest.
+            .max_connections(if backend == Backend::Sqlite { 5 } else { 16 })
             .acquire_timeout(Duration::from_secs(30))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
