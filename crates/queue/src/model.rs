@@ -162,26 +162,26 @@ pub(crate) async fn audit_many(
     Ok(())
 }
 
-/// `($1, $2), ($3, $4)` for two rows of two, numbered in ascending order as PostgreSQL
-/// reads them; on SQLite `(?, ?), (?, ?)`, numbered by place, because SQLite finds a named
-/// mark's number by searching the statement's list of names, for each mark in turn: a
-/// batch's hundreds of marks cost the writer more than the statement itself.
+/// `($1, $2), ($3, $4)` for two rows of two (`(?, ?), (?, ?)` on SQLite, as [`marks`]).
 /// The statement must have no other marks.
 pub(crate) fn placeholders(on: &sqlx::AnyConnection, rows: usize, columns: usize) -> String {
-    let sqlite = on.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME;
-    let row = |r: usize| {
-        let marks: Vec<String> = (1..=columns)
-            .map(|c| if sqlite { "?".to_owned() } else { format!("${}", r * columns + c) })
-            .collect();
-        format!("({})", marks.join(", "))
-    };
+    let row = |r: usize| format!("({})", marks(on, r * columns + 1, columns));
     (0..rows).map(row).collect::<Vec<_>>().join(", ")
 }
 
-/// `$1, $2, $3` for a list of three (`?, ?, ?` on SQLite, as [`placeholders`]).
+/// `$1, $2, $3` for a list of three (`?, ?, ?` on SQLite, as [`marks`]).
+/// The statement must have no other marks.
 pub(crate) fn list_marks(on: &sqlx::AnyConnection, count: usize) -> String {
+    marks(on, 1, count)
+}
+
+/// `count` marks from number `first` on, in ascending order as PostgreSQL reads them; on
+/// SQLite `?`, numbered by place, because SQLite finds a named mark's number by searching
+/// the statement's list of names, for each mark in turn: a batch's hundreds of marks cost
+/// the writer more than the statement itself.
+fn marks(on: &sqlx::AnyConnection, first: usize, count: usize) -> String {
     let sqlite = on.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME;
-    (1..=count)
+    (first..first + count)
         .map(|n| if sqlite { "?".to_owned() } else { format!("${n}") })
         .collect::<Vec<_>>()
         .join(", ")
