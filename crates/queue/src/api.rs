@@ -85,16 +85,20 @@ pub struct ApiState {
     /// When not empty, only these networks may connect (checked before the TLS handshake).
     pub allow: Arc<Vec<ipnet::IpNet>>,
     approvals: ApprovalWriter,
+    /// Checkpoints SQLite's log for as long as the state is kept.
+    _checkpointer: Option<Arc<crate::db::Checkpointer>>,
     /// The FIDO2 relying party, where the deployment configured one.
     pub fido: Option<crate::fido::Fido>,
 }
 
 impl ApiState {
-    /// Starts the approval writer, so it must be called inside a Tokio runtime.
+    /// Starts the approval writer and, on SQLite, the checkpointer, so it must be called
+    /// inside a Tokio runtime.
     pub fn new(db: Db, rules: QueueRules, limit: RateLimit) -> Self {
         let rules = Arc::new(rules);
         Self {
             approvals: ApprovalWriter::start(db.clone(), rules.clone(), None),
+            _checkpointer: db.keep_checkpointing(Default::default()).map(Arc::new),
             db,
             rules,
             limit,

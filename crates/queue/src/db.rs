@@ -63,6 +63,35 @@ pub struct Db {
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
+/// When a server checkpoints SQLite's write-ahead log (see [`Db::keep_checkpointing`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpoints {
+    /// How often a passive checkpoint runs.
+    pub every: Duration,
+    /// The log's length, in pages, past which it is started again while writers wait.
+    pub most_pages: i64,
+    /// After this many checkpoints in a row found nothing new, the log file is emptied.
+    pub quiet: u32,
+}
+
+impl Default for Checkpoints {
+    /// Every 100 ms; the log started again past 128 MiB of 4 KiB pages (about 12,000
+    /// approvals written without a pause) and emptied after a second without writes.
+    fn default() -> Self {
+        Self { every: Duration::from_millis(100), most_pages: 32_768, quiet: 10 }
+    }
+}
+
+/// Stops checkpointing when dropped.
+#[derive(Debug)]
+pub struct Checkpointer(tokio::task::AbortHandle);
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Held for as long as a SQLite write transaction runs (nothing on PostgreSQL).
 pub type WriteTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
 
@@ -112,6 +141,10 @@ impl Db {
                         // Pages read through a mapping, not copied in by read(2) each time
                         // another connection's commit empties this one's cache.
                         sqlx::query("PRAGMA mmap_size = 268435456").execute(&mut *conn).await?;
+                        // No connection checkpoints as it commits: a server checkpoints
+                        // beside its writers (`Db::keep_checkpointing`); any other process
+                        // leaves the log to the server, or to its own last close.
+                        sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
@@ -155,6 +188,60 @@ impl Db {
         let turn = self.turn().await;
         let tx = connection.begin_with(self.begin_statement()).await.map_err(db_error)?;
         self.take_turns(tx, turn).await
+    }
+
+    /// On SQLite, checkpoints the write-ahead log from a task of its own until the answer is
+    /// dropped; on PostgreSQL, nothing. A checkpoint copies the log's pages into the database
+    /// file and syncs both; done in the commit that crossed SQLite's threshold, it held up
+    /// that writer and every approval waiting on it for about 10 ms, several times a second
+    /// under load. Here it runs beside the writers (a passive checkpoint takes no lock they
+    /// wait for). SQLite starts the log again from its beginning only when a writer finds
+    /// every page of it copied, which under writes that never pause does not happen: past
+    /// `most_pages` the checkpointer takes the write turn and starts it again itself (writers
+    /// wait some 20 to 50 ms). Once writes have stopped the file is emptied.
+    pub fn keep_checkpointing(&self, when: Checkpoints) -> Option<Checkpointer> {
+        if self.backend != Backend::Sqlite {
+            return None;
+        }
+        let db = self.clone();
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(when.every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (mut last, mut quiet) = (0, 0);
+            loop {
+                ticks.tick().await;
+                match db.checkpoint("PASSIVE").await {
+                    Ok((pages, copied)) => {
+                        quiet = if pages == last && pages == copied { quiet + 1 } else { 0 };
+                        last = pages;
+                        let restart = pages > when.most_pages;
+                        if restart || (pages > 0 && quiet >= when.quiet) {
+                            let _turn = db.turn().await;
+                            let mode = if restart { "RESTART" } else { "TRUNCATE" };
+                            if let Err(error) = db.checkpoint(mode).await {
+                                tracing::warn!(%error, "the write-ahead log was not started again");
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "the write-ahead log was not checkpointed")
+                    }
+                }
+            }
+        });
+        Some(Checkpointer(task.abort_handle()))
+    }
+
+    /// A checkpoint; the log's length in pages and how many of them are copied.
+    async fn checkpoint(&self, mode: &str) -> Result<(i64, i64), QueueError> {
+        let row = sqlx::query(&format!("PRAGMA wal_checkpoint({mode})"))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        // Its columns: whether it was blocked, the log's pages, and those copied.
+        let pages = sqlx::Row::try_get(&row, 1).map_err(db_error)?;
+        let copied = sqlx::Row::try_get(&row, 2).map_err(db_error)?;
+        Ok((pages, copied))
     }
 
     async fn turn(&self) -> WriteTurn {
@@ -206,4 +293,118 @@ pub fn optional_int(row: &AnyRow, column: &str) -> Option<i64> {
 
 pub fn int(row: &AnyRow, column: &str) -> i64 {
     sqlx::Row::try_get::<i64, _>(row, column).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests stop at the first failure")]
+
+    use super::*;
+
+    /// The value of the `probe` counter in a copy of `queue.db` alone, without its log; `None`
+    /// while the copy lacks it (or was taken in the middle of a checkpoint).
+    async fn in_database_file(dir: &Path) -> Option<i64> {
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.join("queue.db"), copy.path().join("copy.db")).ok()?;
+        let url = format!("sqlite://{}?mode=ro", copy.path().join("copy.db").display());
+        let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.ok()?;
+        let row = sqlx::query("SELECT value FROM counters WHERE name = 'probe'")
+            .fetch_optional(&pool)
+            .await
+            .ok()??;
+        pool.close().await;
+        Some(int(&row, "value"))
+    }
+
+    async fn write_counter(db: &Db, name: String) {
+        let (mut tx, _turn) = db.begin().await.unwrap();
+        sqlx::query("INSERT INTO counters (name, value) VALUES ($1, 7)")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    /// Checkpoints every 10 ms; the log started again past `most_pages`, emptied when quiet
+    /// for `quiet` checkpoints.
+    fn often(most_pages: i64, quiet: u32) -> Checkpoints {
+        Checkpoints { every: Duration::from_millis(10), most_pages, quiet }
+    }
+
+    fn log_length(dir: &Path) -> u64 {
+        std::fs::metadata(dir.join("queue.db-wal")).map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn commits_reach_the_database_file_through_the_checkpointer_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::sqlite_in(dir.path()).await.unwrap();
+        write_counter(&db, "probe".to_owned()).await;
+        assert_eq!(in_database_file(dir.path()).await, None, "no commit checkpoints by itself");
+
+        let checkpointer = db.keep_checkpointing(often(1 << 20, u32::MAX));
+        assert!(checkpointer.is_some(), "SQLite is checkpointed");
+        let mut found = None;
+        for _ in 0..500 {
+            found = in_database_file(dir.path()).await;
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(found, Some(7), "the committed row is copied into the database file");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_log_is_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::sqlite_in(dir.path()).await.unwrap();
+        for n in 0..10 {
+            write_counter(&db, format!("{n}{}", "x".repeat(3000))).await;
+        }
+        assert!(log_length(dir.path()) > 0, "the log holds the writes");
+        let _checkpointer = db.keep_checkpointing(often(1 << 20, 5));
+        let mut emptied = false;
+        for _ in 0..500 {
+            if log_length(dir.path()) == 0 {
+                emptied = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(emptied, "the checkpointer empties the log once writes have stopped");
+        assert_eq!(
+            sqlx::query("SELECT COUNT(*) AS n FROM counters WHERE value = 7")
+                .fetch_one(&db.pool)
+                .await
+                .map(|row| int(&row, "n"))
+                .unwrap(),
+            10,
+            "every write is kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_log_past_its_limit_is_started_again_while_writers_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::sqlite_in(dir.path()).await.unwrap();
+        // A reader keeps its snapshot open, so that no checkpoint can copy the writes after
+        // it and SQLite does not start the log again by itself.
+        let mut reader = db.pool.begin().await.unwrap();
+        sqlx::query("SELECT COUNT(*) FROM counters").fetch_one(&mut *reader).await.unwrap();
+        for n in 0..40 {
+            write_counter(&db, format!("{n}{}", "x".repeat(3000))).await;
+        }
+        let _checkpointer = db.keep_checkpointing(often(16, u32::MAX));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let writer = db.clone();
+        let write = tokio::spawn(async move { write_counter(&writer, "later".to_owned()).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!write.is_finished(), "a writer waits while the log is started again");
+        reader.rollback().await.unwrap();
+        write.await.unwrap();
+        let (pages, _) = db.checkpoint("PASSIVE").await.unwrap();
+        assert!(pages < 16, "the write after is at the log's beginning ({pages} pages)");
+    }
 }
