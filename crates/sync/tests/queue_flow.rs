@@ -739,6 +739,8 @@ async fn attack_a_rejection_sent_again_answers_only_for_the_same_member_and_word
 /// approvals' assertions) keeps its rows and gains the columns, on SQLite and PostgreSQL.
 #[tokio::test]
 async fn an_older_database_gains_the_later_columns() {
+    // The old schema is written before any `Db` has installed sqlx's drivers.
+    sqlx::any::install_default_drivers();
     for (backend, url, _dir) in common::empty_databases().await {
         let old = sqlx::AnyPool::connect(&url).await.unwrap();
         for statement in [
