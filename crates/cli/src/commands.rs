@@ -875,9 +875,13 @@ async fn queue(context: &Context, command: QueueCommand) -> Result<Outcome, Fail
             };
             let rules =
                 countersign_queue::model::QueueRules { policy, tokens: TokenList::shipped()? };
+            // Bootstrap may write a transaction a request (views for a database from before
+            // them), so the log is checkpointed meanwhile; the server's state does it after.
+            let bootstrapping = db.keep_checkpointing(Default::default());
             let admin_key = countersign_queue::model::bootstrap(&db)
                 .await
                 .map_err(|e| Failure::other(e.message))?;
+            drop(bootstrapping);
             let mut api = countersign_queue::api::ApiState::new(db, rules, Default::default())
                 .with_allowlist(allow);
             if let (Some(rp_id), Some(origin)) = (&fido_rp_id, &fido_origin) {

@@ -70,7 +70,8 @@ pub struct Checkpoints {
     pub every: Duration,
     /// The log's length, in pages, past which it is started again while writers wait.
     pub most_pages: i64,
-    /// After this many checkpoints in a row found nothing new, the log file is emptied.
+    /// After this many checkpoints in a row with no commit between them, the log file is
+    /// emptied.
     pub quiet: u32,
 }
 
@@ -80,6 +81,42 @@ impl Default for Checkpoints {
     fn default() -> Self {
         Self { every: Duration::from_millis(100), most_pages: 32_768, quiet: 10 }
     }
+}
+
+/// How long the checkpointer waits for readers and other processes' writers before it gives
+/// up a `RESTART` or `TRUNCATE`, holding the write turn meanwhile.
+pub const CHECKPOINT_PATIENCE_MS: u32 = 100;
+
+/// How many checkpoints later a given-up `RESTART` or `TRUNCATE` is tried again.
+pub const BACK_OFF: u32 = 10;
+
+/// What the checkpointer remembers from one round to the next.
+#[derive(Debug, Default)]
+struct Watch {
+    /// `PRAGMA data_version` at the last round.
+    version: Option<i64>,
+    /// Rounds in a row that found no commit.
+    quiet: u32,
+    /// The log's length when it was last started again, as long as no writer has come since.
+    restarted: Option<i64>,
+    /// Rounds left before a given-up `RESTART` or `TRUNCATE` is tried again.
+    hold: u32,
+}
+
+/// Runs `PRAGMA wal_checkpoint(MODE)`: whether it gave up for a reader or writer, and the
+/// log's length in pages.
+async fn wal_checkpoint(
+    connection: &mut AnyConnection,
+    mode: &str,
+) -> Result<(bool, i64), QueueError> {
+    let row = sqlx::query(&format!("PRAGMA wal_checkpoint({mode})"))
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    // Its columns: whether it gave up, the log's pages, and those copied.
+    let busy: i64 = sqlx::Row::try_get(&row, 0).map_err(db_error)?;
+    let pages: i64 = sqlx::Row::try_get(&row, 1).map_err(db_error)?;
+    Ok((busy != 0, pages))
 }
 
 /// Stops checkpointing when dropped.
@@ -142,8 +179,9 @@ impl Db {
                         // another connection's commit empties this one's cache.
                         sqlx::query("PRAGMA mmap_size = 268435456").execute(&mut *conn).await?;
                         // No connection checkpoints as it commits: a server checkpoints
-                        // beside its writers (`Db::keep_checkpointing`); any other process
-                        // leaves the log to the server, or to its own last close.
+                        // beside its writers (`Db::keep_checkpointing`); SQLite reads the log
+                        // with the database file, so what another process leaves in it is
+                        // checkpointed by the next server.
                         sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&mut *conn).await?;
                     }
                     Ok(())
@@ -190,15 +228,21 @@ impl Db {
         self.take_turns(tx, turn).await
     }
 
-    /// On SQLite, checkpoints the write-ahead log from a task of its own until the answer is
-    /// dropped; on PostgreSQL, nothing. A checkpoint copies the log's pages into the database
-    /// file and syncs both; done in the commit that crossed SQLite's threshold, it held up
-    /// that writer and every approval waiting on it for about 10 ms, several times a second
-    /// under load. Here it runs beside the writers (a passive checkpoint takes no lock they
-    /// wait for). SQLite starts the log again from its beginning only when a writer finds
-    /// every page of it copied, which under writes that never pause does not happen: past
-    /// `most_pages` the checkpointer takes the write turn and starts it again itself (writers
-    /// wait some 20 to 50 ms). Once writes have stopped the file is emptied.
+    /// On SQLite, checkpoints the write-ahead log from a task of its own, on a connection of
+    /// its own, until the answer is dropped; on PostgreSQL, nothing. A checkpoint copies the
+    /// log's pages into the database file and syncs both; done in the commit that crossed
+    /// SQLite's threshold, it held up that writer and every approval waiting on it for about
+    /// 10 ms, several times a second under load. Here a passive checkpoint runs beside the
+    /// writers (it takes no lock they wait for). SQLite starts the log again from its
+    /// beginning only when a writer finds every page of it copied, which under writes that
+    /// never pause does not happen: past `most_pages` the checkpointer takes the write turn
+    /// and has the log started again (`RESTART`); once no commit has come for `quiet`
+    /// checkpoints it empties the file (`TRUNCATE`). Both wait for readers that still use the
+    /// log, and writers wait meanwhile, so they give up after [`CHECKPOINT_PATIENCE_MS`] and
+    /// are tried again [`BACK_OFF`] checkpoints later.
+    // Limitation: dropping the answer aborts the task, so a `RESTART` or `TRUNCATE` under way
+    // finishes on SQLite's thread after the turn is given back; a writer then waits for it in
+    // SQLite's busy handler (at most CHECKPOINT_PATIENCE_MS).
     pub fn keep_checkpointing(&self, when: Checkpoints) -> Option<Checkpointer> {
         if self.backend != Backend::Sqlite {
             return None;
@@ -207,41 +251,76 @@ impl Db {
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(when.every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let (mut last, mut quiet) = (0, 0);
+            let mut watch = Watch::default();
+            let mut connection: Option<AnyConnection> = None;
             loop {
                 ticks.tick().await;
-                match db.checkpoint("PASSIVE").await {
-                    Ok((pages, copied)) => {
-                        quiet = if pages == last && pages == copied { quiet + 1 } else { 0 };
-                        last = pages;
-                        let restart = pages > when.most_pages;
-                        if restart || (pages > 0 && quiet >= when.quiet) {
-                            let _turn = db.turn().await;
-                            let mode = if restart { "RESTART" } else { "TRUNCATE" };
-                            if let Err(error) = db.checkpoint(mode).await {
-                                tracing::warn!(%error, "the write-ahead log was not started again");
-                            }
+                let done = match &mut connection {
+                    Some(connection) => db.checkpoint(connection, &when, &mut watch).await,
+                    None => match db.checkpointer_connection().await {
+                        Ok(fresh) => {
+                            db.checkpoint(connection.insert(fresh), &when, &mut watch).await
                         }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "the write-ahead log was not checkpointed")
-                    }
+                        Err(error) => Err(error),
+                    },
+                };
+                if let Err(error) = done {
+                    tracing::warn!(%error, "the write-ahead log was not checkpointed");
+                    connection = None;
                 }
             }
         });
         Some(Checkpointer(task.abort_handle()))
     }
 
-    /// A checkpoint; the log's length in pages and how many of them are copied.
-    async fn checkpoint(&self, mode: &str) -> Result<(i64, i64), QueueError> {
-        let row = sqlx::query(&format!("PRAGMA wal_checkpoint({mode})"))
-            .fetch_one(&self.pool)
+    /// A connection taken out of the pool for good, that waits for others only briefly.
+    async fn checkpointer_connection(&self) -> Result<AnyConnection, QueueError> {
+        let mut connection = self.pool.acquire().await.map_err(db_error)?.detach();
+        sqlx::query(&format!("PRAGMA busy_timeout = {CHECKPOINT_PATIENCE_MS}"))
+            .execute(&mut connection)
             .await
             .map_err(db_error)?;
-        // Its columns: whether it was blocked, the log's pages, and those copied.
-        let pages = sqlx::Row::try_get(&row, 1).map_err(db_error)?;
-        let copied = sqlx::Row::try_get(&row, 2).map_err(db_error)?;
-        Ok((pages, copied))
+        Ok(connection)
+    }
+
+    /// One round of [`Db::keep_checkpointing`].
+    async fn checkpoint(
+        &self,
+        connection: &mut AnyConnection,
+        when: &Checkpoints,
+        watch: &mut Watch,
+    ) -> Result<(), QueueError> {
+        // Changes whenever another connection, of this process or another, has committed.
+        let version: i64 = sqlx::query("PRAGMA data_version")
+            .fetch_one(&mut *connection)
+            .await
+            .and_then(|row| sqlx::Row::try_get(&row, 0))
+            .map_err(db_error)?;
+        watch.quiet =
+            if watch.version == Some(version) { watch.quiet.saturating_add(1) } else { 0 };
+        watch.version = Some(version);
+        let (_, pages) = wal_checkpoint(connection, "PASSIVE").await?;
+        if watch.hold > 0 {
+            watch.hold -= 1;
+            return Ok(());
+        }
+        let mode = if pages > 0 && watch.quiet >= when.quiet {
+            "TRUNCATE"
+        } else if pages > when.most_pages && watch.restarted != Some(pages) {
+            "RESTART"
+        } else {
+            return Ok(());
+        };
+        let _turn = self.turn().await;
+        let (busy, after) = wal_checkpoint(connection, mode).await?;
+        if busy {
+            watch.hold = BACK_OFF;
+            tracing::debug!(mode, pages, "a reader held the write-ahead log; tried again later");
+        } else if mode == "RESTART" {
+            // Copied whole: the next writer starts it again; until one does, it reads the same.
+            watch.restarted = Some(after);
+        }
+        Ok(())
     }
 
     async fn turn(&self) -> WriteTurn {
@@ -336,14 +415,31 @@ mod tests {
         std::fs::metadata(dir.join("queue.db-wal")).map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Writes `count` rows of about `size` bytes each, one transaction each, with names from
+    /// `first` on.
+    async fn write_rows(db: &Db, first: usize, count: usize, size: usize) {
+        for n in first..first + count {
+            write_counter(db, format!("{n:06}{}", "x".repeat(size))).await;
+        }
+    }
+
+    /// The log's length in pages, by a passive checkpoint of the test's own.
+    async fn log_pages(db: &Db) -> i64 {
+        let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&db.pool).await.unwrap();
+        sqlx::Row::try_get(&row, 1).unwrap()
+    }
+
     #[tokio::test]
     async fn commits_reach_the_database_file_through_the_checkpointer_alone() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::sqlite_in(dir.path()).await.unwrap();
         write_counter(&db, "probe".to_owned()).await;
+        // Past SQLite's own threshold of 1,000 pages, where a commit would checkpoint.
+        write_rows(&db, 0, 150, 30_000).await;
+        assert!(log_length(dir.path()) > 1_100 * 4096, "the log holds the writes");
         assert_eq!(in_database_file(dir.path()).await, None, "no commit checkpoints by itself");
 
-        let checkpointer = db.keep_checkpointing(often(1 << 20, u32::MAX));
+        let checkpointer = db.keep_checkpointing(often(1 << 30, u32::MAX));
         assert!(checkpointer.is_some(), "SQLite is checkpointed");
         let mut found = None;
         for _ in 0..500 {
@@ -357,14 +453,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_quiet_log_is_emptied() {
+    async fn the_log_is_emptied_once_writes_stop_and_not_before() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::sqlite_in(dir.path()).await.unwrap();
-        for n in 0..10 {
-            write_counter(&db, format!("{n}{}", "x".repeat(3000))).await;
+        let _checkpointer = db.keep_checkpointing(often(1 << 30, 5));
+        // A commit every 20 ms: never five checkpoints in a row without one.
+        for n in 0..25 {
+            write_rows(&db, n, 1, 3000).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(log_length(dir.path()) > 0, "the log is kept while writes go on");
         }
-        assert!(log_length(dir.path()) > 0, "the log holds the writes");
-        let _checkpointer = db.keep_checkpointing(often(1 << 20, 5));
         let mut emptied = false;
         for _ in 0..500 {
             if log_length(dir.path()) == 0 {
@@ -374,37 +472,56 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(emptied, "the checkpointer empties the log once writes have stopped");
-        assert_eq!(
-            sqlx::query("SELECT COUNT(*) AS n FROM counters WHERE value = 7")
-                .fetch_one(&db.pool)
-                .await
-                .map(|row| int(&row, "n"))
-                .unwrap(),
-            10,
-            "every write is kept"
-        );
+        let kept = sqlx::query("SELECT COUNT(*) AS n FROM counters WHERE value = 7")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(int(&kept, "n"), 25, "every write is kept");
     }
 
     #[tokio::test]
-    async fn a_log_past_its_limit_is_started_again_while_writers_wait() {
+    async fn a_log_past_its_limit_is_started_again_under_writes_that_never_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::sqlite_in(dir.path()).await.unwrap();
+        let _checkpointer = db.keep_checkpointing(often(64, u32::MAX));
+        let mut longest = 0;
+        for round in 0..20 {
+            write_rows(&db, round * 40, 40, 3000).await;
+            longest = longest.max(log_length(dir.path()));
+        }
+        // 800 rows of 3 KB took some 2,400 pages; started again past 64, the file (which
+        // keeps its length when the log starts again) stays far shorter.
+        assert!(longest < 1_000 * 4096, "the log was started again ({longest} bytes)");
+    }
+
+    #[tokio::test]
+    async fn a_reader_holds_writers_up_for_a_moment_only() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::sqlite_in(dir.path()).await.unwrap();
         // A reader keeps its snapshot open, so that no checkpoint can copy the writes after
-        // it and SQLite does not start the log again by itself.
+        // it and the log cannot start again while it lasts.
         let mut reader = db.pool.begin().await.unwrap();
         sqlx::query("SELECT COUNT(*) FROM counters").fetch_one(&mut *reader).await.unwrap();
-        for n in 0..40 {
-            write_counter(&db, format!("{n}{}", "x".repeat(3000))).await;
-        }
+        write_rows(&db, 0, 40, 3000).await;
         let _checkpointer = db.keep_checkpointing(often(16, u32::MAX));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let writer = db.clone();
-        let write = tokio::spawn(async move { write_counter(&writer, "later".to_owned()).await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!write.is_finished(), "a writer waits while the log is started again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The checkpointer tries to start the log again, which waits for the reader.
+        for n in 0..5 {
+            let write =
+                tokio::time::timeout(Duration::from_secs(5), write_rows(&db, 40 + n, 1, 10));
+            assert!(write.await.is_ok(), "a writer is not held up while the reader lasts");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         reader.rollback().await.unwrap();
-        write.await.unwrap();
-        let (pages, _) = db.checkpoint("PASSIVE").await.unwrap();
-        assert!(pages < 16, "the write after is at the log's beginning ({pages} pages)");
+        let mut started_again = false;
+        for n in 0..200 {
+            write_rows(&db, 1000 + n, 1, 10).await;
+            if log_pages(&db).await < 16 {
+                started_again = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(started_again, "once the reader is gone the log starts again");
     }
 }
