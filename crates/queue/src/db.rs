@@ -87,20 +87,96 @@ impl Default for Checkpoints {
 /// up a `RESTART` or `TRUNCATE`, holding the write turn meanwhile.
 pub const CHECKPOINT_PATIENCE_MS: u32 = 100;
 
-/// How many checkpoints later a given-up `RESTART` or `TRUNCATE` is tried again.
+/// How many rounds pass before a given-up `RESTART` or `TRUNCATE` is tried again; a failed
+/// round rests as many, and twice as many after each further failure in a row (up to 64).
 pub const BACK_OFF: u32 = 10;
+
+/// What a round of the checkpointer does after its passive checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Nothing,
+    /// Copy the whole log, wait for its readers, and so have the next writer start it again.
+    Restart,
+    /// As `Restart`, and empty the file.
+    Truncate,
+}
 
 /// What the checkpointer remembers from one round to the next.
 #[derive(Debug, Default)]
 struct Watch {
-    /// `PRAGMA data_version` at the last round.
+    /// `PRAGMA data_version` at the last round (per connection: `None` on a new one).
     version: Option<i64>,
     /// Rounds in a row that found no commit.
     quiet: u32,
-    /// The log's length when it was last started again, as long as no writer has come since.
+    /// The log's length after the last `RESTART`, until a commit has come since.
     restarted: Option<i64>,
     /// Rounds left before a given-up `RESTART` or `TRUNCATE` is tried again.
     hold: u32,
+    /// Rounds left to skip after a failure, and the failures in a row.
+    rest: u32,
+    failures: u32,
+}
+
+impl Watch {
+    /// Takes in a round's `data_version` and the log's length after its passive checkpoint,
+    /// and tells what to do next.
+    fn round(&mut self, version: i64, pages: i64, when: &Checkpoints) -> Next {
+        if self.version == Some(version) {
+            self.quiet = self.quiet.saturating_add(1);
+        } else {
+            // A commit has come: it started the log again if a `RESTART` had copied it all.
+            self.quiet = 0;
+            self.restarted = None;
+        }
+        self.version = Some(version);
+        if self.hold > 0 {
+            self.hold -= 1;
+            Next::Nothing
+        } else if pages > 0 && self.quiet >= when.quiet {
+            Next::Truncate
+        } else if pages > when.most_pages && self.restarted != Some(pages) {
+            Next::Restart
+        } else {
+            Next::Nothing
+        }
+    }
+
+    /// Takes in how a `RESTART` or `TRUNCATE` went: given up for a reader, and the log's
+    /// length after it.
+    fn done(&mut self, next: Next, busy: bool, pages: i64) {
+        if busy {
+            self.hold = BACK_OFF;
+        } else if next == Next::Restart {
+            self.restarted = Some(pages);
+        }
+    }
+
+    /// A round that failed: the next ones rest, longer after each failure in a row, and the
+    /// next connection's `data_version` starts afresh. Whether to say so at warning level.
+    fn failed(&mut self) -> bool {
+        self.failures = self.failures.saturating_add(1);
+        self.rest = BACK_OFF.saturating_mul(1 << self.failures.min(7).saturating_sub(1)).min(64);
+        self.version = None;
+        self.failures == 1
+    }
+
+    /// Whether this round rests after a failure.
+    fn resting(&mut self) -> bool {
+        if self.rest > 0 {
+            self.rest -= 1;
+            return true;
+        }
+        false
+    }
+}
+
+/// Changes whenever another connection, of this process or another, has committed.
+async fn data_version(connection: &mut AnyConnection) -> Result<i64, QueueError> {
+    sqlx::query("PRAGMA data_version")
+        .fetch_one(&mut *connection)
+        .await
+        .and_then(|row| sqlx::Row::try_get(&row, 0))
+        .map_err(db_error)
 }
 
 /// Runs `PRAGMA wal_checkpoint(MODE)`: whether it gave up for a reader or writer, and the
@@ -239,10 +315,11 @@ impl Db {
     /// and has the log started again (`RESTART`); once no commit has come for `quiet`
     /// checkpoints it empties the file (`TRUNCATE`). Both wait for readers that still use the
     /// log, and writers wait meanwhile, so they give up after [`CHECKPOINT_PATIENCE_MS`] and
-    /// are tried again [`BACK_OFF`] checkpoints later.
+    /// are tried again once [`BACK_OFF`] rounds have passed: a reader that lasts holds writers
+    /// up about 100 ms a second.
     // Limitation: dropping the answer aborts the task, so a `RESTART` or `TRUNCATE` under way
     // finishes on SQLite's thread after the turn is given back; a writer then waits for it in
-    // SQLite's busy handler (at most CHECKPOINT_PATIENCE_MS).
+    // SQLite's busy handler (its patience, plus copying and syncing what is left).
     pub fn keep_checkpointing(&self, when: Checkpoints) -> Option<Checkpointer> {
         if self.backend != Backend::Sqlite {
             return None;
@@ -255,6 +332,9 @@ impl Db {
             let mut connection: Option<AnyConnection> = None;
             loop {
                 ticks.tick().await;
+                if watch.resting() {
+                    continue;
+                }
                 let done = match &mut connection {
                     Some(connection) => db.checkpoint(connection, &when, &mut watch).await,
                     None => match db.checkpointer_connection().await {
@@ -264,9 +344,16 @@ impl Db {
                         Err(error) => Err(error),
                     },
                 };
-                if let Err(error) = done {
-                    tracing::warn!(%error, "the write-ahead log was not checkpointed");
-                    connection = None;
+                match done {
+                    Ok(()) => watch.failures = 0,
+                    Err(error) => {
+                        if watch.failed() {
+                            tracing::warn!(%error, "the write-ahead log was not checkpointed");
+                        } else {
+                            tracing::debug!(%error, "the write-ahead log was not checkpointed");
+                        }
+                        connection = None;
+                    }
                 }
             }
         });
@@ -290,36 +377,24 @@ impl Db {
         when: &Checkpoints,
         watch: &mut Watch,
     ) -> Result<(), QueueError> {
-        // Changes whenever another connection, of this process or another, has committed.
-        let version: i64 = sqlx::query("PRAGMA data_version")
-            .fetch_one(&mut *connection)
-            .await
-            .and_then(|row| sqlx::Row::try_get(&row, 0))
-            .map_err(db_error)?;
-        watch.quiet =
-            if watch.version == Some(version) { watch.quiet.saturating_add(1) } else { 0 };
-        watch.version = Some(version);
+        let version = data_version(connection).await?;
         let (_, pages) = wal_checkpoint(connection, "PASSIVE").await?;
-        if watch.hold > 0 {
-            watch.hold -= 1;
-            return Ok(());
-        }
-        let mode = if pages > 0 && watch.quiet >= when.quiet {
-            "TRUNCATE"
-        } else if pages > when.most_pages && watch.restarted != Some(pages) {
-            "RESTART"
-        } else {
-            return Ok(());
+        let next = watch.round(version, pages, when);
+        let mode = match next {
+            Next::Nothing => return Ok(()),
+            Next::Restart => "RESTART",
+            Next::Truncate => "TRUNCATE",
         };
         let _turn = self.turn().await;
+        // A commit may have come while the turn was awaited: then it is not quiet after all.
+        if next == Next::Truncate && data_version(connection).await? != version {
+            return Ok(());
+        }
         let (busy, after) = wal_checkpoint(connection, mode).await?;
         if busy {
-            watch.hold = BACK_OFF;
             tracing::debug!(mode, pages, "a reader held the write-ahead log; tried again later");
-        } else if mode == "RESTART" {
-            // Copied whole: the next writer starts it again; until one does, it reads the same.
-            watch.restarted = Some(after);
         }
+        watch.done(next, busy, after);
         Ok(())
     }
 
@@ -423,12 +498,6 @@ mod tests {
         }
     }
 
-    /// The log's length in pages, by a passive checkpoint of the test's own.
-    async fn log_pages(db: &Db) -> i64 {
-        let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&db.pool).await.unwrap();
-        sqlx::Row::try_get(&row, 1).unwrap()
-    }
-
     #[tokio::test]
     async fn commits_reach_the_database_file_through_the_checkpointer_alone() {
         let dir = tempfile::tempdir().unwrap();
@@ -456,8 +525,8 @@ mod tests {
     async fn the_log_is_emptied_once_writes_stop_and_not_before() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::sqlite_in(dir.path()).await.unwrap();
-        let _checkpointer = db.keep_checkpointing(often(1 << 30, 5));
-        // A commit every 20 ms: never five checkpoints in a row without one.
+        let _checkpointer = db.keep_checkpointing(often(1 << 30, 30));
+        // A commit every 20 ms: never thirty checkpoints in a row without one.
         for n in 0..25 {
             write_rows(&db, n, 1, 3000).await;
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -492,6 +561,11 @@ mod tests {
         // 800 rows of 3 KB took some 2,400 pages; started again past 64, the file (which
         // keeps its length when the log starts again) stays far shorter.
         assert!(longest < 1_000 * 4096, "the log was started again ({longest} bytes)");
+        let kept = sqlx::query("SELECT COUNT(*) AS n FROM counters WHERE value = 7")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(int(&kept, "n"), 800, "every write is kept");
     }
 
     #[tokio::test]
@@ -505,23 +579,71 @@ mod tests {
         write_rows(&db, 0, 40, 3000).await;
         let _checkpointer = db.keep_checkpointing(often(16, u32::MAX));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        // The checkpointer tries to start the log again, which waits for the reader.
+        // The checkpointer tries to start the log again, which waits for the reader; it
+        // gives up soon, and each writer waits that long at most.
         for n in 0..5 {
             let write =
-                tokio::time::timeout(Duration::from_secs(5), write_rows(&db, 40 + n, 1, 10));
+                tokio::time::timeout(Duration::from_secs(1), write_rows(&db, 40 + n, 1, 10));
             assert!(write.await.is_ok(), "a writer is not held up while the reader lasts");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         reader.rollback().await.unwrap();
-        let mut started_again = false;
-        for n in 0..200 {
-            write_rows(&db, 1000 + n, 1, 10).await;
-            if log_pages(&db).await < 16 {
-                started_again = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    fn rule(most_pages: i64, quiet: u32) -> Checkpoints {
+        Checkpoints { every: Duration::from_millis(100), most_pages, quiet }
+    }
+
+    #[test]
+    fn a_long_log_is_restarted_once_until_a_commit_comes() {
+        let when = rule(64, u32::MAX);
+        let mut watch = Watch::default();
+        assert_eq!(watch.round(1, 10, &when), Next::Nothing, "short");
+        assert_eq!(watch.round(2, 100, &when), Next::Restart, "past the limit");
+        watch.done(Next::Restart, false, 100);
+        assert_eq!(watch.round(2, 100, &when), Next::Nothing, "no commit since: copied already");
+        assert_eq!(watch.round(2, 100, &when), Next::Nothing, "still none");
+        assert_eq!(watch.round(3, 100, &when), Next::Restart, "a commit, and long again");
+    }
+
+    #[test]
+    fn a_given_up_checkpoint_is_tried_again_after_the_back_off() {
+        let when = rule(64, u32::MAX);
+        let mut watch = Watch::default();
+        assert_eq!(watch.round(1, 100, &when), Next::Restart);
+        watch.done(Next::Restart, true, 100);
+        for n in 0..BACK_OFF {
+            assert_eq!(watch.round(2 + i64::from(n), 100, &when), Next::Nothing, "round {n}");
         }
-        assert!(started_again, "once the reader is gone the log starts again");
+        assert_eq!(watch.round(100, 100, &when), Next::Restart, "tried again");
+    }
+
+    #[test]
+    fn the_log_is_emptied_after_rounds_without_a_commit_only() {
+        let when = rule(1 << 30, 3);
+        let mut watch = Watch::default();
+        assert_eq!(watch.round(1, 5, &when), Next::Nothing);
+        assert_eq!(watch.round(1, 5, &when), Next::Nothing, "one quiet round");
+        assert_eq!(watch.round(1, 5, &when), Next::Nothing, "two");
+        assert_eq!(watch.round(2, 5, &when), Next::Nothing, "a commit, of the same length");
+        assert_eq!(watch.round(2, 5, &when), Next::Nothing);
+        assert_eq!(watch.round(2, 5, &when), Next::Nothing);
+        assert_eq!(watch.round(2, 5, &when), Next::Truncate, "three quiet rounds");
+        watch.done(Next::Truncate, false, 0);
+        assert_eq!(watch.round(2, 0, &when), Next::Nothing, "an empty log stays");
+    }
+
+    #[test]
+    fn failed_rounds_rest_longer_each_time_and_forget_the_connection() {
+        let mut watch = Watch { version: Some(7), ..Watch::default() };
+        assert!(watch.failed(), "the first failure is a warning");
+        assert_eq!(watch.version, None, "the next connection counts afresh");
+        let rested = |watch: &mut Watch| (0..100).take_while(|_| watch.resting()).count();
+        assert_eq!(rested(&mut watch), BACK_OFF as usize);
+        assert!(!watch.failed(), "the next in a row is not");
+        assert_eq!(rested(&mut watch), 2 * BACK_OFF as usize);
+        watch.failed();
+        watch.failed();
+        assert_eq!(rested(&mut watch), 64, "at most 64");
     }
 }
