@@ -490,6 +490,15 @@ mod tests {
         std::fs::metadata(dir.join("queue.db-wal")).map(|m| m.len()).unwrap_or(0)
     }
 
+    /// The rows [`write_counter`] wrote.
+    async fn written_rows(db: &Db) -> i64 {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM counters WHERE value = 7")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        int(&row, "n")
+    }
+
     /// Writes `count` rows of about `size` bytes each, one transaction each, with names from
     /// `first` on.
     async fn write_rows(db: &Db, first: usize, count: usize, size: usize) {
@@ -541,11 +550,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(emptied, "the checkpointer empties the log once writes have stopped");
-        let kept = sqlx::query("SELECT COUNT(*) AS n FROM counters WHERE value = 7")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-        assert_eq!(int(&kept, "n"), 25, "every write is kept");
+        assert_eq!(written_rows(&db).await, 25, "every write is kept");
     }
 
     #[tokio::test]
@@ -561,11 +566,7 @@ mod tests {
         // 800 rows of 3 KB took some 2,400 pages; started again past 64, the file (which
         // keeps its length when the log starts again) stays far shorter.
         assert!(longest < 1_000 * 4096, "the log was started again ({longest} bytes)");
-        let kept = sqlx::query("SELECT COUNT(*) AS n FROM counters WHERE value = 7")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-        assert_eq!(int(&kept, "n"), 800, "every write is kept");
+        assert_eq!(written_rows(&db).await, 800, "every write is kept");
     }
 
     #[tokio::test]
